@@ -1,0 +1,60 @@
+"""PyTorch selection engine: eval-mode, no-grad forward in FP32 or autocast BF16/FP16."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import EngineContext, EngineError, SelectionEngine, register_engine
+
+__all__ = ["TorchEngine", "per_example_loss"]
+
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def per_example_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per example, computed in FP32 whatever the logits' dtype."""
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+@register_engine("torch", precisions=("fp32", "bf16", "fp16"))
+class TorchEngine(SelectionEngine):
+    """Selection forward with PyTorch.
+
+    By default it reads the live training model (``snapshot=False``): the paper's setting, never
+    stale, no refresh cost. ``options={"snapshot": True}`` keeps a private copy instead, refreshed
+    on the engine schedule like the other backends (for pipelined selection in another thread).
+    """
+
+    backend = "torch"
+
+    def __init__(self, model: nn.Module, precision: str = "fp32", context: EngineContext | None = None) -> None:
+        context = context or EngineContext()
+        if precision not in _AUTOCAST:
+            raise EngineError(f"torch engine precision must be one of {list(_AUTOCAST)}, got {precision!r}")
+        self.precision = precision
+        self.device = context.device
+        self.snapshot = bool(context.options.get("snapshot", False))
+        self.model = copy.deepcopy(model).eval() if self.snapshot else model
+
+    @property
+    def is_live(self) -> bool:
+        return not self.snapshot
+
+    def refresh(self, model: nn.Module) -> None:
+        if self.snapshot:
+            self.model.load_state_dict(model.state_dict())
+
+    @torch.no_grad()
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            dtype = _AUTOCAST[self.precision]
+            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+                logits = self.model(x)
+            return per_example_loss(logits, y)
+        finally:
+            self.model.train(was_training)

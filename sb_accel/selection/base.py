@@ -1,0 +1,118 @@
+"""The interface every selection policy implements, and the priming wrapper.
+
+A policy sees per-example losses and dataset indices and answers which candidates to backprop.
+It knows nothing about engines, devices or models, so it is tested exactly on CPU tensors.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = ["SelectionPolicy", "Traditional", "Primed"]
+
+
+class SelectionPolicy:
+    """Base class: keep everything, need no selection forward.
+
+    The Trainer calls, per candidate batch of dataset ``indices`` in ``epoch``:
+
+    1. ``requires_forward(indices, epoch)`` -> bool mask of candidates that need a fresh
+       selection-pass loss. Candidates outside the mask reach ``select`` with a NaN loss.
+    2. ``select(losses, indices, epoch)`` -> bool keep mask (same length as ``indices``).
+    3. ``loss_weights(indices, epoch)`` -> per-example loss weights for kept examples, or None.
+    4. After the train step, ``observe(indices, losses, epoch)`` with the training-forward losses
+       of the examples that were backpropagated.
+
+    ``on_epoch_start(epoch, num_epochs)`` runs before an epoch's first candidate batch.
+    ``candidate_multiplier`` is how many training batches' worth of candidates the policy wants
+    per candidate batch (3 for Kath18's pre-sampling, 1 otherwise).
+    """
+
+    name = "traditional"
+    candidate_multiplier = 1
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Hook for per-epoch state (default: nothing)."""
+
+    def candidates_per_batch(self, epoch: int) -> int:
+        """Candidate-batch size in units of the training batch size, for ``epoch``."""
+        return self.candidate_multiplier
+
+    def requires_forward(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        return torch.zeros(indices.numel(), dtype=torch.bool)
+
+    def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        return torch.ones(indices.numel(), dtype=torch.bool)
+
+    def loss_weights(self, indices: torch.Tensor, epoch: int) -> Optional[torch.Tensor]:
+        return None
+
+    def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
+        """Training-forward losses of backpropagated examples (default: ignored)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Traditional(SelectionPolicy):
+    """Plain minibatch SGD: every example is trained on once per epoch, no selection pass."""
+
+    name = "traditional"
+
+
+class Primed(SelectionPolicy):
+    """Train on every example for the first ``epochs`` epochs, then defer to ``policy``.
+
+    The authors' code primes for one epoch: selection on an untrained net is close to random
+    and the loss history needs filling. During priming, training losses still reach ``observe``
+    so that caching policies (Stale-SB, InfoBatch) start with a score for every example.
+    """
+
+    def __init__(self, policy: SelectionPolicy, epochs: int = 1) -> None:
+        if epochs < 0:
+            raise ValueError(f"priming epochs must be >= 0, got {epochs}")
+        self.policy = policy
+        self.epochs = epochs
+        self.name = policy.name
+        self.candidate_multiplier = policy.candidate_multiplier
+
+    def _priming(self, epoch: int) -> bool:
+        return epoch < self.epochs
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        self.policy.on_epoch_start(epoch, num_epochs)
+
+    def candidates_per_batch(self, epoch: int) -> int:
+        return 1 if self._priming(epoch) else self.policy.candidate_multiplier
+
+    def requires_forward(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        if self._priming(epoch):
+            return torch.zeros(indices.numel(), dtype=torch.bool)
+        return self.policy.requires_forward(indices, epoch)
+
+    def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        if self._priming(epoch):
+            return torch.ones(indices.numel(), dtype=torch.bool)
+        return self.policy.select(losses, indices, epoch)
+
+    def loss_weights(self, indices: torch.Tensor, epoch: int) -> Optional[torch.Tensor]:
+        return None if self._priming(epoch) else self.policy.loss_weights(indices, epoch)
+
+    def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
+        self.policy.observe(indices, losses, epoch)
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs, "policy": self.policy.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+
+    def __repr__(self) -> str:
+        return f"Primed({self.policy!r}, epochs={self.epochs})"

@@ -1,0 +1,82 @@
+"""InfoBatch (Qin et al., ICLR 2024, "InfoBatch: Lossless Training Speed Up by Unbiased Dynamic
+Data Pruning").
+
+Each example's score is its last-seen *training* loss (no extra forward pass). At the start of
+each epoch the threshold is the mean score; an example below it is pruned with probability
+``r``, and kept below-mean examples have their loss scaled by ``1 / (1 - r)`` so the expected
+gradient is unchanged. The last ``anneal`` fraction of epochs trains on the full data unscaled.
+Examples never seen yet count as above the mean (always kept).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .base import SelectionPolicy
+
+__all__ = ["InfoBatch"]
+
+
+class InfoBatch(SelectionPolicy):
+    """Unbiased random pruning of well-learned examples.
+
+    Args:
+        dataset_size: number of training examples.
+        prune_ratio: ``r``, the chance a below-mean example is dropped this epoch.
+        anneal: fraction of final epochs that train on everything (paper: 0.125).
+        seed: generator seed.
+    """
+
+    name = "infobatch"
+
+    def __init__(self, dataset_size: int, prune_ratio: float = 0.5, anneal: float = 0.125,
+                 seed: int = 0) -> None:
+        if not 0.0 <= prune_ratio < 1.0:
+            raise ValueError(f"InfoBatch prune_ratio must be in [0, 1), got {prune_ratio}")
+        if not 0.0 <= anneal <= 1.0:
+            raise ValueError(f"InfoBatch anneal must be in [0, 1], got {anneal}")
+        self.prune_ratio = prune_ratio
+        self.anneal = anneal
+        self.scores = torch.full((dataset_size,), float("nan"), dtype=torch.float64)
+        self.threshold = float("inf")
+        self.pruning = False
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        self.pruning = epoch < num_epochs * (1.0 - self.anneal)
+        seen = self.scores[~torch.isnan(self.scores)]
+        self.threshold = float(seen.mean()) if seen.numel() else float("inf")
+
+    def _well_learned(self, indices: torch.Tensor) -> torch.Tensor:
+        scores = self.scores[indices.cpu()]
+        return ~torch.isnan(scores) & (scores < self.threshold)
+
+    def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        if not self.pruning:
+            return torch.ones(indices.numel(), dtype=torch.bool)
+        drop = torch.rand(indices.numel(), generator=self.generator, dtype=torch.float64) < self.prune_ratio
+        return ~(self._well_learned(indices) & drop)
+
+    def loss_weights(self, indices: torch.Tensor, epoch: int) -> Optional[torch.Tensor]:
+        if not self.pruning:
+            return None
+        weights = torch.ones(indices.numel(), dtype=torch.float32)
+        weights[self._well_learned(indices)] = 1.0 / (1.0 - self.prune_ratio)
+        return weights
+
+    def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
+        self.scores[indices.cpu()] = losses.detach().to("cpu", torch.float64)
+
+    def state_dict(self) -> dict:
+        return {"scores": self.scores.clone(), "threshold": self.threshold, "pruning": self.pruning,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scores = state["scores"].clone()
+        self.threshold = float(state["threshold"])
+        self.pruning = bool(state["pruning"])
+        self.generator.set_state(state["generator"])
+
+    def __repr__(self) -> str:
+        return f"InfoBatch(prune_ratio={self.prune_ratio}, anneal={self.anneal})"

@@ -1,0 +1,100 @@
+"""Selective-Backprop (Jiang et al. 2019, "Accelerating Deep Learning by Focusing on the Biggest
+Losers", Alg. 1-2).
+
+Each candidate ``i`` with selection-pass loss ``L_i`` is kept with probability
+
+    p_i = max(floor, CDF_R(L_i) ** beta),
+
+where ``CDF_R`` is the empirical CDF of the last ``R`` losses. With percentiles uniform on
+``[0, 1]``, ``E[U ** beta] = 1 / (beta + 1)``, so a target selectivity ``s`` means
+``beta = 1 / s - 1`` (33% -> beta = 2).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .base import SelectionPolicy
+from .history import LossHistory
+
+__all__ = ["SelectiveBackprop", "beta_for_selectivity", "keep_probability"]
+
+
+def beta_for_selectivity(selectivity: float) -> float:
+    """``beta = 1/s - 1``: the exponent whose expected keep rate on uniform percentiles is ``s``."""
+    if not 0.0 < selectivity <= 1.0:
+        raise ValueError(f"selectivity must be in (0, 1], got {selectivity}")
+    return 1.0 / selectivity - 1.0
+
+
+def keep_probability(percentiles: torch.Tensor, beta: float, floor: float = 0.0) -> torch.Tensor:
+    """``max(floor, percentile ** beta)``."""
+    return percentiles.pow(beta).clamp_min(floor)
+
+
+class SelectiveBackprop(SelectionPolicy):
+    """Keep each example with probability ``CDF_R(loss) ** beta`` (Bernoulli, seeded).
+
+    Args:
+        selectivity: expected kept fraction; sets ``beta = 1/s - 1``. Give this or ``beta``.
+        beta: the exponent directly.
+        history: ``R``, how many recent losses the CDF is taken over (authors' code: 1024).
+        floor: minimum keep probability (authors' ``sampling_min``).
+        history_mode: ``"batch"`` (authors' code) or ``"sequential"`` (paper Alg. 2).
+        seed: seed of the generator for the Bernoulli draws.
+    """
+
+    name = "sb"
+
+    def __init__(self, selectivity: Optional[float] = 0.33, beta: Optional[float] = None,
+                 history: int = 1024, floor: float = 0.0, history_mode: str = "batch",
+                 seed: int = 0) -> None:
+        if beta is None:
+            if selectivity is None:
+                raise ValueError("give selectivity or beta")
+            beta = beta_for_selectivity(selectivity)
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError(f"floor must be in [0, 1], got {floor}")
+        self.beta = float(beta)
+        self.floor = float(floor)
+        self.history = LossHistory(history, history_mode)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def selectivity(self) -> float:
+        return 1.0 / (self.beta + 1.0)
+
+    def requires_forward(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        return torch.ones(indices.numel(), dtype=torch.bool)
+
+    def probabilities(self, losses: torch.Tensor) -> torch.Tensor:
+        """Update the history with ``losses`` and return their keep probabilities."""
+        _check_finite(losses)
+        return keep_probability(self.history.update_and_cdf(losses), self.beta, self.floor)
+
+    def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        probs = self.probabilities(losses)
+        return torch.rand(probs.shape, generator=self.generator, dtype=torch.float64) < probs
+
+    def state_dict(self) -> dict:
+        return {"history": self.history.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history.load_state_dict(state["history"])
+        self.generator.set_state(state["generator"])
+
+    def __repr__(self) -> str:
+        return (f"SelectiveBackprop(beta={self.beta:.4g}, history={self.history.size}, "
+                f"floor={self.floor}, mode={self.history.mode!r})")
+
+
+def _check_finite(losses: torch.Tensor) -> None:
+    if not torch.isfinite(losses).all():
+        bad = int((~torch.isfinite(losses)).sum())
+        raise FloatingPointError(
+            f"{bad} of {losses.numel()} selection losses are NaN/inf: the model has diverged or the "
+            "engine produced garbage. Lower the learning rate, or validate the engine "
+            "(sb-accel compare) and fall back to --engine torch.")

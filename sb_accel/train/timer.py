@@ -1,0 +1,105 @@
+"""PhaseTimer: where wall-clock goes, as a contiguous timeline of named phases.
+
+The timer is always in exactly one phase ("other" when none is entered); entering a phase ends the
+previous one, so the phase totals add up to the wall-clock between ``start()`` and ``totals()`` by
+construction. On CUDA, phase boundaries are CUDA events recorded on the current stream and resolved
+only when ``totals()`` is called (one sync per report, none in the hot loop): time is attributed
+by when the GPU reached each boundary. On CPU it is ``time.perf_counter``.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Tuple
+
+import torch
+
+__all__ = ["PHASES", "PhaseTimer"]
+
+PHASES = ("data", "selection", "train_forward", "backward", "optimizer", "refresh", "eval", "other")
+
+
+class PhaseTimer:
+    """Attribute elapsed time to phases.
+
+    >>> timer = PhaseTimer(); timer.start()
+    >>> with timer.phase("selection"):
+    ...     pass
+    >>> sorted(timer.totals())[:2]
+    ['backward', 'data']
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", phases: Tuple[str, ...] = PHASES) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.phases = phases
+        self._totals: Dict[str, float] = {p: 0.0 for p in phases}
+        self._current = "other"
+        self._mark: float | None = None
+        self._events: List[Tuple[str, "torch.cuda.Event"]] = []  # (phase that starts here, event)
+        self._offset = 0.0  # totals carried from a resumed run
+
+    def start(self) -> None:
+        self._current = "other"
+        if self.cuda:
+            self._events = [("other", self._record())]
+        else:
+            self._mark = time.perf_counter()
+
+    def _record(self) -> "torch.cuda.Event":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def switch(self, phase: str) -> str:
+        """Enter ``phase``; returns the phase that was left."""
+        if phase not in self._totals:
+            raise KeyError(f"unknown phase {phase!r}; phases are {self.phases}")
+        previous = self._current
+        if self.cuda:
+            self._events.append((phase, self._record()))
+        else:
+            now = time.perf_counter()
+            if self._mark is None:
+                raise RuntimeError("PhaseTimer.start() was not called")
+            self._totals[previous] += now - self._mark
+            self._mark = now
+        self._current = phase
+        return previous
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        previous = self.switch(name)
+        try:
+            yield
+        finally:
+            self.switch(previous)
+
+    def _resolve_cuda(self) -> None:
+        if len(self._events) < 1:
+            return
+        last = self._record()
+        last.synchronize()
+        events = self._events + [(self._current, last)]
+        for (phase, begin), (_, end) in zip(events, events[1:]):
+            self._totals[phase] += begin.elapsed_time(end) / 1000.0
+        self._events = [(self._current, last)]
+
+    def totals(self) -> Dict[str, float]:
+        """Seconds per phase so far (a copy); on CUDA this synchronises once."""
+        if self.cuda:
+            self._resolve_cuda()
+        elif self._mark is not None:
+            now = time.perf_counter()
+            self._totals[self._current] += now - self._mark
+            self._mark = now
+        return dict(self._totals)
+
+    def elapsed(self) -> float:
+        return sum(self.totals().values())
+
+    def load_totals(self, totals: Dict[str, float]) -> None:
+        """Continue from a checkpoint's totals (resume)."""
+        for phase, seconds in totals.items():
+            if phase in self._totals:
+                self._totals[phase] += float(seconds)
