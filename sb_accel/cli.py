@@ -1,0 +1,174 @@
+"""Command line: ``sb-accel train | demo | export | profile | compare | report``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Any, Dict, List, Optional
+
+from .config import STRATEGIES, ConfigError, TrainConfig
+
+__all__ = ["main"]
+
+_HELP = {
+    "dataset": "cifar10, cifar100, svhn, fashion_mnist, synthetic, or a path to a .npz",
+    "data_dir": "where datasets live (default: $SB_ACCEL_DATA or ./data; ../shared/data is also searched)",
+    "download": "let torchvision download the dataset (needs internet)",
+    "train_subset": "use only this many random training examples (0: all)",
+    "test_subset": "use only this many random test examples (0: all)",
+    "augment": "'preset' (paper's crop/flip/cutout per dataset) or 'none'",
+    "model": "registered model name (sb-accel list-models)",
+    "width": "model width override (0: model default)",
+    "strategy": f"one of {', '.join(STRATEGIES)}",
+    "selectivity": "expected fraction backpropagated by SB (beta = 1/s - 1)",
+    "beta": "SB exponent directly (overrides --selectivity)",
+    "history": "R: losses the CDF is taken over",
+    "floor": "minimum keep probability",
+    "history_mode": "'batch' (authors' code) or 'sequential' (paper Alg. 2)",
+    "prime_epochs": "train on everything for this many first epochs (default: 1 for SB/Stale-SB)",
+    "stale_n": "Stale-SB: selection pass every n-th epoch per example",
+    "selection_batch_size": "candidate batch size (0: batch size x policy's multiplier)",
+    "end_of_epoch": "what happens to kept examples short of a full batch: carry, partial, drop",
+    "milestones": "multistep LR milestones: fractions of the run (<1) or epochs (>=1)",
+    "engine": "selection engine backend: torch, onnxruntime, tensorrt",
+    "precision": "engine precision: fp32, bf16, fp16, int8, fp8 (per backend)",
+    "refresh_every_steps": "refresh the engine every K optimizer steps (0: per epoch only)",
+    "engine_fallback": "on engine build/validation failure: raise, or fall back to torch",
+    "pipeline": "select the next candidate batches in a background thread",
+    "device": "auto, cpu, cuda, cuda:N",
+    "threads": "torch CPU threads (0: default)",
+    "amp": "training-forward autocast: off, bf16, fp16",
+    "eval_every_steps": "also evaluate every N optimizer steps (0: per epoch)",
+    "run_dir": "where the log, config and checkpoint go",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        typ = hints[f.name]
+        kwargs: Dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _HELP.get(f.name, "")}
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kwargs["help"] += f" (default: {default})"
+        if typ is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(typ) in (list, List):
+            parser.add_argument(flag, type=float, nargs="+", **kwargs)
+        else:
+            base = [a for a in typing.get_args(typ) if a is not type(None)] or [typ]
+            parser.add_argument(flag, type=base[0], **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sb-accel", description="Selective-Backprop with accelerated selection passes.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model with a selection strategy",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--config", help="TOML file with any of the options below (flags override it)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an earlier run in --run-dir")
+    _add_config_flags(train)
+
+    demo = sub.add_parser("demo", help="Traditional vs Selective-Backprop on CIFAR-10 with the small CNN")
+    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--train-subset", type=int, default=25000)
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--data-dir", default=None)
+
+    sub.add_parser("list-models", help="print the registered models")
+    sub.add_parser("list-engines", help="print the selection engine specs")
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
+    if args.config:
+        return TrainConfig.from_toml(args.config, overrides)
+    return TrainConfig.from_dict(overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .reporting.tables import phase_table, summary_table
+    from .train import Trainer
+
+    cfg = _train_config(args)
+    summary = Trainer(cfg, resume=args.resume, overwrite=args.overwrite).fit()
+    print(summary_table({cfg.strategy: summary}))
+    print()
+    print(phase_table({cfg.strategy: summary}))
+    print(f"\nrun log: {cfg.run_dir}/log.jsonl")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Traditional vs SB (33%) on the same data, model, schedule and machine; prints the comparison."""
+    from .data import load_dataset
+    from .reporting.tables import phase_table, summary_table
+    from .train import Trainer
+
+    data = load_dataset("cifar10", args.data_dir)
+    if args.train_subset:
+        data = data.subset(args.train_subset, seed=0)
+    summaries = {}
+    for strategy in ("traditional", "sb"):
+        cfg = TrainConfig(dataset="cifar10", model="small_cnn", strategy=strategy, epochs=args.epochs,
+                          lr=0.05, lr_schedule="linear", warmup_epochs=min(1.0, args.epochs / 4), nesterov=True,
+                          run_dir=f"{args.out}/{strategy}")
+        print(f"== {strategy}: small_cnn on CIFAR-10 (JPEG q75 copy), {len(data.y_train)} training examples, "
+              f"{args.epochs} epochs", flush=True)
+        summaries[strategy] = Trainer(cfg, data=data, overwrite=True).fit()
+        print(f"   test acc {100 * summaries[strategy]['test_acc']:.2f}% in {summaries[strategy]['wall']:.1f} s", flush=True)
+    print()
+    print(summary_table(summaries))
+    print()
+    print(phase_table(summaries))
+    t, s = summaries["traditional"], summaries["sb"]
+    print(f"\nSB backpropagated {s['backprops'] / t['backprops']:.2f}x Traditional's examples "
+          f"(the first epoch primes on everything) in {s['wall'] / t['wall']:.2f}x its training time.")
+    print(f"Run logs: {args.out}/*/log.jsonl")
+    return 0
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+    print("\n".join(list_models()))
+    return 0
+
+
+def cmd_list_engines(args: argparse.Namespace) -> int:
+    from .engines import list_engines
+    print("\n".join(list_engines()))
+    return 0
+
+
+# Later subcommands (export, profile, compare, report) register themselves here: a function
+# taking the subparsers object, which adds a parser with ``set_defaults(handler=...)``.
+_EXTRA_COMMANDS: List[Any] = []
+_HANDLERS = {"train": cmd_train, "demo": cmd_demo, "list-models": cmd_list_models, "list-engines": cmd_list_engines}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None) or _HANDLERS[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted; the last epoch's checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+    except (ConfigError, FileNotFoundError, FloatingPointError, ValueError) as exc:
+        print(f"sb-accel: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # DataError, EngineError and friends carry their fix in the message
+        print(f"sb-accel: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Typed run configuration: defaults < ``--config run.toml`` < command-line flags, validated once.
+
+Every field is a flag of ``sb-accel train`` (``selectivity`` -> ``--selectivity``); a TOML file may
+set any of them at the top level. Invalid values raise :class:`ConfigError` naming the field and
+the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["TrainConfig", "ConfigError", "STRATEGIES"]
+
+STRATEGIES = ("traditional", "sb", "stale-sb", "kath18", "infobatch")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what is allowed."""
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "cifar10"
+    data_dir: Optional[str] = None
+    download: bool = False
+    train_subset: int = 0          # 0: all training examples
+    test_subset: int = 0           # 0: the whole test set
+    augment: str = "preset"        # "preset" (paper's per-dataset setting) or "none"
+    # model
+    model: str = "small_cnn"
+    width: int = 0                 # model width override (0: the model's default)
+    # strategy
+    strategy: str = "sb"
+    selectivity: float = 0.33
+    beta: Optional[float] = None
+    history: int = 1024
+    floor: float = 0.0
+    history_mode: str = "batch"
+    prime_epochs: Optional[int] = None   # None: 1 for sb / stale-sb (authors' code), else 0
+    stale_n: int = 3
+    kath18_multiplier: int = 3
+    infobatch_ratio: float = 0.5
+    infobatch_anneal: float = 0.125
+    selection_batch_size: int = 0  # 0: batch_size x the policy's candidate multiplier
+    end_of_epoch: str = "carry"
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    lr_schedule: str = "multistep"
+    milestones: List[float] = field(default_factory=lambda: [0.3, 0.6, 0.8])  # fractions of epochs
+    gamma: float = 0.2
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    # selection engine
+    engine: str = "torch"
+    precision: str = "fp32"
+    refresh_every_steps: int = 0
+    refresh_every_epoch: bool = True
+    refresh_background: bool = False
+    engine_fallback: str = "raise"   # "raise" or "torch"
+    pipeline: bool = False           # select the next candidate batches in a background thread
+    pipeline_depth: int = 2
+    engine_threads: int = 0          # CPU threads for the selection engine (0: backend default)
+    # device and run
+    device: str = "auto"
+    threads: int = 0                 # torch CPU threads (0: torch default)
+    amp: str = "off"                 # off | bf16 | fp16 (training forward autocast)
+    seed: int = 0
+    eval_every_steps: int = 0        # 0: evaluate at every epoch end only
+    log_every_steps: int = 50
+    run_dir: str = "runs/latest"
+    checkpoint: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.milestones = [float(m) for m in self.milestones]
+        self.validate()
+
+    # --- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}: {msg} (got {getattr(self, name)!r})")
+
+        need(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        need(0.0 < self.selectivity <= 1.0 and math.isfinite(self.selectivity), "selectivity",
+             "must be in (0, 1]; 0.33 keeps about a third of the examples")
+        need(self.beta is None or self.beta >= 0, "beta", "must be >= 0")
+        need(self.history >= 1, "history", "must be >= 1")
+        need(0.0 <= self.floor <= 1.0, "floor", "must be in [0, 1]")
+        need(self.history_mode in ("batch", "sequential"), "history_mode", "must be 'batch' or 'sequential'")
+        need(self.prime_epochs is None or self.prime_epochs >= 0, "prime_epochs", "must be >= 0")
+        need(self.stale_n >= 1, "stale_n", "must be >= 1")
+        need(self.kath18_multiplier >= 1, "kath18_multiplier", "must be >= 1")
+        need(0.0 <= self.infobatch_ratio < 1.0, "infobatch_ratio", "must be in [0, 1)")
+        need(0.0 <= self.infobatch_anneal <= 1.0, "infobatch_anneal", "must be in [0, 1]")
+        need(self.selection_batch_size >= 0, "selection_batch_size", "must be >= 0 (0: automatic)")
+        need(self.end_of_epoch in ("carry", "partial", "drop"), "end_of_epoch", "must be carry, partial or drop")
+        need(self.epochs >= 1, "epochs", "must be >= 1")
+        need(self.batch_size >= 1, "batch_size", "must be >= 1")
+        need(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number")
+        need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.lr_schedule in ("multistep", "cosine", "linear", "constant"), "lr_schedule",
+             "must be multistep, cosine, linear or constant")
+        need(all(0 < m for m in self.milestones), "milestones",
+             "must be positive: fractions of the run (< 1) or epoch numbers (>= 1)")
+        need(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "must be in [0, epochs)")
+        need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+        need(self.engine_fallback in ("raise", "torch"), "engine_fallback", "must be 'raise' or 'torch'")
+        need(self.refresh_every_steps >= 0, "refresh_every_steps", "must be >= 0 (0: only per epoch)")
+        need(self.pipeline_depth >= 1, "pipeline_depth", "must be >= 1")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
+             "must be auto, cpu, cuda or cuda:N")
+        need(self.threads >= 0 and self.engine_threads >= 0, "threads", "must be >= 0")
+        need(self.amp in ("off", "bf16", "fp16"), "amp", "must be off, bf16 or fp16")
+        need(self.eval_every_steps >= 0, "eval_every_steps", "must be >= 0")
+        need(self.log_every_steps >= 1, "log_every_steps", "must be >= 1")
+        need(self.train_subset >= 0 and self.test_subset >= 0, "train_subset", "must be >= 0")
+        need(self.augment in ("preset", "none"), "augment", "must be 'preset' or 'none'")
+        need(self.width >= 0, "width", "must be >= 0")
+
+    # --- derived values ---------------------------------------------------------------------
+    @property
+    def resolved_prime_epochs(self) -> int:
+        if self.prime_epochs is not None:
+            return self.prime_epochs
+        return 1 if self.strategy in ("sb", "stale-sb") else 0
+
+    @property
+    def milestone_epochs(self) -> Tuple[float, ...]:
+        """Milestones in epochs: values < 1 are fractions of the run."""
+        return tuple(m * self.epochs if m < 1 else m for m in self.milestones)
+
+    # --- I/O ----------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> List[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known keys: {', '.join(cls.field_names())}")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: Optional[Dict[str, Any]] = None) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        values.update(overrides or {})
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,51 @@
+"""Shuffled candidate batches from an in-memory dataset, augmented and normalised on the device."""
+from __future__ import annotations
+
+from typing import Iterator, Tuple
+
+import torch
+
+from .augment import Augment
+from .datasets import ArrayDataset
+
+__all__ = ["CandidateLoader", "test_batches"]
+
+Candidate = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class CandidateLoader:
+    """Iterates ``(x, y, indices)`` over a fresh permutation of the training set each epoch.
+
+    All randomness (permutation, augmentation) comes from one CPU generator, checkpointed with the run.
+    """
+
+    def __init__(self, data: ArrayDataset, augment: Augment, device: torch.device | str = "cpu",
+                 seed: int = 0) -> None:
+        self.data = data
+        self.augment = augment
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        # Keep the uint8 training set where the model is: one host->device copy per run, not per batch.
+        self.x = data.x_train.to(self.device)
+        self.y = data.y_train.to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def epoch(self, batch_size: int) -> Iterator[Candidate]:
+        """One pass over a new permutation in batches of ``batch_size`` (the last may be smaller)."""
+        order = torch.randperm(len(self.y), generator=self.generator)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            dev_idx = idx.to(self.device)
+            yield self.prepare(self.x[dev_idx]), self.y[dev_idx], idx
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return self.augment.apply(images, self.data.normalize, self.generator)
+
+
+def test_batches(data: ArrayDataset, batch_size: int = 1000, device: torch.device | str = "cpu") -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """The test split, normalised, in order."""
+    for start in range(0, len(data.y_test), batch_size):
+        x = data.x_test[start:start + batch_size].to(device)
+        yield data.normalize(x), data.y_test[start:start + batch_size].to(device)

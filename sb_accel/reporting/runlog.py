@@ -1,0 +1,128 @@
+"""RunLog: one JSON object per line in ``<run_dir>/log.jsonl``; every report reads only this.
+
+Event kinds (field ``event``):
+
+* ``config``: ``config`` (resolved TrainConfig), ``policy``, ``engine``, ``device``, ``torch``.
+* ``interval``: every ``log_every_steps`` optimizer steps: ``epoch``, ``step``, ``wall``,
+  ``train_loss``, ``lr``, ``candidates``, ``forwards``, ``backprops``, ``selectivity`` (kept /
+  candidates over the interval), ``staleness``.
+* ``eval``: ``epoch`` (float progress), ``step``, ``wall``, ``test_acc``, ``test_error``,
+  ``test_loss``, ``backprops``, ``forwards``, ``candidates``, ``phases``.
+* ``refresh``: engine refreshes (``seconds``, ``reason``, ``staleness``...).
+* ``epoch``: end-of-epoch counters and ``phases``.
+* ``resume``: a run continued from its checkpoint.
+* ``summary``: final ``test_acc``, ``wall``, ``phases``, counters.
+
+``wall`` is training wall-clock in seconds: all phases except ``eval`` (evaluation frequency is a
+measurement choice and must not change time-to-accuracy).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+__all__ = ["RunLog", "read_events", "Run", "load_run"]
+
+LOG_NAME = "log.jsonl"
+
+
+class RunLog:
+    """Append-only JSON-lines writer; each line is flushed and fsynced, so a crash loses nothing
+    already logged and never leaves a half-written line before a newer one."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / LOG_NAME
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, event: str, **fields: Any) -> Dict[str, Any]:
+        record = {"event": event, "time": time.time(), **fields}
+        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return record
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_events(path: str | Path) -> Iterator[Dict[str, Any]]:
+    """Events of a log file; a truncated last line (crash mid-write) is skipped."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+class Run:
+    """A parsed run directory: config, evals, summary, phases."""
+
+    def __init__(self, run_dir: str | Path, events: List[Dict[str, Any]]) -> None:
+        self.run_dir = Path(run_dir)
+        self.events = events
+
+    def of(self, kind: str) -> List[Dict[str, Any]]:
+        return [e for e in self.events if e["event"] == kind]
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        configs = self.of("config")
+        return configs[-1]["config"] if configs else {}
+
+    @property
+    def evals(self) -> List[Dict[str, Any]]:
+        return self.of("eval")
+
+    @property
+    def summary(self) -> Optional[Dict[str, Any]]:
+        s = self.of("summary")
+        return s[-1] if s else None
+
+    @property
+    def label(self) -> str:
+        """A readable name: strategy, engine and precision if not torch-fp32."""
+        c = self.config
+        label = c.get("strategy", self.run_dir.name)
+        if c.get("strategy") not in (None, "traditional", "infobatch") and (c.get("engine"), c.get("precision")) != ("torch", "fp32"):
+            label += f" [{c.get('engine')}-{c.get('precision')}]"
+        if c.get("pipeline"):
+            label += " +pipeline"
+        return label
+
+    @property
+    def phases(self) -> Dict[str, float]:
+        """Phase totals of the last event that carries them."""
+        for e in reversed(self.events):
+            if "phases" in e:
+                return e["phases"]
+        return {}
+
+
+def load_run(run_dir: str | Path) -> Run:
+    path = Path(run_dir) / LOG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {LOG_NAME}; is this a run directory of sb-accel train?")
+    return Run(run_dir, list(read_events(path)))
