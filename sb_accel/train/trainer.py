@@ -6,6 +6,7 @@ logged to the RunLog. The Trainer holds no selection math and no backend-specifi
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,7 +27,8 @@ from ..reporting.runlog import LOG_NAME, RunLog
 from ..selection import BackpropBatcher, TrainBatch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .factory import build_model, build_optimizer, build_policy, build_schedule
-from .selection_step import select_candidates
+from .pipeline import SelectionPipeline
+from .selection_step import Decision, ScoredCandidates, decide, score_candidates
 from .timer import PhaseTimer
 
 __all__ = ["Trainer", "resolve_device"]
@@ -93,6 +95,8 @@ class Trainer:
         self._interval = {"loss_sum": torch.zeros((), device=self.device), "examples": 0,
                           "candidates": 0, "kept": 0}
         self.last_acc = float("nan")
+        self.pipeline: Optional[SelectionPipeline] = None
+        self.selection_background = 0.0  # seconds the pipeline's worker spent selecting
 
         self.timer.start()
         if checkpoint is not None:
@@ -112,6 +116,8 @@ class Trainer:
             device=self.device, sample_batches=self._sample_batches(), threads=cfg.engine_threads or None,
             cache_dir=str(Path("engines") / "cache"),
             max_batch=max(self.selection_batch_size(e) for e in range(cfg.epochs)))
+        if cfg.pipeline:  # the worker must not read weights the main thread is updating
+            context.options["snapshot"] = True
         engine = create_engine(cfg.engine, self.model, context, precision=cfg.precision)
         engine.snapshot_step = self.step
         return EngineRefresher(engine, RefreshSchedule(cfg.refresh_every_steps, cfg.refresh_every_epoch))
@@ -141,34 +147,46 @@ class Trainer:
         return self._finish()
 
     def _run_epoch(self, bar) -> None:
-        epoch = self.epoch
-        self.policy.on_epoch_start(epoch, self.cfg.epochs)
+        cfg, epoch = self.cfg, self.epoch
+        self.policy.on_epoch_start(epoch, cfg.epochs)
         n = len(self.loader)
         batches = self.loader.epoch(self.selection_batch_size(epoch))
-        while True:
-            self.timer.switch("data")
-            candidate = next(batches, None)
-            if candidate is None:
-                break
-            x, y, idx = candidate
-            self.timer.switch("selection")
-            keep, weights = self._select(x, y, idx, epoch)
-            for batch in self.batcher.add(x, y, idx, keep, weights):
-                self._train_step(batch)
-            self.progress += len(idx) / n
-            bar.update(len(idx))
+        if cfg.pipeline:
+            self.pipeline = SelectionPipeline(batches, lambda: self.refresher.engine, self.policy, epoch, cfg.pipeline_depth)
+            scored_batches: Iterator[ScoredCandidates] = iter(self.pipeline)
+        try:
+            while True:
+                if cfg.pipeline:
+                    self.timer.switch("selection")  # only the time spent waiting for the worker
+                    scored = next(scored_batches, None)
+                else:
+                    self.timer.switch("data")
+                    candidate = next(batches, None)
+                    self.timer.switch("selection")
+                    scored = None if candidate is None else score_candidates(self.refresher.engine, self.policy, *candidate, epoch)
+                if scored is None:
+                    break
+                decision = decide(self.policy, scored, epoch)
+                self._count_selection(scored, decision)
+                for batch in self.batcher.add(scored.x, scored.y, scored.indices, decision.keep, decision.weights):
+                    self._train_step(batch)
+                self.progress += len(scored.indices) / n
+                bar.update(len(scored.indices))
+        finally:
+            if self.pipeline is not None:
+                self.pipeline.close()
+                self.selection_background += self.pipeline.busy_seconds
+                self.pipeline = None
         for batch in self.batcher.end_epoch():
             self._train_step(batch)
         self.timer.switch("other")
         bar.set_postfix(acc=f"{self.last_acc:.3f}", sel=f"{self.backprops / max(self.candidates, 1):.2f}")
 
-    def _select(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        decision = select_candidates(self.refresher.engine, self.policy, x, y, idx, epoch)
-        self.forwards += decision.forwards
-        self.candidates += len(idx)
-        self._interval["candidates"] += len(idx)
+    def _count_selection(self, scored: ScoredCandidates, decision: Decision) -> None:
+        self.forwards += scored.forwards
+        self.candidates += len(scored.indices)
+        self._interval["candidates"] += len(scored.indices)
         self._interval["kept"] += int(decision.keep.sum())
-        return decision.keep, decision.weights
 
     def _train_step(self, batch: TrainBatch) -> None:
         cfg = self.cfg
@@ -194,13 +212,18 @@ class Trainer:
         self._interval["loss_sum"] += loss.detach() * len(batch)
         self._interval["examples"] += len(batch)
         self.timer.switch("refresh")
-        for event in self.refresher.after_step(self.model, self.step):
-            self.log.write(**event)
+        with self._engine_lock():
+            for event in self.refresher.after_step(self.model, self.step):
+                self.log.write(**event)
         self.timer.switch("other")
         if self.step % cfg.log_every_steps == 0:
             self._log_interval(lr)
         if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0:
             self.evaluate()
+
+    def _engine_lock(self):
+        """Engine changes must not race the pipeline's worker."""
+        return self.pipeline.lock if self.pipeline is not None else contextlib.nullcontext()
 
     def _log_interval(self, lr: float) -> None:
         iv = self._interval
@@ -247,7 +270,7 @@ class Trainer:
             self.evaluate()
         self.log.write("epoch", epoch=self.epoch, step=self.step, wall=self._wall(), candidates=self.candidates,
                        forwards=self.forwards, backprops=self.backprops, pending=self.batcher.pending(),
-                       phases=self.timer.totals())
+                       selection_background=self.selection_background, phases=self.timer.totals())
         if self.cfg.checkpoint:
             save_checkpoint(self._state(), self.run_dir)
 
@@ -257,7 +280,8 @@ class Trainer:
             "summary", epochs=self.epoch, step=self.step, test_acc=self.last_acc, wall=self._wall(),
             wall_total=sum(phases.values()), candidates=self.candidates, forwards=self.forwards,
             backprops=self.backprops, selectivity=self.backprops / max(self.candidates, 1),
-            untrained_remainder=self.batcher.pending(), phases=phases, engine=self.refresher.engine.name,
+            untrained_remainder=self.batcher.pending(), phases=phases,
+            selection_background=self.selection_background, engine=self.refresher.engine.name,
             refreshes=self.refresher.count)
         self.refresher.close()
         self.log.close()
