@@ -29,4 +29,9 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwarg
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
-    return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    try:
+        return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except TypeError as exc:
+        if kwargs and "unexpected keyword" in str(exc):
+            raise ValueError(f"model {name!r} does not take {sorted(kwargs)}: {exc}") from None
+        raise
