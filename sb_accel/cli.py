@@ -39,6 +39,7 @@ _HELP = {
     "device": "auto, cpu, cuda, cuda:N",
     "threads": "torch CPU threads (0: default)",
     "amp": "training-forward autocast: off, bf16, fp16",
+    "channels_last": "NHWC memory format for model and batches",
     "eval_every_steps": "also evaluate every N optimizer steps (0: per epoch)",
     "run_dir": "where the log, config and checkpoint go",
 }

@@ -74,6 +74,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0                 # torch CPU threads (0: torch default)
     amp: str = "off"                 # off | bf16 | fp16 (training forward autocast)
+    channels_last: bool = True       # NHWC memory format: ~1.8x faster convolution forwards on CPU (oneDNN)
     seed: int = 0
     eval_every_steps: int = 0        # 0: evaluate at every epoch end only
     log_every_steps: int = 50

@@ -20,8 +20,9 @@ class CandidateLoader:
     """
 
     def __init__(self, data: ArrayDataset, augment: Augment, device: torch.device | str = "cpu",
-                 seed: int = 0) -> None:
+                 seed: int = 0, memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.data = data
+        self.memory_format = memory_format
         self.augment = augment
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
@@ -41,11 +42,13 @@ class CandidateLoader:
             yield self.prepare(self.x[dev_idx]), self.y[dev_idx], idx
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return self.augment.apply(images, self.data.normalize, self.generator)
+        x = self.augment.apply(images, self.data.normalize, self.generator)
+        return x.contiguous(memory_format=self.memory_format)
 
 
-def test_batches(data: ArrayDataset, batch_size: int = 1000, device: torch.device | str = "cpu") -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def test_batches(data: ArrayDataset, batch_size: int = 128, device: torch.device | str = "cpu",
+                 memory_format: torch.memory_format = torch.contiguous_format) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """The test split, normalised, in order."""
     for start in range(0, len(data.y_test), batch_size):
-        x = data.x_test[start:start + batch_size].to(device)
-        yield data.normalize(x), data.y_test[start:start + batch_size].to(device)
+        x = data.normalize(data.x_test[start:start + batch_size].to(device))
+        yield x.contiguous(memory_format=memory_format), data.y_test[start:start + batch_size].to(device)

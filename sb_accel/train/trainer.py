@@ -74,8 +74,9 @@ class Trainer:
             data = data.subset(cfg.train_subset or None, cfg.test_subset or None, seed=cfg.seed)
         self.data = data
         augment = AUGMENT_PRESETS.get(data.name, Augment()) if cfg.augment == "preset" else Augment()
-        self.loader = CandidateLoader(data, augment, self.device, seed=cfg.seed)
-        self.model = build_model(cfg, data.num_classes, data.in_channels).to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.loader = CandidateLoader(data, augment, self.device, seed=cfg.seed, memory_format=self.memory_format)
+        self.model = build_model(cfg, data.num_classes, data.in_channels).to(self.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(cfg, self.model)
         self.schedule = build_schedule(cfg)
         self.policy = build_policy(cfg, len(data.y_train))
@@ -126,7 +127,7 @@ class Trainer:
         """A fixed set of un-augmented training batches for engine calibration and validation."""
         g = torch.Generator().manual_seed(1234)
         idx = torch.randperm(len(self.data.y_train), generator=g)[: count * self.cfg.batch_size]
-        x = self.data.normalize(self.data.x_train[idx].to(self.device))
+        x = self.data.normalize(self.data.x_train[idx].to(self.device)).contiguous(memory_format=self.memory_format)
         y = self.data.y_train[idx].to(self.device)
         return list(zip(x.split(self.cfg.batch_size), y.split(self.cfg.batch_size)))
 
@@ -249,7 +250,7 @@ class Trainer:
         with self.timer.phase("eval"):
             self.model.eval()
             correct, loss_sum, n = 0, 0.0, 0
-            for x, y in test_batches(self.data, 512, self.device):
+            for x, y in test_batches(self.data, self.cfg.batch_size, self.device, self.memory_format):
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                     logits = self.model(x)
                 loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
