@@ -1,7 +1,5 @@
-import json
 
 import pytest
-import torch
 
 from sb_accel.config import ConfigError, TrainConfig
 from sb_accel.reporting import load_run

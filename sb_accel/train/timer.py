@@ -37,7 +37,6 @@ class PhaseTimer:
         self._current = "other"
         self._mark: float | None = None
         self._events: List[Tuple[str, "torch.cuda.Event"]] = []  # (phase that starts here, event)
-        self._offset = 0.0  # totals carried from a resumed run
 
     def start(self) -> None:
         self._current = "other"
