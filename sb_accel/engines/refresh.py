@@ -3,18 +3,51 @@
 :class:`RefreshSchedule` is the pure rule (every ``K`` optimizer steps and/or every epoch);
 :class:`EngineRefresher` applies it to an engine and reports each refresh as a RunLog event.
 A live engine (torch reading the training model) is never refreshed.
+
+Two more duties, both optional:
+
+* **Validation.** With a :class:`Validation` batch, every (re)built engine is compared with the
+  PyTorch model it was built from: max |loss difference| and Spearman rank correlation, logged in
+  the event. A failed build, refresh or validation raises :class:`RefreshError` (default) or, with
+  ``fallback="torch"``, replaces the engine with a PyTorch FP32 snapshot engine and logs why.
+* **Background refresh.** Given a second ("standby") engine, a due refresh copies the weights into
+  a private snapshot module (a fast ``load_state_dict`` on the main thread) and refreshes the
+  standby from it in a worker thread while the serving engine keeps answering ``losses``. The
+  engines are swapped by the first ``after_step``/``after_epoch`` call that finds the work done,
+  so selection never sees a half-refreshed engine. A refresh that comes due while one is running
+  is deferred and starts, from the then-current weights, right after the swap. Selection is then
+  ``staleness`` optimizer steps behind the model (logged at each swap). Costs: a second engine and
+  one copy of the model; engines that refresh in place (TensorRT refit) are only ever refreshed
+  while they are the standby.
+
+Refresh events count cheap and full refreshes: an engine says which one it just did through a
+``refresh_kind`` attribute (``"cheap"``: e.g. INT8 weights re-quantized with kept activation
+scales, or a TensorRT refit; anything else, or no attribute: ``"full"``).
 """
 from __future__ import annotations
 
+import copy
+import math
+import threading
 import time
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
+import torch
 import torch.nn as nn
 
-from .base import SelectionEngine
+from .base import EngineContext, EngineError, SelectionEngine, create_engine, parse_engine_spec
+from .torch_backend import TorchEngine
 
-__all__ = ["RefreshSchedule", "EngineRefresher"]
+__all__ = ["RefreshSchedule", "EngineRefresher", "Validation", "RefreshError", "check_engine", "rank_correlation",
+           "DEFAULT_MAX_ABS_ERROR"]
+
+# Largest accepted |engine loss - FP32 torch loss| per precision: about 5x what healthy engines
+# show on a partly trained CIFAR ResNet-18 (benchmarks/selection_throughput.py: FP32 1e-6, FP16
+# 7e-3, BF16 2e-2, INT8 0.2), far below what a broken one shows (wrong or stale weights, a dropped
+# bias: errors of order 1 and more).
+DEFAULT_MAX_ABS_ERROR: Dict[str, float] = {"fp32": 1e-3, "fp16": 0.1, "bf16": 0.25, "int8": 1.0, "fp8": 1.0}
+_FALLBACKS = ("raise", "torch")
 
 
 @dataclass(frozen=True)
@@ -35,36 +68,294 @@ class RefreshSchedule:
         return self.every_epoch
 
 
-class EngineRefresher:
-    """Keeps ``engine`` up to date with the training model on ``schedule``."""
+class RefreshError(EngineError):
+    """A build, refresh or validation failed; ``event`` is the RunLog event describing it."""
 
-    def __init__(self, engine: SelectionEngine, schedule: RefreshSchedule = RefreshSchedule()) -> None:
+    def __init__(self, message: str, event: dict) -> None:
+        super().__init__(message)
+        self.event = event
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A small fixed batch and the thresholds every (re)built engine must meet against PyTorch.
+
+    Attributes:
+        x, y: the batch (on the training device).
+        max_abs_error: largest accepted |loss difference| (None: by precision,
+            :data:`DEFAULT_MAX_ABS_ERROR`).
+        min_rank_correlation: smallest accepted Spearman correlation with the FP32 losses (None:
+            logged only; early in training INT8 ranks legitimately disagree on near-equal losses).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    max_abs_error: Optional[float] = None
+    min_rank_correlation: Optional[float] = None
+
+    @classmethod
+    def from_context(cls, context: EngineContext, rows: int = 32, **thresholds: float) -> "Validation":
+        """The first ``rows`` examples of ``context.sample_batches`` (a validation forward costs
+        one small batch of both the engine and the torch model per refresh)."""
+        if not context.sample_batches:
+            raise EngineError("validation needs EngineContext.sample_batches")
+        x = torch.cat([b[0] for b in context.sample_batches])[:rows]
+        y = torch.cat([b[1] for b in context.sample_batches])[:rows]
+        return cls(x, y, **thresholds)
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two loss vectors (ties get average ranks; NaN if constant)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy())[0])
+
+
+def check_engine(engine: SelectionEngine, model: nn.Module, validation: Validation) -> dict:
+    """Compare ``engine`` with FP32 PyTorch on ``model``; returns the metrics and a verdict.
+
+    Returns:
+        ``{"max_abs_error", "rank_correlation", "ok", "problem"}``; ``problem`` says which
+        threshold failed (None when ``ok``).
+    """
+    reference = TorchEngine(model, "fp32").losses(validation.x, validation.y).float()
+    got = engine.losses(validation.x, validation.y).float().to(reference.device)
+    error = float((got - reference).abs().max())
+    rho = rank_correlation(got, reference)
+    tolerance = (validation.max_abs_error if validation.max_abs_error is not None
+                 else DEFAULT_MAX_ABS_ERROR.get(engine.precision, 1.0))
+    problem = None
+    if not math.isfinite(error) or error > tolerance:
+        problem = f"max |loss difference| vs torch fp32 {error:.3g} > {tolerance:g}"
+    elif validation.min_rank_correlation is not None and not rho >= validation.min_rank_correlation:
+        problem = f"rank correlation vs torch fp32 {rho:.3f} < {validation.min_rank_correlation:g}"
+    return {"max_abs_error": error, "rank_correlation": rho, "ok": problem is None, "problem": problem}
+
+
+@dataclass
+class _Job:
+    """One background refresh: written by the worker, read by the main thread after ``done``."""
+
+    step: int
+    reason: str
+    thread: Optional[threading.Thread] = None
+    done: threading.Event = field(default_factory=threading.Event)
+    seconds: float = 0.0
+    check: dict = field(default_factory=dict)  # check_engine's result; empty without validation
+    error: Optional[BaseException] = None
+
+
+class EngineRefresher:
+    """Keeps ``engine`` up to date with the training model on ``schedule``.
+
+    Args:
+        engine: the serving engine.
+        schedule: when refreshes are due.
+        validation: check every refresh against PyTorch (None: no check).
+        fallback: on a failed refresh or validation, ``"raise"`` a :class:`RefreshError` or switch
+            to a ``"torch"`` FP32 snapshot engine (refreshed on the same schedule, synchronously).
+        standby: a second engine of the same kind; given, refreshes run in a background thread
+            (see the module docstring).
+    """
+
+    def __init__(self, engine: SelectionEngine, schedule: RefreshSchedule = RefreshSchedule(), *,
+                 validation: Optional[Validation] = None, fallback: str = "raise",
+                 standby: Optional[SelectionEngine] = None) -> None:
+        if fallback not in _FALLBACKS:
+            raise ValueError(f"fallback must be one of {_FALLBACKS}, got {fallback!r}")
         self.engine = engine
         self.schedule = schedule
+        self.validation = validation
+        self.fallback = fallback
         self.count = 0
+        self.cheap_count = 0
+        self.full_count = 0
+        self._standby = standby
+        self._shadow: Optional[nn.Module] = None  # the snapshot the standby is refreshed from
+        self._job: Optional[_Job] = None
+        self._deferred: Optional[str] = None  # reason of a refresh that came due during a job
+        self._pending: List[dict] = []  # events to hand out with the next after_step/after_epoch
 
+    @classmethod
+    def create(cls, spec: str, model: nn.Module, context: EngineContext,
+               schedule: RefreshSchedule = RefreshSchedule(), *, precision: Optional[str] = None,
+               background: bool = False, validate: bool = True, fallback: str = "raise",
+               validation_rows: int = 32) -> "EngineRefresher":
+        """Build the engine ``spec`` (plus a standby for ``background``), validate it, and wrap it.
+
+        A build or validation failure raises :class:`RefreshError`, or with ``fallback="torch"``
+        gives a refresher over a PyTorch FP32 snapshot engine. The build (or failure) event is
+        returned by the first ``after_step``/``after_epoch``.
+        """
+        backend, precision = parse_engine_spec(spec, precision)
+        validation = Validation.from_context(context, validation_rows) if validate else None
+        start = time.perf_counter()
+        built: List[SelectionEngine] = []
+        try:
+            built.append(create_engine(backend, model, context, precision))
+            engine = built[0]
+            check = _checked(engine, model, validation)
+            if background and not engine.is_live:
+                built.append(create_engine(backend, model, context, precision))
+        except EngineError as exc:
+            for partial in built:
+                partial.close()
+            event, engine = _fail_or_fall_back(exc, model, 0, "build", time.perf_counter() - start,
+                                               f"{backend}-{precision}", fallback)
+            refresher = cls(engine, schedule, validation=validation, fallback=fallback)
+        else:
+            refresher = cls(engine, schedule, validation=validation, fallback=fallback,
+                            standby=built[1] if len(built) > 1 else None)
+            event = {"event": "engine_build", "step": 0, "engine": engine.name,
+                     "seconds": time.perf_counter() - start, "background": len(built) > 1, **check}
+        refresher._pending.append(event)
+        return refresher
+
+    # --- schedule -----------------------------------------------------------------------------
     def after_step(self, model: nn.Module, step: int) -> List[dict]:
         """Call after optimizer step ``step``; returns RunLog events of any refresh done."""
-        if self.engine.is_live or not self.schedule.due_after_step(step):
-            return []
-        return [self.refresh(model, step, reason="steps")]
+        events = self._poll(model, step)
+        if not self.engine.is_live and self.schedule.due_after_step(step):
+            events += self._due(model, step, "steps")
+        return events
 
     def after_epoch(self, model: nn.Module, step: int) -> List[dict]:
-        if self.engine.is_live or not self.schedule.due_after_epoch():
-            return []
-        return [self.refresh(model, step, reason="epoch")]
+        events = self._poll(model, step)
+        if not self.engine.is_live and self.schedule.due_after_epoch():
+            events += self._due(model, step, "epoch")
+        return events
 
+    def _due(self, model: nn.Module, step: int, reason: str) -> List[dict]:
+        if self._standby is None:
+            return [self.refresh(model, step, reason=reason)]
+        if self._job is not None:
+            self._deferred = reason
+            return []
+        self._start(model, step, reason)
+        return []
+
+    # --- synchronous refresh ------------------------------------------------------------------
     def refresh(self, model: nn.Module, step: int, reason: str = "manual") -> dict:
+        """Refresh the serving engine now, in this thread; returns its RunLog event."""
         start = time.perf_counter()
-        self.engine.refresh(model)
-        self.engine.snapshot_step = step
+        try:
+            self.engine.refresh(model)
+            self.engine.snapshot_step = step
+            check = _checked(self.engine, model, self.validation)
+        except EngineError as exc:
+            return self._fail(exc, model, step, reason, time.perf_counter() - start)
+        return self._record(step, reason, "sync", time.perf_counter() - start, check)
+
+    def _record(self, step: int, reason: str, mode: str, seconds: float, check: dict) -> dict:
+        kind = getattr(self.engine, "refresh_kind", "full")
         self.count += 1
+        if kind == "cheap":
+            self.cheap_count += 1
+        else:
+            self.full_count += 1
         return {"event": "refresh", "step": step, "reason": reason, "engine": self.engine.name,
-                "seconds": time.perf_counter() - start, "count": self.count}
+                "seconds": seconds, "count": self.count, "kind": kind, "cheap_count": self.cheap_count,
+                "full_count": self.full_count, "mode": mode, "snapshot_step": self.engine.snapshot_step,
+                "staleness": self.staleness(step), **check}
+
+    def _fail(self, exc: EngineError, model: nn.Module, step: int, reason: str, seconds: float) -> dict:
+        event, engine = _fail_or_fall_back(exc, model, step, reason, seconds, self.engine.name, self.fallback)
+        self._close_engines()
+        self.engine = engine
+        self._standby = None  # a torch snapshot refresh is one copy: no need for the background
+        return event
+
+    # --- background refresh -------------------------------------------------------------------
+    def _start(self, model: nn.Module, step: int, reason: str) -> None:
+        if self._shadow is None:
+            self._shadow = copy.deepcopy(model).eval()
+        else:
+            self._shadow.load_state_dict(model.state_dict())
+        job = _Job(step, reason)
+        job.thread = threading.Thread(target=self._work, args=(job,), name="sb-engine-refresh", daemon=True)
+        self._job = job
+        job.thread.start()
+
+    def _work(self, job: _Job) -> None:
+        start = time.perf_counter()
+        try:
+            self._standby.refresh(self._shadow)
+            self._standby.snapshot_step = job.step
+            if self.validation is not None:
+                job.check = check_engine(self._standby, self._shadow, self.validation)
+        except BaseException as exc:  # handed to the main thread, which decides raise vs fallback
+            job.error = exc
+        job.seconds = time.perf_counter() - start
+        job.done.set()
+
+    def _poll(self, model: nn.Module, step: int) -> List[dict]:
+        events, self._pending = self._pending, []
+        job = self._job
+        if job is None or not job.done.is_set():
+            return events
+        self._job = None
+        if job.error is not None and not isinstance(job.error, EngineError):
+            raise job.error  # a bug, not an engine failure: surface it in the training thread
+        if job.error is not None or not job.check.get("ok", True):
+            problem = job.error or EngineError(f"{self._standby.name} failed validation: {job.check['problem']}")
+            events.append(self._fail(problem, model, step, job.reason, job.seconds))
+            return events
+        self.engine, self._standby = self._standby, self.engine
+        check = {k: job.check[k] for k in ("max_abs_error", "rank_correlation") if k in job.check}
+        events.append(self._record(step, job.reason, "background", job.seconds, check))
+        if self._deferred is not None:
+            reason, self._deferred = self._deferred, None
+            self._start(model, step, reason)
+        return events
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until a running background refresh has finished (swap happens at the next
+        ``after_step``); True if none is running any more."""
+        job = self._job
+        return job is None or job.done.wait(timeout)
+
+    @property
+    def busy(self) -> bool:
+        """True while a background refresh is running."""
+        return self._job is not None and not self._job.done.is_set()
 
     def staleness(self, step: int) -> int:
         """Optimizer steps between the engine's snapshot and now (0 for a live engine)."""
         return 0 if self.engine.is_live else step - self.engine.snapshot_step
 
     def close(self) -> None:
+        job = self._job
+        if job is not None and job.thread is not None:
+            job.thread.join()
+        self._close_engines()
+
+    def _close_engines(self) -> None:
         self.engine.close()
+        if self._standby is not None:
+            self._standby.close()
+
+
+def _checked(engine: SelectionEngine, model: nn.Module, validation: Optional[Validation]) -> dict:
+    """Validation metrics for the event ({} without validation); raises EngineError on failure."""
+    if validation is None:
+        return {}
+    check = check_engine(engine, model, validation)
+    if not check["ok"]:
+        raise EngineError(f"{engine.name} failed validation: {check['problem']}")
+    return {k: check[k] for k in ("max_abs_error", "rank_correlation")}
+
+
+def _fail_or_fall_back(exc: EngineError, model: nn.Module, step: int, reason: str, seconds: float, name: str,
+                       fallback: str) -> Tuple[dict, SelectionEngine]:
+    """Raise :class:`RefreshError`, or return the failure event and a torch FP32 snapshot engine."""
+    event = {"event": "refresh_failed", "step": step, "reason": reason, "engine": name, "error": str(exc),
+             "seconds": seconds, "fallback": None}
+    if fallback == "raise":
+        raise RefreshError(f"engine {name} {reason} failed at step {step}: {exc} (pass fallback='torch' to "
+                           "continue with PyTorch FP32 selection instead)", event) from exc
+    # A snapshot, not the live model: it stays safe when selection runs in another thread.
+    device = next(model.parameters(), torch.empty(0)).device
+    engine = TorchEngine(model, "fp32", EngineContext(device=device, options={"snapshot": True}))
+    engine.snapshot_step = step
+    event["fallback"] = engine.name
+    return event, engine

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, TrainConfig
 from ..data import AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, load_dataset, test_batches
-from ..engines import EngineContext, create_engine
+from ..engines import EngineContext
 from ..engines.refresh import EngineRefresher, RefreshSchedule
 from ..reporting.runlog import LOG_NAME, RunLog
 from ..selection import BackpropBatcher, TrainBatch
@@ -118,9 +118,11 @@ class Trainer:
             max_batch=max(self.selection_batch_size(e) for e in range(cfg.epochs)))
         if cfg.pipeline:  # the worker must not read weights the main thread is updating
             context.options["snapshot"] = True
-        engine = create_engine(cfg.engine, self.model, context, precision=cfg.precision)
-        engine.snapshot_step = self.step
-        return EngineRefresher(engine, RefreshSchedule(cfg.refresh_every_steps, cfg.refresh_every_epoch))
+        refresher = EngineRefresher.create(
+            cfg.engine, self.model, context, RefreshSchedule(cfg.refresh_every_steps, cfg.refresh_every_epoch),
+            precision=cfg.precision, background=cfg.refresh_background, fallback=cfg.engine_fallback)
+        refresher.engine.snapshot_step = self.step
+        return refresher
 
     def _sample_batches(self, count: int = 4) -> list:
         """A fixed set of un-augmented training batches for engine calibration and validation."""

@@ -1,0 +1,242 @@
+"""EngineRefresher: schedule, events, validation with raise/fallback, background refresh safety."""
+import threading
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sb_accel.engines import (EngineContext, EngineRefresher, RefreshError, RefreshSchedule, SelectionEngine,
+                              TorchEngine, Validation, check_engine)
+from sb_accel.models import create_model
+
+
+class _TwoPhase(SelectionEngine):
+    """Serves losses equal to the weight it took; its refresh writes two fields with a pause in
+    between, so a ``losses`` call on a half-refreshed engine is detected."""
+
+    backend, precision = "fake", "fp32"
+
+    def __init__(self, model: nn.Module, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.refresh_kind = "cheap"
+        self.a = self.b = float(model.weight.detach())
+
+    def refresh(self, model: nn.Module) -> None:
+        value = float(model.weight.detach())
+        self.a = value
+        time.sleep(self.delay)
+        self.b = value
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        a, b = self.a, self.b
+        if a != b:
+            raise AssertionError(f"half-refreshed engine served ({a} vs {b})")
+        return torch.full((len(y),), a)
+
+
+class _CorruptedByRefresh(TorchEngine):
+    """A torch snapshot engine whose refresh breaks its output: a stand-in for a bad refit."""
+
+    broken = False
+
+    def refresh(self, model: nn.Module) -> None:
+        super().refresh(model)
+        self.broken = True
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = super().losses(x, y)
+        return out + 5.0 if self.broken else out
+
+
+def _scalar_model(value: float) -> nn.Module:
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(value)
+    return model
+
+
+def _set(model: nn.Module, value: float) -> None:
+    with torch.no_grad():
+        model.weight.fill_(value)
+
+
+@pytest.fixture(scope="module")
+def cnn_context(tmp_path_factory):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 3, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g)
+    return EngineContext(sample_batches=[(x[:48], y[:48]), (x[48:], y[48:])], threads=2,
+                         cache_dir=str(tmp_path_factory.mktemp("engines")), max_batch=96)
+
+
+@pytest.fixture()
+def cnn():
+    torch.manual_seed(0)
+    return create_model("small_cnn", width=2)
+
+
+def _nudge(model: nn.Module) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + 0.05 * torch.randn_like(p))
+
+
+# --- schedule ------------------------------------------------------------------------------------
+def test_schedule_arithmetic():
+    every3 = RefreshSchedule(every_steps=3, every_epoch=False)
+    assert [s for s in range(10) if every3.due_after_step(s)] == [3, 6, 9]
+    assert not every3.due_after_epoch()
+    never = RefreshSchedule()
+    assert not any(never.due_after_step(s) for s in range(10)) and never.due_after_epoch()
+    with pytest.raises(ValueError):
+        RefreshSchedule(every_steps=-1)
+
+
+def test_sync_refresh_events_count_cheap_and_full():
+    model = _scalar_model(1.0)
+    refresher = EngineRefresher(_TwoPhase(model), RefreshSchedule(every_steps=2))
+    assert refresher.after_step(model, 1) == []
+    _set(model, 2.0)
+    (event,) = refresher.after_step(model, 2)
+    assert event["event"] == "refresh" and event["reason"] == "steps" and event["mode"] == "sync"
+    assert (event["kind"], event["count"], event["cheap_count"], event["full_count"]) == ("cheap", 1, 1, 0)
+    assert event["staleness"] == 0 and refresher.staleness(5) == 3
+    assert float(refresher.engine.losses(torch.zeros(1), torch.zeros(1))[0]) == 2.0
+    (epoch_event,) = refresher.after_epoch(model, 3)
+    assert epoch_event["reason"] == "epoch" and epoch_event["count"] == 2
+
+
+def test_live_engine_is_never_refreshed(cnn):
+    refresher = EngineRefresher(TorchEngine(cnn), RefreshSchedule(every_steps=1))
+    assert refresher.after_step(cnn, 1) == [] and refresher.after_epoch(cnn, 1) == []
+    assert refresher.staleness(10) == 0
+
+
+# --- validation ----------------------------------------------------------------------------------
+def test_refresher_create_validates_and_logs_metrics(cnn, cnn_context):
+    refresher = EngineRefresher.create("onnxruntime-int8", cnn, cnn_context, RefreshSchedule(every_steps=1))
+    (build,) = refresher.after_step(cnn, 0)
+    assert build["event"] == "engine_build" and build["engine"] == "onnxruntime-int8"
+    assert build["max_abs_error"] < 0.5 and -1.0 <= build["rank_correlation"] <= 1.0
+    _nudge(cnn)
+    (event,) = refresher.after_step(cnn, 1)
+    assert event["kind"] == "cheap" and event["max_abs_error"] < 0.5 and event["cheap_count"] == 1
+    refresher.close()
+
+
+def test_failed_validation_raises_with_event(cnn, cnn_context):
+    engine = _CorruptedByRefresh(cnn, "fp32", EngineContext(options={"snapshot": True}))
+    refresher = EngineRefresher(engine, RefreshSchedule(every_steps=1), validation=Validation.from_context(cnn_context))
+    with pytest.raises(RefreshError, match="failed validation") as info:
+        refresher.after_step(cnn, 1)
+    assert info.value.event["event"] == "refresh_failed" and info.value.event["fallback"] is None
+
+
+def test_failed_validation_falls_back_to_torch(cnn, cnn_context):
+    engine = _CorruptedByRefresh(cnn, "fp32", EngineContext(options={"snapshot": True}))
+    refresher = EngineRefresher(engine, RefreshSchedule(every_steps=1), validation=Validation.from_context(cnn_context),
+                                fallback="torch")
+    (event,) = refresher.after_step(cnn, 7)
+    assert event["event"] == "refresh_failed" and event["fallback"] == "torch-fp32" and "5" in event["error"]
+    assert type(refresher.engine) is TorchEngine and not refresher.engine.is_live
+    assert refresher.engine.snapshot_step == 7
+    x, y = cnn_context.sample_batches[0]
+    assert torch.allclose(refresher.engine.losses(x, y), TorchEngine(cnn).losses(x, y))
+    (later,) = refresher.after_step(cnn, 8)  # the fallback keeps being refreshed and validated
+    assert later["event"] == "refresh" and later["max_abs_error"] == 0.0
+
+
+def test_validation_rank_threshold(cnn, cnn_context):
+    engine = TorchEngine(cnn, "bf16")
+    validation = Validation.from_context(cnn_context, rows=16, min_rank_correlation=1.01)
+    check = check_engine(engine, cnn, validation)
+    assert not check["ok"] and "rank correlation" in check["problem"]
+
+
+def _tensorrt_usable() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_tensorrt_usable(), reason="TensorRT is usable here, so its build does not fail")
+def test_failed_build_raises_or_falls_back(cnn, cnn_context):
+    with pytest.raises(RefreshError, match="sb-accel\\[tensorrt\\]"):
+        EngineRefresher.create("tensorrt-fp16", cnn, cnn_context)
+    refresher = EngineRefresher.create("tensorrt-fp16", cnn, cnn_context, fallback="torch")
+    (event,) = refresher.after_step(cnn, 1)
+    assert event["reason"] == "build" and event["fallback"] == "torch-fp32"
+    assert refresher.engine.name == "torch-fp32"
+
+
+# --- background ----------------------------------------------------------------------------------
+def test_background_refresh_never_serves_a_half_refreshed_engine():
+    model = _scalar_model(1.0)
+    refresher = EngineRefresher(_TwoPhase(model, delay=0.3), RefreshSchedule(every_steps=2),
+                                standby=_TwoPhase(model, delay=0.3))
+    x = y = torch.zeros(4)
+    _set(model, 2.0)
+    assert refresher.after_step(model, 2) == [] and refresher.busy
+    _set(model, 3.0)  # training goes on; the job works from the step-2 snapshot
+    served = []
+    while refresher.busy:
+        served.append(float(refresher.engine.losses(x, y)[0]))  # raises if half-refreshed
+    assert served and set(served) == {1.0}
+    assert refresher.after_step(model, 3)[0]["staleness"] == 1
+    assert float(refresher.engine.losses(x, y)[0]) == 2.0
+    assert refresher.engine.snapshot_step == 2 and refresher.staleness(10) == 8
+
+
+def test_background_refresh_due_while_busy_is_deferred():
+    model = _scalar_model(1.0)
+    refresher = EngineRefresher(_TwoPhase(model, delay=0.2), RefreshSchedule(every_steps=1),
+                                standby=_TwoPhase(model, delay=0.2))
+    _set(model, 2.0)
+    refresher.after_step(model, 1)
+    _set(model, 3.0)
+    assert refresher.after_step(model, 2) == []  # due, but the step-1 refresh is still running
+    assert refresher.wait(5)
+    _set(model, 4.0)
+    (swapped,) = refresher.after_step(model, 3)  # swap step 1, start the deferred one from step 3
+    assert swapped["snapshot_step"] == 1 and swapped["mode"] == "background" and refresher.busy
+    refresher.wait(5)
+    events = refresher.after_step(model, 3)
+    assert [e["snapshot_step"] for e in events] == [3] and events[0]["count"] == 2
+    assert float(refresher.engine.losses(torch.zeros(1), torch.zeros(1))[0]) == 4.0
+    refresher.close()
+
+
+def test_background_failure_surfaces_in_the_training_thread(cnn, cnn_context):
+    snapshot = EngineContext(options={"snapshot": True})
+    refresher = EngineRefresher(TorchEngine(cnn, "fp32", snapshot), RefreshSchedule(every_steps=1),
+                                validation=Validation.from_context(cnn_context),
+                                standby=_CorruptedByRefresh(cnn, "fp32", snapshot))
+    assert refresher.after_step(cnn, 1) == []
+    refresher.wait(30)
+    with pytest.raises(RefreshError, match="failed validation"):
+        refresher.after_step(cnn, 2)
+
+
+def test_background_onnxruntime_swap_is_consistent(cnn, cnn_context):
+    refresher = EngineRefresher.create("onnxruntime-fp32", cnn, cnn_context, RefreshSchedule(every_steps=1),
+                                       background=True)
+    x, y = cnn_context.sample_batches[1]
+    assert refresher.after_step(cnn, 0)[0]["background"]
+    before = refresher.engine.losses(x, y)
+    _nudge(cnn)
+    expected = TorchEngine(cnn).losses(x, y)
+    refresher.after_step(cnn, 1)
+    answers = []
+    reader = threading.Thread(target=lambda: answers.extend(refresher.engine.losses(x, y) for _ in range(3)))
+    reader.start()
+    while refresher.busy:
+        answers.append(refresher.engine.losses(x, y))
+    reader.join()
+    assert answers and all(torch.equal(a, before) for a in answers)
+    refresher.wait(30)
+    (event,) = refresher.after_step(cnn, 2)
+    assert event["mode"] == "background" and event["staleness"] == 1 and event["max_abs_error"] < 1e-3
+    assert (refresher.engine.losses(x, y) - expected).abs().max() < 1e-4
+    refresher.close()
