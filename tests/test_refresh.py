@@ -22,7 +22,7 @@ class _TwoPhase(SelectionEngine):
         self.refresh_kind = "cheap"
         self.a = self.b = float(model.weight.detach())
 
-    def refresh(self, model: nn.Module) -> None:
+    def refresh(self, model: nn.Module, full: bool = False) -> None:
         value = float(model.weight.detach())
         self.a = value
         time.sleep(self.delay)
@@ -40,7 +40,7 @@ class _CorruptedByRefresh(TorchEngine):
 
     broken = False
 
-    def refresh(self, model: nn.Module) -> None:
+    def refresh(self, model: nn.Module, full: bool = False) -> None:
         super().refresh(model)
         self.broken = True
 
@@ -130,6 +130,28 @@ def test_failed_validation_raises_with_event(cnn, cnn_context):
     with pytest.raises(RefreshError, match="failed validation") as info:
         refresher.after_step(cnn, 1)
     assert info.value.event["event"] == "refresh_failed" and info.value.event["fallback"] is None
+
+
+class _StaleScalesOnCheapRefresh(TorchEngine):
+    """Cheap refreshes break the output (stale calibration); a full refresh is exact."""
+
+    refresh_kind = "full"
+
+    def refresh(self, model: nn.Module, full: bool = False) -> None:
+        super().refresh(model)
+        self.refresh_kind = "full" if full else "cheap"
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = super().losses(x, y)
+        return out + 5.0 if self.refresh_kind == "cheap" else out
+
+
+def test_cheap_refresh_failing_validation_is_retried_in_full(cnn, cnn_context):
+    engine = _StaleScalesOnCheapRefresh(cnn, "fp32", EngineContext(options={"snapshot": True}))
+    refresher = EngineRefresher(engine, RefreshSchedule(every_steps=1), validation=Validation.from_context(cnn_context))
+    (event,) = refresher.after_step(cnn, 1)
+    assert event["event"] == "refresh" and event["kind"] == "full" and event["retried_full"]
+    assert event["max_abs_error"] == 0.0
 
 
 def test_failed_validation_falls_back_to_torch(cnn, cnn_context):

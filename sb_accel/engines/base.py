@@ -67,8 +67,12 @@ class SelectionEngine(abc.ABC):
         """Per-example cross-entropy losses (float32, shape ``(N,)``)."""
 
     @abc.abstractmethod
-    def refresh(self, model: nn.Module) -> None:
-        """Take the current weights of ``model``."""
+    def refresh(self, model: nn.Module, full: bool = False) -> None:
+        """Take the current weights of ``model``.
+
+        Backends with a cheap approximate path (INT8 re-quantization with the old activation
+        scales, TensorRT refit) use it when they can; ``full=True`` forces the exact rebuild.
+        """
 
     @property
     def is_live(self) -> bool:

@@ -153,11 +153,11 @@ class OnnxRuntimeEngine(SelectionEngine):
         session.run_with_iobinding(binding)
         return out.to(origin)
 
-    def refresh(self, model: nn.Module) -> None:
+    def refresh(self, model: nn.Module, full: bool = False) -> None:
         arrays = state_dict_arrays(model)
         if self.precision == "int8":
             self._refreshes += 1
-            if self.recalibrate_every and self._refreshes % self.recalibrate_every == 0:
+            if full or (self.recalibrate_every and self._refreshes % self.recalibrate_every == 0):
                 assign_initializers(self._float, arrays, self._weights)
                 self._quantize()
                 kind = "full"

@@ -241,7 +241,7 @@ class EngineRefresher:
         try:
             self.engine.refresh(model)
             self.engine.snapshot_step = step
-            check = _checked(self.engine, model, self.validation)
+            check = _checked_or_full(self.engine, model, self.validation)
         except EngineError as exc:
             return self._fail(exc, model, step, reason, time.perf_counter() - start)
         return self._record(step, reason, "sync", time.perf_counter() - start, check)
@@ -343,6 +343,21 @@ def _checked(engine: SelectionEngine, model: nn.Module, validation: Optional[Val
     if not check["ok"]:
         raise EngineError(f"{engine.name} failed validation: {check['problem']}")
     return {k: check[k] for k in ("max_abs_error", "rank_correlation")}
+
+
+def _checked_or_full(engine: SelectionEngine, model: nn.Module, validation: Optional[Validation]) -> dict:
+    """Validate after a refresh; a cheap refresh that fails gets one full refresh before giving up.
+
+    Cheap INT8 refreshes keep the activation scales calibrated earlier; while training moves fast
+    (the first epochs) those go stale and saturate, which a recalibration fixes.
+    """
+    try:
+        return _checked(engine, model, validation)
+    except EngineError:
+        if getattr(engine, "refresh_kind", "full") != "cheap":
+            raise
+    engine.refresh(model, full=True)
+    return {**_checked(engine, model, validation), "retried_full": True}
 
 
 def _fail_or_fall_back(exc: EngineError, model: nn.Module, step: int, reason: str, seconds: float, name: str,

@@ -223,11 +223,11 @@ class TensorRTEngine(SelectionEngine):
             with torch.cuda.stream(self._stream):
                 out.copy_(result)
 
-    def refresh(self, model: nn.Module) -> None:
+    def refresh(self, model: nn.Module, full: bool = False) -> None:
         arrays = state_dict_arrays(model)
         assign_initializers(self._float, arrays, self._weights)
         self._refreshes += 1
-        rebuild = self.rebuild_every > 0 and self._refreshes % self.rebuild_every == 0
+        rebuild = full or (self.rebuild_every > 0 and self._refreshes % self.rebuild_every == 0)
         if not rebuild:
             if self.precision == "fp16":
                 assign_initializers(self._graph, arrays, self._weights)
