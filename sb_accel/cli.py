@@ -33,7 +33,7 @@ _HELP = {
     "milestones": "multistep LR milestones: fractions of the run (<1) or epochs (>=1)",
     "engine": "selection engine backend: torch, onnxruntime, tensorrt",
     "precision": "engine precision: fp32, bf16, fp16, int8, fp8 (per backend)",
-    "refresh_every_steps": "refresh the engine every K optimizer steps (0: per epoch only)",
+    "refresh_every_steps": "refresh a snapshot engine every K optimizer steps (0: per epoch only; keep K small, stale selection hurts)",
     "engine_fallback": "on engine build/validation failure: raise, or fall back to torch",
     "pipeline": "select the next candidate batches in a background thread",
     "device": "auto, cpu, cuda, cuda:N",
@@ -81,10 +81,129 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list-models", help="print the registered models")
     sub.add_parser("list-engines", help="print the selection engine specs")
+    _add_measurement_commands(sub)
 
     for register in _EXTRA_COMMANDS:
         register(sub)
     return parser
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None``: those options say in their help what happens without them."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def _add_measurement_commands(sub: Any) -> None:
+    """``profile``, ``compare`` and ``report``: each prints tables and writes JSON and plots to --out."""
+    from .reporting.metrics import TARGET_MULTIPLIERS
+
+    fmt = _DefaultsHelpFormatter
+
+    profile = sub.add_parser("profile", formatter_class=fmt,
+                             help="time selection forward vs training forward/backward (paper Fig. 18) and "
+                                  "predict the per-epoch cost of Traditional, SB and SB on each engine")
+    profile.add_argument("--models", nargs="+", default=["small_cnn"], help="registered model names")
+    profile.add_argument("--batch-sizes", nargs="+", type=int, default=[128], help="training and selection batch sizes")
+    profile.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"],
+                         help="training precisions (default: fp32 bf16, plus fp16 on CUDA)")
+    profile.add_argument("--engines", nargs="+",
+                         help="selection engines besides torch (default: every registered one; "
+                              "those that cannot be built here are reported as unavailable)")
+    profile.add_argument("--dataset", default="cifar10", help="where the real batches come from")
+    profile.add_argument("--data-dir", default=None, help="where datasets live (default: $SB_ACCEL_DATA or ./data)")
+    profile.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    profile.add_argument("--repeats", type=int, default=5, help="timed repetitions (medians are reported)")
+    profile.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
+    profile.add_argument("--selectivity", type=float, default=0.33, help="SB's kept fraction in the cost model")
+    profile.add_argument("--epoch-size", type=int, default=0,
+                         help="examples per epoch in the cost model (0: the dataset's training split)")
+    profile.add_argument("--out", default="runs/profile", help="directory for profile.json and the plot")
+    profile.add_argument("--json", default=None, help="write the JSON here instead of OUT/profile.json")
+
+    compare = sub.add_parser("compare", formatter_class=fmt,
+                             help="throughput and selection agreement of each engine/precision vs torch FP32")
+    compare.add_argument("--model", default="small_cnn", help="registered model name (ignored with --checkpoint)")
+    compare.add_argument("--checkpoint", default=None,
+                         help="a run directory (or its checkpoint.pt) whose model to use")
+    compare.add_argument("--train-steps", type=int, default=300,
+                         help="without --checkpoint: SGD steps on real data first, so losses are spread out")
+    compare.add_argument("--lr", type=float, default=0.05, help="learning rate of those steps")
+    compare.add_argument("--engines", nargs="+", help="engine specs (default: every registered one)")
+    compare.add_argument("--dataset", default=None, help="default: the checkpoint's dataset, else cifar10")
+    compare.add_argument("--data-dir", default=None, help="where datasets live (default: $SB_ACCEL_DATA or ./data)")
+    compare.add_argument("--examples", type=int, default=2048, help="training examples scored by every engine")
+    compare.add_argument("--batch-size", type=int, default=128, help="selection (and training-step) batch size")
+    compare.add_argument("--selectivity", type=float, default=0.33, help="for the kept-set agreement")
+    compare.add_argument("--repeats", type=int, default=3, help="timed passes over the examples")
+    compare.add_argument("--warmup", type=int, default=1, help="untimed passes first")
+    compare.add_argument("--seed", type=int, default=0, help="examples, draws and training steps")
+    compare.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    compare.add_argument("--out", default="runs/compare", help="directory for compare.json and the plot")
+    compare.add_argument("--json", default=None, help="write the JSON here instead of OUT/compare.json")
+
+    report = sub.add_parser("report", formatter_class=fmt,
+                            help="speedup to target error, error curves, phase breakdown and Pareto frontier "
+                                 "of training runs (from their log.jsonl)")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run directories, or directories whose subdirectories are runs")
+    report.add_argument("--baseline", default=None,
+                        help="baseline run directory, configuration label or strategy (default: the Traditional run)")
+    report.add_argument("--targets", nargs="+", type=float, default=list(TARGET_MULTIPLIERS),
+                        help="target errors as multiples of the baseline's final error")
+    report.add_argument("--out", default="runs/report", help="directory for report.md, report.json and plots")
+    report.add_argument("--json", default=None, help="write the JSON here instead of OUT/report.json")
+
+
+def _print_files(files: List[Any]) -> None:
+    print("\nwritten:")
+    for path in files:
+        print(f"  {path}")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import predict_epoch_costs, profile_models, profile_tables, write_profile
+
+    rows = profile_models(args.models, args.batch_sizes, args.precisions, args.engines, dataset=args.dataset,
+                          data_dir=args.data_dir, device=args.device, repeats=args.repeats, warmup=args.warmup)
+    costs = predict_epoch_costs(rows, args.selectivity, args.epoch_size or None)
+    print(profile_tables(rows, costs))
+    _print_files(write_profile(rows, costs, args.out, args.json))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_engines, compare_table, prepare_model, write_compare
+    from .train.trainer import resolve_device
+
+    if not 0.0 < args.selectivity <= 1.0:
+        raise ValueError(f"--selectivity must be in (0, 1], got {args.selectivity}")
+    device = resolve_device(args.device)
+    print("preparing the model ...", flush=True)
+    model, data, origin = prepare_model(args.model, args.dataset, args.data_dir, args.checkpoint, args.train_steps,
+                                        args.batch_size, args.lr, device, args.seed)
+    print(origin, flush=True)
+    rows = compare_engines(model, data, args.engines, args.examples, args.batch_size, args.selectivity,
+                           args.repeats, args.warmup, device, args.seed)
+    print(compare_table(rows))
+    _print_files(write_compare(rows, args.out, args.json, origin))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .reporting import build_report, load_runs
+
+    report = build_report(load_runs(args.run_dirs), args.baseline, args.targets)
+    tables = report.tables()
+    print(f"baseline: {report.baseline.label} (chosen as {report.baseline_note}), final test error "
+          f"{100 * report.baseline_error:.2f}%\n")
+    for title, key in (("runs", "runs"), ("speedup to target error", "speedup"),
+                       ("seconds per phase (mean over seeds)", "phases"), ("Pareto frontier", "pareto")):
+        print(f"{title}:\n{tables[key]}\n")
+    files = report.write(args.out, args.json)
+    _print_files([p for paths in files.values() for p in paths])
+    return 0
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -151,7 +270,8 @@ def cmd_list_engines(args: argparse.Namespace) -> int:
 # Later subcommands (export, profile, compare, report) register themselves here: a function
 # taking the subparsers object, which adds a parser with ``set_defaults(handler=...)``.
 _EXTRA_COMMANDS: List[Any] = []
-_HANDLERS = {"train": cmd_train, "demo": cmd_demo, "list-models": cmd_list_models, "list-engines": cmd_list_engines}
+_HANDLERS = {"train": cmd_train, "demo": cmd_demo, "list-models": cmd_list_models, "list-engines": cmd_list_engines,
+             "profile": cmd_profile, "compare": cmd_compare, "report": cmd_report}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

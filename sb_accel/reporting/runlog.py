@@ -106,6 +106,8 @@ class Run:
         """A readable name: strategy, engine and precision if not torch-fp32."""
         c = self.config
         label = c.get("strategy", self.run_dir.name)
+        if label == "stale-sb":
+            label += f" n={c.get('stale_n')}"
         if c.get("strategy") not in (None, "traditional", "infobatch") and (c.get("engine"), c.get("precision")) != ("torch", "fp32"):
             label += f" [{c.get('engine')}-{c.get('precision')}]"
         if c.get("pipeline"):

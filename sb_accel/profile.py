@@ -1,0 +1,352 @@
+"""``sb-accel profile``: how much a selection forward costs next to a training step (paper Fig. 18),
+and what Selective-Backprop with each selection engine should save per epoch on this device.
+
+For every model x batch size, on real data:
+
+* per training precision (FP32, and BF16/FP16 autocast): the selection forward on the torch engine
+  of that precision (eval, no grad), the training forward, the backward and the optimizer step;
+* per other selection engine (ONNX Runtime, TensorRT...): build time, refresh cost and the
+  selection forward; engines that cannot be built here are reported as unavailable.
+
+Each time is the median over ``repeats`` after ``warmup`` untimed repeats, with the quartiles as
+spread; the :class:`~sb_accel.train.timer.PhaseTimer` uses CUDA events on a GPU.
+
+The cost model (one steady-state epoch of ``N`` examples at batch ``B`` and selectivity ``s``;
+SB's first, priming epoch costs as much as Traditional's)::
+
+    Traditional:  N/B * step                       step = train forward + backward + optimizer
+    SB (engine):  N/B * selection(engine) + s * N/B * step + one refresh (the default schedule)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .data import ArrayDataset, load_dataset
+from .engines import EngineContext, EngineError, SelectionEngine, create_engine, list_engines, parse_engine_spec
+from .models import create_model, list_models
+from .reporting.plots import plot_profile
+from .reporting.report import write_json
+from .reporting.tables import format_table
+from .train.factory import build_optimizer
+from .train.timer import PHASES, PhaseTimer
+from .train.trainer import resolve_device
+
+__all__ = ["profile_models", "predict_epoch_costs", "profile_tables", "write_profile", "default_precisions",
+           "default_engines", "EngineBuild", "build_engine", "refresh_costs", "time_phases", "spread", "real_batch",
+           "seconds_cell"]
+
+
+def default_precisions(device: torch.device) -> List[str]:
+    """Training precisions worth profiling: FP16 autocast only on CUDA (on CPU it rarely pays;
+    ask for it explicitly to measure it)."""
+    return ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
+
+
+def default_engines() -> List[str]:
+    """Every registered selection engine except torch's (profiled with the training precisions)."""
+    return [s for s in list_engines() if not s.startswith("torch-")]
+
+
+def spread(samples: Sequence[float], scale: float = 1.0) -> Dict[str, float]:
+    """Median and quartiles of ``samples`` (times ``scale``)."""
+    q25, q50, q75 = np.percentile(np.asarray(samples, dtype=np.float64) * scale, [25, 50, 75])
+    return {"median": float(q50), "p25": float(q25), "p75": float(q75)}
+
+
+def time_phases(step: Callable[[PhaseTimer], None], device: torch.device, repeats: int,
+                warmup: int) -> Dict[str, List[float]]:
+    """Run ``step(timer)`` ``warmup + repeats`` times; ``step`` switches the timer's phases itself.
+    Returns, per phase, the seconds of each timed repeat (warm-up repeats are discarded)."""
+    samples: Dict[str, List[float]] = {p: [] for p in PHASES}
+    for i in range(warmup + repeats):
+        timer = PhaseTimer(device)
+        timer.start()
+        step(timer)
+        totals = timer.totals()  # on CUDA this waits for the GPU once
+        if i >= warmup:
+            for phase, seconds in totals.items():
+                samples[phase].append(seconds)
+    return samples
+
+
+def _synchronized_seconds(fn: Callable[[], Any], device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+@dataclass
+class EngineBuild:
+    """An engine built for measurement, or why it could not be."""
+
+    spec: str
+    engine: Optional[SelectionEngine]
+    build_s: Optional[float]
+    error: Optional[str] = None
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.engine is not None else f"unavailable: {self.error}"
+
+
+def build_engine(spec: str, model: nn.Module, context: EngineContext) -> EngineBuild:
+    """Build ``spec`` from ``model``, timing it; an ``EngineError`` means "unavailable here"."""
+    try:
+        start = time.perf_counter()
+        engine = create_engine(spec, model, context)
+        return EngineBuild(spec, engine, time.perf_counter() - start)
+    except EngineError as exc:
+        return EngineBuild(spec, None, None, str(exc))
+
+
+def refresh_costs(engine: SelectionEngine, model: nn.Module, device: torch.device) -> Dict[str, Optional[float]]:
+    """Seconds of ``engine.refresh(model)``, what training pays per refresh on the default schedule
+    (``refresh_s``), and of the engine's full and cheap refreshes where it tells them apart.
+
+    Feature detection, beyond the base interface: an engine with a ``refresh_kind`` attribute
+    (``"full"`` or ``"cheap"``) says which refresh it just did; one that recalibrates only every
+    ``recalibrate_every`` refreshes (ONNX Runtime INT8) is made to do a full refresh once more, so
+    both are timed. ``None`` where an engine has no such kind.
+    """
+    seconds = _synchronized_seconds(lambda: engine.refresh(model), device)
+    costs: Dict[str, Optional[float]] = {"refresh_s": seconds, "refresh_full_s": None, "refresh_cheap_s": None}
+    kind = getattr(engine, "refresh_kind", None)
+    if kind not in ("full", "cheap"):
+        return costs
+    costs[f"refresh_{kind}_s"] = seconds
+    if kind == "cheap" and hasattr(engine, "recalibrate_every"):
+        saved = engine.recalibrate_every
+        engine.recalibrate_every = 1
+        try:
+            full = _synchronized_seconds(lambda: engine.refresh(model), device)
+        finally:
+            engine.recalibrate_every = saved
+        if getattr(engine, "refresh_kind", None) == "full":
+            costs["refresh_full_s"] = full
+    return costs
+
+
+def real_batch(data: ArrayDataset, size: int, device: torch.device, memory_format: torch.memory_format,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` training examples (normalised, un-augmented), a random choice fixed by ``seed``."""
+    if size > len(data.y_train):
+        raise ValueError(f"{data.name} has {len(data.y_train)} training examples; {size} were asked for")
+    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(seed))[:size]
+    x = data.normalize(data.x_train[idx].to(device)).contiguous(memory_format=memory_format)
+    return x, data.y_train[idx].to(device)
+
+
+def _train_step_timing(model: nn.Module, selector: SelectionEngine, precision: str, x: torch.Tensor,
+                       y: torch.Tensor, device: torch.device, repeats: int, warmup: int) -> Dict[str, List[float]]:
+    """Selection forward + training forward + backward + optimizer step, as the Trainer runs them."""
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    optimizer = build_optimizer(TrainConfig(), model)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def step(timer: PhaseTimer) -> None:
+        timer.switch("selection")
+        selector.losses(x, y).cpu()  # the Trainer moves selection losses to the host too
+        timer.switch("train_forward")
+        model.train()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        timer.switch("backward")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        timer.switch("optimizer")
+        scaler.step(optimizer)
+        scaler.update()
+        timer.switch("other")
+
+    return time_phases(step, device, repeats, warmup)
+
+
+def _engine_timing(engine: SelectionEngine, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                   repeats: int, warmup: int) -> List[float]:
+    def step(timer: PhaseTimer) -> None:
+        timer.switch("selection")
+        engine.losses(x, y).cpu()
+        timer.switch("other")
+
+    return time_phases(step, device, repeats, warmup)["selection"]
+
+
+def _with_spread(row: Dict[str, Any], key: str, seconds: Sequence[float]) -> None:
+    s = spread(seconds, 1e3)
+    row[f"{key}_ms"], row[f"{key}_ms_p25"], row[f"{key}_ms_p75"] = s["median"], s["p25"], s["p75"]
+
+
+def _check_inputs(models: Sequence[str], batch_sizes: Sequence[int], precisions: Sequence[str],
+                  engines: Sequence[str], repeats: int, warmup: int) -> None:
+    """Bad input fails before any measurement (``ValueError``, the CLI's exit code 2)."""
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from: {', '.join(list_models())}")
+    if not models or not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError("give at least one model and batch sizes >= 1")
+    bad = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
+    if bad or not precisions:
+        raise ValueError(f"training precisions must be fp32, bf16 or fp16, got {list(precisions)}")
+    for spec in engines:
+        try:
+            parse_engine_spec(spec)
+        except EngineError as exc:
+            raise ValueError(str(exc)) from None
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+
+
+def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence[int] = (128,),
+                   precisions: Optional[Sequence[str]] = None, engines: Optional[Sequence[str]] = None,
+                   dataset: str = "cifar10", data: Optional[ArrayDataset] = None, data_dir: Optional[str] = None,
+                   device: str = "auto", repeats: int = 5, warmup: int = 2, channels_last: bool = True,
+                   cache_dir: str = "engines/cache") -> List[Dict[str, Any]]:
+    """Time training steps and selection forwards; one row (dict) per model x batch x precision or engine.
+
+    Args:
+        models: registered model names.
+        batch_sizes: batch sizes, each for training and selection.
+        precisions: training precisions (autocast); default :func:`default_precisions`.
+        engines: other selection engines; default :func:`default_engines`.
+        dataset, data, data_dir: the real data the batches come from (``data`` if given).
+        device: ``auto``, ``cpu``, ``cuda``...
+        repeats, warmup: timed and untimed repetitions of each measurement.
+        channels_last: NHWC model and batches, as the Trainer's default.
+        cache_dir: the engines' cache directory.
+
+    Rows of ``kind == "train"`` have ``selection_ms`` (the torch engine of that precision),
+    ``train_forward_ms``, ``backward_ms``, ``optimizer_ms`` (medians; ``*_p25``/``*_p75`` quartiles),
+    ``backward_over_forward`` and ``selection_over_backward``. Rows of ``kind == "engine"`` have
+    ``status`` (``"ok"`` or ``"unavailable: why"``), ``build_s``, the refresh costs of
+    :func:`refresh_costs`, ``selection_ms`` and ``selection_over_backward`` (vs the FP32 backward,
+    or the first precision's).
+    """
+    dev = resolve_device(device)
+    precisions = list(precisions or default_precisions(dev))
+    engines = list(default_engines() if engines is None else engines)
+    _check_inputs(models, batch_sizes, precisions, engines, repeats, warmup)
+    data = data or load_dataset(dataset, data_dir)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    max_batch = max(batch_sizes)
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    rows: List[Dict[str, Any]] = []
+    for name in models:
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=data.num_classes, in_channels=data.in_channels).to(dev, memory_format=memory_format)
+        sample = real_batch(data, max_batch, dev, memory_format)
+        context = EngineContext(device=dev, sample_batches=[sample], max_batch=max_batch, cache_dir=cache_dir)
+        builds = [build_engine(spec, model, context) for spec in engines]
+        refreshes = [refresh_costs(b.engine, model, dev) if b.engine else {} for b in builds]
+        try:
+            for batch in batch_sizes:
+                x, y = sample[0][:batch], sample[1][:batch]
+                base = {"model": name, "batch": batch, "device": device_name, "dataset": data.name,
+                        "dataset_size": len(data.y_train)}
+                backward_ms: Dict[str, float] = {}
+                for precision in precisions:
+                    selector = create_engine(f"torch-{precision}", model, context)
+                    t = _train_step_timing(model, selector, precision, x, y, dev, repeats, warmup)
+                    row = {**base, "kind": "train", "name": precision, "status": "ok"}
+                    for phase in ("selection", "train_forward", "backward", "optimizer"):
+                        _with_spread(row, phase, t[phase])
+                    row["backward_over_forward"] = row["backward_ms"] / row["train_forward_ms"]
+                    row["selection_over_backward"] = row["selection_ms"] / row["backward_ms"]
+                    backward_ms[precision] = row["backward_ms"]
+                    rows.append(row)
+                reference = backward_ms.get("fp32", backward_ms[precisions[0]])
+                for build, refresh in zip(builds, refreshes):
+                    row = {**base, "kind": "engine", "name": build.spec, "status": build.status,
+                           "build_s": build.build_s, **refresh}
+                    if build.engine is not None:
+                        _with_spread(row, "selection", _engine_timing(build.engine, x, y, dev, repeats, warmup))
+                        row["selection_over_backward"] = row["selection_ms"] / reference
+                    rows.append(row)
+        finally:
+            for b in builds:
+                if b.engine is not None:
+                    b.engine.close()
+    return rows
+
+
+def predict_epoch_costs(rows: Sequence[Dict[str, Any]], selectivity: float = 0.33,
+                        dataset_size: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Predicted seconds per steady-state epoch of Traditional, SB and SB with each engine (module
+    docstring's cost model), per model x batch x training precision, from :func:`profile_models` rows.
+    ``dataset_size`` defaults to the size of the training split the rows were measured on."""
+    if not 0.0 < selectivity <= 1.0:
+        raise ValueError(f"selectivity must be in (0, 1], got {selectivity}")
+    out: List[Dict[str, Any]] = []
+    for train in (r for r in rows if r["kind"] == "train"):
+        size = dataset_size or train["dataset_size"]
+        batches = size / train["batch"]
+        step_s = (train["train_forward_ms"] + train["backward_ms"] + train["optimizer_ms"]) / 1e3
+        same = [r for r in rows if r["kind"] == "engine" and r["status"] == "ok"
+                and (r["model"], r["batch"]) == (train["model"], train["batch"])]
+        options = [("traditional", 0.0, 1.0, 0.0), (f"sb torch-{train['name']}", train["selection_ms"], selectivity, 0.0)]
+        options += [(f"sb {r['name']}", r["selection_ms"], selectivity, r["refresh_s"]) for r in same]
+        traditional_s = batches * step_s
+        for strategy, selection_ms, share, refresh_s in options:
+            selection_s = batches * selection_ms / 1e3
+            train_s = share * batches * step_s
+            total = selection_s + train_s + refresh_s
+            out.append({"model": train["model"], "batch": train["batch"], "precision": train["name"],
+                        "strategy": strategy, "selection_s": selection_s, "train_s": train_s,
+                        "refresh_s": refresh_s, "epoch_s": total, "speedup": traditional_s / total,
+                        "dataset_size": size, "selectivity": selectivity})
+    return out
+
+
+def seconds_cell(seconds: Optional[float]) -> str:
+    """Seconds for a table cell, to the millisecond (``-`` for none)."""
+    return "-" if seconds is None else f"{seconds:.3f}"
+
+
+def _ms(row: Dict[str, Any], key: str) -> str:
+    """``median ±half-IQR`` of a ``*_ms`` field, or ``-``."""
+    if row.get(f"{key}_ms") is None:
+        return "-"
+    return f"{row[f'{key}_ms']:.2f} ±{(row[f'{key}_ms_p75'] - row[f'{key}_ms_p25']) / 2:.2f}"
+
+
+def profile_tables(rows: Sequence[Dict[str, Any]], costs: Sequence[Dict[str, Any]]) -> str:
+    """The timing table (medians ± half the interquartile range), unavailable engines, and the
+    predicted per-epoch costs, as terminal text."""
+    timing = [[r["model"], r["batch"], r["name"] if r["kind"] == "train" else f"select {r['name']}",
+               _ms(r, "selection"), _ms(r, "train_forward"), _ms(r, "backward"), _ms(r, "optimizer"),
+               r.get("backward_over_forward"), r.get("selection_over_backward"), seconds_cell(r.get("build_s")),
+               seconds_cell(r.get("refresh_s"))]
+              for r in rows if r["status"] == "ok"]
+    parts = [f"device: {rows[0]['device']}; ms per batch, median ±half-IQR" if rows else "no measurements",
+             format_table(timing, ["model", "batch", "precision / engine", "selection fwd", "train fwd", "backward",
+                                   "optimizer", "bwd/fwd", "sel/bwd", "build s", "refresh s"])]
+    unavailable = {r["name"]: r["status"] for r in rows if r["status"] != "ok"}
+    parts += [f"{name}: {status}" for name, status in unavailable.items()]
+    if costs:
+        c0 = costs[0]
+        parts += ["", f"predicted seconds per epoch ({c0['dataset_size']} examples, selectivity {c0['selectivity']:g}; "
+                      "SB: selection + s x training step + one refresh)",
+                  format_table([[c["model"], c["batch"], c["precision"], c["strategy"], c["selection_s"], c["train_s"],
+                                 c["refresh_s"], c["epoch_s"], f"{c['speedup']:.2f}x"] for c in costs],
+                               ["model", "batch", "train prec.", "strategy", "selection s", "train s", "refresh s",
+                                "epoch s", "vs Traditional"])]
+    return "\n".join(parts)
+
+
+def write_profile(rows: Sequence[Dict[str, Any]], costs: Sequence[Dict[str, Any]], out_dir: str | Path,
+                  json_path: Optional[str | Path] = None) -> List[Path]:
+    """Write ``profile.json`` (or ``json_path``) and the Fig. 18-style plot ``profile.png``/``.svg``."""
+    out = Path(out_dir)
+    json_file = write_json(json_path or out / "profile.json", {"rows": list(rows), "costs": list(costs)})
+    return [json_file] + plot_profile(rows, out / "profile")

@@ -1,0 +1,117 @@
+"""`sb-accel profile` and `sb-accel compare` end to end on tiny settings, plus their arithmetic."""
+import json
+
+import pytest
+import torch
+
+from sb_accel.cli import main
+from sb_accel.compare import agreement, kept_mask
+from sb_accel.config import TrainConfig
+from sb_accel.engines import list_engines
+from sb_accel.profile import predict_epoch_costs
+from sb_accel.train import Trainer
+
+ORT_SPECS = [s for s in list_engines() if s in ("onnxruntime-fp32", "onnxruntime-int8")]
+
+
+def test_profile_cli_on_a_tiny_setting(tmp_path, capsys):
+    out = tmp_path / "profile"
+    rc = main(["profile", "--models", "small_cnn", "--batch-sizes", "16", "--repeats", "2", "--warmup", "1",
+               "--dataset", "synthetic", "--precisions", "fp32", "bf16", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "bwd/fwd" in text and "predicted seconds per epoch" in text and "traditional" in text
+    data = json.loads((out / "profile.json").read_text())
+    train = [r for r in data["rows"] if r["kind"] == "train"]
+    assert [r["name"] for r in train] == ["fp32", "bf16"]
+    for r in train:
+        for key in ("selection_ms", "train_forward_ms", "backward_ms", "optimizer_ms"):
+            assert r[f"{key}_p25"] <= r[key] <= r[f"{key}_p75"] and r[key] > 0
+        assert r["backward_over_forward"] == r["backward_ms"] / r["train_forward_ms"]
+    for r in data["rows"]:  # every other registered engine: measured, or unavailable with a reason
+        if r["kind"] == "engine":
+            assert r["status"] == "ok" and r["selection_ms"] > 0 or r["status"].startswith("unavailable: ")
+    assert {c["strategy"] for c in data["costs"]} >= {"traditional", "sb torch-fp32", "sb torch-bf16"}
+    assert (out / "profile.png").stat().st_size > 0 and (out / "profile.svg").is_file()
+
+
+def test_profile_cli_bad_input_exits_2(tmp_path, capsys):
+    assert main(["profile", "--models", "vgg99", "--dataset", "synthetic", "--out", str(tmp_path)]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["profile", "--engines", "torch-int4", "--dataset", "synthetic", "--out", str(tmp_path)]) == 2
+    assert "no precision 'int4'" in capsys.readouterr().err
+
+
+def test_cost_model_arithmetic():
+    base = {"model": "m", "batch": 100, "dataset_size": 1000}
+    rows = [{**base, "kind": "train", "name": "fp32", "status": "ok", "selection_ms": 10.0,
+             "train_forward_ms": 20.0, "backward_ms": 50.0, "optimizer_ms": 30.0},
+            {**base, "kind": "engine", "name": "fast-int8", "status": "ok", "selection_ms": 4.0, "refresh_s": 0.5},
+            {**base, "kind": "engine", "name": "gone-fp8", "status": "unavailable: no GPU"}]
+    costs = {c["strategy"]: c for c in predict_epoch_costs(rows, selectivity=0.25)}
+    assert set(costs) == {"traditional", "sb torch-fp32", "sb fast-int8"}
+    # 10 batches; a training step is 0.1 s
+    assert costs["traditional"]["epoch_s"] == pytest.approx(1.0) and costs["traditional"]["speedup"] == 1.0
+    assert costs["sb torch-fp32"]["epoch_s"] == pytest.approx(10 * 0.010 + 0.25 * 1.0)
+    assert costs["sb fast-int8"]["epoch_s"] == pytest.approx(10 * 0.004 + 0.25 * 1.0 + 0.5)
+    assert costs["sb fast-int8"]["speedup"] == pytest.approx(1.0 / 0.79)
+    assert predict_epoch_costs(rows, 0.5, dataset_size=2000)[0]["epoch_s"] == pytest.approx(2.0)
+
+
+def test_kept_sets_use_the_same_draws():
+    g = torch.Generator().manual_seed(0)
+    losses = torch.rand(512, generator=g)
+    uniforms = torch.rand(512, generator=g, dtype=torch.float64)
+    keep = kept_mask(losses, 64, 0.33, uniforms)
+    assert 0.2 < keep.double().mean() < 0.45
+    same = agreement(losses.clone(), losses, kept_mask(losses.clone(), 64, 0.33, uniforms), keep)
+    assert same["jaccard"] == 1.0 and same["flipped"] == 0.0 and same["loss_max_abs"] == 0.0
+    assert same["spearman"] == pytest.approx(1.0) and same["kendall"] == pytest.approx(1.0)
+    reversed_losses = 1.0 - losses
+    opposite = agreement(reversed_losses, losses, kept_mask(reversed_losses, 64, 0.33, uniforms), keep)
+    assert opposite["spearman"] == pytest.approx(-1.0) and opposite["jaccard"] < 0.2 and opposite["flipped"] > 0.3
+
+
+def test_compare_cli_quick_training(tmp_path, capsys):
+    out = tmp_path / "compare"
+    engines = ["torch-fp32", "torch-bf16"] + ORT_SPECS
+    rc = main(["compare", "--model", "small_cnn", "--dataset", "synthetic", "--train-steps", "40", "--batch-size", "32",
+               "--examples", "256", "--repeats", "2", "--engines", *engines, "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "trained here for 40 SGD steps" in text and "Spearman" in text
+    rows = {r["engine"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    assert list(rows) == engines
+    ref = rows["torch-fp32"]
+    assert (ref["loss_max_abs"], ref["jaccard"], ref["flipped"]) == (0.0, 1.0, 0.0) and ref["examples"] == 256
+    assert rows["torch-bf16"]["spearman"] > 0.9 and rows["torch-bf16"]["throughput"] > 0
+    for spec in ORT_SPECS:  # an engine that cannot be built here is reported, not fatal
+        r = rows[spec]
+        if r["status"] != "ok":
+            assert r["status"].startswith("unavailable: ")
+            continue
+        assert r["build_s"] > 0 and r["refresh_s"] > 0 and 0.0 <= r["jaccard"] <= 1.0
+        if spec == "onnxruntime-fp32":
+            assert r["loss_max_abs"] < 1e-3 and r["spearman"] > 0.99
+    assert (out / "compare.png").stat().st_size > 0 and (out / "compare.svg").is_file()
+
+
+def test_compare_cli_from_a_checkpoint(tmp_path, synthetic, capsys):
+    cfg = TrainConfig(dataset="synthetic", model="small_cnn", width=4, epochs=1, batch_size=32, strategy="traditional",
+                      run_dir=str(tmp_path / "run"), progress=False)
+    Trainer(cfg, data=synthetic).fit()
+    rc = main(["compare", "--checkpoint", str(tmp_path / "run"), "--examples", "128", "--batch-size", "32",
+               "--repeats", "1", "--engines", "torch-fp32", "torch-bf16", "--out", str(tmp_path / "c"),
+               "--json", str(tmp_path / "c.json")])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "checkpoint.pt (step" in text
+    assert [r["engine"] for r in json.loads((tmp_path / "c.json").read_text())["rows"]] == ["torch-fp32", "torch-bf16"]
+
+
+def test_compare_cli_bad_input_exits_2(tmp_path, capsys):
+    assert main(["compare", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    assert "checkpoint.pt" in capsys.readouterr().err
+    assert main(["compare", "--model", "vgg99", "--dataset", "synthetic", "--out", str(tmp_path)]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["compare", "--selectivity", "0", "--dataset", "synthetic", "--out", str(tmp_path)]) == 2

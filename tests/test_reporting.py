@@ -1,0 +1,171 @@
+"""Report arithmetic on synthetic RunLogs (exact), Pareto, seed aggregation, and `sb-accel report`."""
+import json
+import math
+import statistics
+
+import pytest
+
+from sb_accel.cli import main
+from sb_accel.config import TrainConfig
+from sb_accel.reporting import (RunLog, choose_baseline, collect_run_dirs, group_runs, load_run,
+                                load_runs, pareto_frontier, speedup_table, time_to_target)
+from sb_accel.train import Trainer
+from sb_accel.train.timer import PHASES
+
+
+def write_run(run_dir, evals, strategy="traditional", seed=0, **config):
+    """A RunLog as the Trainer writes it: config, then one eval per (wall, test acc, backprops)."""
+    cfg = TrainConfig(strategy=strategy, seed=seed, run_dir=str(run_dir), **config).to_dict()
+    with RunLog(run_dir) as log:
+        log.write("config", config=cfg, policy=strategy, engine="torch-fp32", device="cpu")
+        for i, (wall, acc, backprops) in enumerate(evals):
+            phases = {p: 0.0 for p in PHASES}
+            phases.update(train_forward=wall / 4, backward=wall / 2, selection=wall / 4, eval=0.5 * (i + 1))
+            log.write("eval", epoch=float(i + 1), step=10 * (i + 1), wall=wall, test_acc=acc, test_error=1.0 - acc,
+                      test_loss=1.0, backprops=backprops, forwards=0, candidates=backprops, phases=phases)
+        log.write("summary", test_acc=evals[-1][1], wall=evals[-1][0], phases=phases)
+    return load_run(run_dir)
+
+
+# Baseline final error 0.30: targets 0.33 (1.1x), 0.36 (1.2x), 0.42 (1.4x).
+TRAD = [(10.0, 0.40, 100), (20.0, 0.60, 200), (30.0, 0.65, 300), (40.0, 0.70, 400)]   # errors .6 .4 .35 .3
+SB = [(8.0, 0.50, 100), (14.0, 0.60, 140), (20.0, 0.66, 180)]   # errors 0.50, 0.40, 0.34
+
+
+def test_time_to_target_is_the_wall_of_the_first_eval_at_or_below(tmp_path):
+    run = write_run(tmp_path / "t", TRAD)
+    assert time_to_target(run, 0.46) == 20.0
+    assert time_to_target(run, 0.40) == 20.0
+    assert time_to_target(run, 0.39) == 30.0
+    assert time_to_target(run, 0.30) == 40.0
+    assert time_to_target(run, 0.29) is None
+    assert time_to_target(run, 0.36, x="backprops") == 300.0
+
+
+def test_speedups_to_multiples_of_the_baseline_final_error(tmp_path):
+    trad = write_run(tmp_path / "t", TRAD)
+    sb = write_run(tmp_path / "sb", SB, strategy="sb")
+    groups = group_runs([trad, sb])
+    table = speedup_table(groups, groups[0])
+    base, fast = table
+    assert [t.target for t in base.targets] == [1.1 * (1.0 - 0.70), 1.2 * (1.0 - 0.70), 1.4 * (1.0 - 0.70)]
+    assert [t.time_mean for t in base.targets] == [40.0, 30.0, 20.0]
+    assert [t.speedup for t in base.targets] == [1.0, 1.0, 1.0]
+    assert [t.time_mean for t in fast.targets] == [None, 20.0, 14.0]
+    assert [t.speedup for t in fast.targets] == [None, 30.0 / 20.0, 20.0 / 14.0]
+    assert [t.backprops_mean for t in fast.targets] == [None, 180.0, 140.0]
+    assert fast.final_error_mean == 1.0 - 0.66 and fast.wall_mean == 20.0 and fast.final_error_std is None
+
+
+def test_a_tie_with_the_target_counts_despite_float_rounding(tmp_path):
+    # 1.2 * (1 - 0.23) is 0.9239999999999999 in floats, 1 - 0.076 is 0.924: equal in exact arithmetic.
+    trad = write_run(tmp_path / "t", [(5.0, 0.1, 10), (10.0, 0.23, 20)])
+    other = write_run(tmp_path / "o", [(4.0, 0.076, 10)], strategy="sb")
+    groups = group_runs([trad, other])
+    assert speedup_table(groups, groups[0], [1.2])[1].targets[0].time_mean == 4.0
+
+
+def test_seeds_are_aggregated_and_partial_success_is_counted(tmp_path):
+    trad = write_run(tmp_path / "t", TRAD)
+    s0 = write_run(tmp_path / "sb0", SB, strategy="sb", seed=0)
+    s1 = write_run(tmp_path / "sb1", [(10.0, 0.50, 100), (16.0, 0.68, 150), (22.0, 0.69, 200)], strategy="sb", seed=1)
+    s2 = write_run(tmp_path / "sb2", [(9.0, 0.55, 100), (18.0, 0.62, 150)], strategy="sb", seed=2)
+    other = write_run(tmp_path / "sb-half", SB, strategy="sb", selectivity=0.5)
+    groups = group_runs([trad, s0, s1, s2, other])
+    assert [g.label for g in groups] == ["traditional", "sb (selectivity=0.33)", "sb (selectivity=0.5)"]
+    assert groups[1].seeds == [0, 1, 2]
+    sb = speedup_table(groups, groups[0])[1]
+    errors = [1.0 - 0.66, 1.0 - 0.69, 1.0 - 0.62]
+    assert sb.runs == 3
+    assert sb.final_error_mean == pytest.approx(statistics.fmean(errors), abs=1e-15)
+    assert sb.final_error_std == pytest.approx(statistics.stdev(errors), abs=1e-15)
+    assert (sb.wall_mean, sb.wall_std) == (20.0, 2.0)
+    to_11, to_12, to_14 = sb.targets
+    assert (to_11.reached, to_11.time_mean, to_11.speedup) == (1, None, None)   # 0.33: only seed 1
+    assert (to_12.reached, to_12.time_mean, to_12.time_std) == (2, None, None)  # 0.36: seed 2 never
+    assert to_14.reached == 3 and to_14.time_mean == statistics.fmean([14.0, 16.0, 18.0])
+    assert to_14.speedup == 20.0 / 16.0 and to_14.time_std == 2.0
+
+
+def test_pareto_frontier():
+    points = [(1, 5), (2, 4), (3, 4), (2, 6), (4, 1), (4, 1), (float("nan"), 0), (5, 1)]
+    assert pareto_frontier(points) == [0, 1, 4, 5]
+    assert pareto_frontier([]) == []
+    assert pareto_frontier([(3.0, 2.0)]) == [0]
+
+
+def test_baseline_choice(tmp_path):
+    sb = write_run(tmp_path / "sb", SB, strategy="sb")
+    trad = write_run(tmp_path / "t", TRAD)
+    groups = group_runs([sb, trad])
+    assert choose_baseline(groups)[0] is groups[1]
+    assert choose_baseline(groups, str(tmp_path / "sb"))[0] is groups[0]
+    assert choose_baseline(groups, "sb")[0] is groups[0]
+    with pytest.raises(ValueError, match="matches no run directory"):
+        choose_baseline(groups, "kath18")
+    assert choose_baseline(group_runs([sb]))[1].startswith("the first configuration")
+
+
+def test_run_directories_are_found_one_level_down(tmp_path):
+    write_run(tmp_path / "exp" / "a", TRAD)
+    write_run(tmp_path / "exp" / "b", SB, strategy="sb")
+    assert collect_run_dirs([tmp_path / "exp"]) == [tmp_path / "exp" / "a", tmp_path / "exp" / "b"]
+    assert len(load_runs([tmp_path / "exp", tmp_path / "exp" / "a"])) == 2  # duplicates dropped
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="log.jsonl"):
+        collect_run_dirs([tmp_path / "empty"])
+
+
+def test_report_cli_on_synthetic_logs(tmp_path, capsys):
+    write_run(tmp_path / "t", TRAD)
+    write_run(tmp_path / "sb", SB, strategy="sb")
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "t"), str(tmp_path / "sb"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "not reached" in text and "1.50x (20.0 s)" in text and "1.43x (14.0 s)" in text
+    assert "chosen as the Traditional configuration" in text
+    for name in ("report.md", "report.json", "error_curves.png", "error_curves.svg", "phases.png", "phases.svg",
+                 "pareto.png", "pareto.svg"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    data = json.loads((out / "report.json").read_text())
+    assert data["baseline"] == "traditional" and data["baseline_final_error"] == 1.0 - 0.70
+    sb = data["configurations"][1]
+    assert [t["speedup"] for t in sb["targets"]] == [None, 1.5, 20.0 / 14.0]
+    assert sb["pareto"] and data["configurations"][0]["pareto"]  # faster but worse vs slower but better
+    assert sb["phases_to_target"]["backward"] == 14.0 / 2
+    md = (out / "report.md").read_text()
+    assert "![error curves](error_curves.png)" in md and "not reached" in md
+    # --baseline by run directory, --json elsewhere
+    assert main(["report", str(tmp_path / "t"), str(tmp_path / "sb"), "--out", str(out), "--baseline",
+                 str(tmp_path / "sb"), "--json", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["baseline"] == "sb"
+
+
+def test_report_cli_bad_input_exits_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no log.jsonl" in capsys.readouterr().err
+    write_run(tmp_path / "t", TRAD)
+    assert main(["report", str(tmp_path / "t"), "--baseline", "kath18", "--out", str(tmp_path / "o")]) == 2
+    assert "baseline 'kath18'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "t"), "--targets", "0.5", "--out", str(tmp_path / "o")]) == 2
+    with RunLog(tmp_path / "noeval") as log:
+        log.write("config", config=TrainConfig().to_dict())
+    assert main(["report", str(tmp_path / "noeval"), "--out", str(tmp_path / "o")]) == 2
+    assert "no eval event" in capsys.readouterr().err
+
+
+def test_report_cli_on_real_tiny_runs(tmp_path, synthetic, capsys):
+    for strategy in ("traditional", "sb"):
+        cfg = TrainConfig(dataset="synthetic", model="small_cnn", width=4, epochs=2, batch_size=32, lr=0.05,
+                          strategy=strategy, run_dir=str(tmp_path / "runs" / strategy), progress=False)
+        Trainer(cfg, data=synthetic).fit()
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    text = capsys.readouterr().out
+    assert "speedup to target error" in text and "Pareto" in text
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    labels = [c["label"] for c in data["configurations"]]
+    assert sorted(labels) == ["sb", "traditional"] and data["baseline"] == "traditional"
+    trad = data["configurations"][labels.index("traditional")]
+    assert all(t["speedup"] == 1.0 for t in trad["targets"])  # the baseline reaches its own targets
+    assert math.isclose(sum(trad["phases"].values()), load_run(tmp_path / "runs" / "traditional").summary["wall_total"])
