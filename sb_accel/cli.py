@@ -83,8 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list-engines", help="print the selection engine specs")
     _add_measurement_commands(sub)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
     return parser
 
 
@@ -267,9 +265,6 @@ def cmd_list_engines(args: argparse.Namespace) -> int:
     return 0
 
 
-# Later subcommands (export, profile, compare, report) register themselves here: a function
-# taking the subparsers object, which adds a parser with ``set_defaults(handler=...)``.
-_EXTRA_COMMANDS: List[Any] = []
 _HANDLERS = {"train": cmd_train, "demo": cmd_demo, "list-models": cmd_list_models, "list-engines": cmd_list_engines,
              "profile": cmd_profile, "compare": cmd_compare, "report": cmd_report}
 
@@ -277,7 +272,7 @@ _HANDLERS = {"train": cmd_train, "demo": cmd_demo, "list-models": cmd_list_model
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None) or _HANDLERS[args.command]
+    handler = _HANDLERS[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
