@@ -30,15 +30,16 @@ class SelectiveBackprop:
         selectivity: expected fraction of candidates backpropagated (``beta = 1/s - 1``).
         batch_size: training batch size; default: the size of the first candidate batch.
         engine: ``"torch-fp32"``, ``"torch-bf16"``, ``"onnxruntime-int8"``, ``"tensorrt-fp16"``...
-        refresh_every: refresh the engine every this many ``step()`` calls (0: never; the torch
-            engine reads the live model and needs none).
+        refresh_every: refresh a snapshot engine every this many ``step()`` calls (0: never).
+            Keep it small: stale selection hurts SB (see README). The default torch engine reads
+            the live model and is never refreshed.
         policy: any :class:`~sb_accel.selection.SelectionPolicy` instead of SB.
         calibration: a few ``(x, y)`` training batches for INT8 engines and engine validation.
         history, seed: as :class:`sb_accel.selection.SelectiveBackprop`.
     """
 
     def __init__(self, model: nn.Module, selectivity: float = 0.33, *, batch_size: Optional[int] = None,
-                 engine: str = "torch-fp32", refresh_every: int = 0, policy: Optional[SelectionPolicy] = None,
+                 engine: str = "torch-fp32", refresh_every: int = 5, policy: Optional[SelectionPolicy] = None,
                  calibration: Optional[list] = None, history: int = 1024, seed: int = 0) -> None:
         self.model = model
         self.policy = policy or SBPolicy(selectivity=selectivity, history=history, seed=seed)
