@@ -313,11 +313,22 @@ def seconds_cell(seconds: Optional[float]) -> str:
     return "-" if seconds is None else f"{seconds:.3f}"
 
 
+# A measurement whose half interquartile range exceeds this share of its median is flagged: on a
+# shared CPU another process can slow a repeat several-fold, and a median of few repeats is then
+# not to be trusted.
+NOISY_SPREAD = 0.10
+
+
+def _half_iqr(row: Dict[str, Any], key: str) -> float:
+    return (row[f"{key}_ms_p75"] - row[f"{key}_ms_p25"]) / 2
+
+
 def _ms(row: Dict[str, Any], key: str) -> str:
-    """``median ±half-IQR`` of a ``*_ms`` field, or ``-``."""
+    """``median ±half-IQR`` of a ``*_ms`` field (``*`` if noisy), or ``-``."""
     if row.get(f"{key}_ms") is None:
         return "-"
-    return f"{row[f'{key}_ms']:.2f} ±{(row[f'{key}_ms_p75'] - row[f'{key}_ms_p25']) / 2:.2f}"
+    noisy = "*" if _half_iqr(row, key) > NOISY_SPREAD * row[f"{key}_ms"] else ""
+    return f"{row[f'{key}_ms']:.2f} ±{_half_iqr(row, key):.2f}{noisy}"
 
 
 def profile_tables(rows: Sequence[Dict[str, Any]], costs: Sequence[Dict[str, Any]]) -> str:
@@ -331,6 +342,9 @@ def profile_tables(rows: Sequence[Dict[str, Any]], costs: Sequence[Dict[str, Any
     parts = [f"device: {rows[0]['device']}; ms per batch, median ±half-IQR" if rows else "no measurements",
              format_table(timing, ["model", "batch", "precision / engine", "selection fwd", "train fwd", "backward",
                                    "optimizer", "bwd/fwd", "sel/bwd", "build s", "refresh s"])]
+    if any("*" in cell for row in timing for cell in row[3:7]):
+        parts.append(f"* varies by more than {NOISY_SPREAD:.0%} between repeats: is another process using the "
+                     "CPU/GPU? Rerun on a quiet machine or with more --repeats.")
     unavailable = {r["name"]: r["status"] for r in rows if r["status"] != "ok"}
     parts += [f"{name}: {status}" for name, status in unavailable.items()]
     if costs:
