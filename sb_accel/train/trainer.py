@@ -92,8 +92,7 @@ class Trainer:
         self.candidates = 0
         self.forwards = 0            # selection-pass forwards
         self.backprops = 0           # examples backpropagated
-        self._interval = {"loss_sum": torch.zeros((), device=self.device), "examples": 0,
-                          "candidates": 0, "kept": 0}
+        self._interval = self._new_interval()
         self.last_acc = float("nan")
         self.pipeline: Optional[SelectionPipeline] = None
         self.selection_background = 0.0  # seconds the pipeline's worker spent selecting
@@ -239,7 +238,11 @@ class Trainer:
                        lr=lr, candidates=self.candidates, forwards=self.forwards, backprops=self.backprops,
                        selectivity=iv["kept"] / max(iv["candidates"], 1),
                        staleness=self.refresher.staleness(self.step))
-        self._interval = {"loss_sum": torch.zeros((), device=self.device), "examples": 0, "candidates": 0, "kept": 0}
+        self._interval = self._new_interval()
+
+    def _new_interval(self) -> Dict[str, Any]:
+        """Counters of one logging interval; the loss sum stays on the device (no per-step sync)."""
+        return {"loss_sum": torch.zeros((), device=self.device), "examples": 0, "candidates": 0, "kept": 0}
 
     def _wall(self) -> float:
         totals = self.timer.totals()
