@@ -43,7 +43,7 @@ from sb_accel.train import Trainer
 PRESETS: Dict[str, Dict[str, object]] = {
     # Sized for a 2-core CPU: the small ResNet-9-style CNN, warm-up + linear decay compressed to the budget.
     "cpu": dict(model="small_cnn", epochs=6, batch_size=128, lr=0.05, lr_schedule="linear", warmup_epochs=1.0,
-                train_subset=20000, selectivity=0.33, refresh_every_steps=5),
+                train_subset=20000, selectivity=0.33, refresh_every_steps=1),
     # The paper's CIFAR-10 setting (§5.1) for GPU users.
     "paper": dict(model="wrn-28-10", epochs=200, batch_size=128, lr=0.1, lr_schedule="multistep",
                   milestones=[60.0, 120.0, 160.0], gamma=0.2, train_subset=0, selectivity=0.33,

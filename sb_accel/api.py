@@ -39,7 +39,7 @@ class SelectiveBackprop:
     """
 
     def __init__(self, model: nn.Module, selectivity: float = 0.33, *, batch_size: Optional[int] = None,
-                 engine: str = "torch-fp32", refresh_every: int = 5, policy: Optional[SelectionPolicy] = None,
+                 engine: str = "torch-fp32", refresh_every: int = 1, policy: Optional[SelectionPolicy] = None,
                  calibration: Optional[list] = None, history: int = 1024, seed: int = 0) -> None:
         self.model = model
         self.policy = policy or SBPolicy(selectivity=selectivity, history=history, seed=seed)

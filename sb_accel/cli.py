@@ -34,6 +34,8 @@ _HELP = {
     "engine": "selection engine backend: torch, onnxruntime, tensorrt",
     "precision": "engine precision: fp32, bf16, fp16, int8, fp8 (per backend)",
     "refresh_every_steps": "refresh a snapshot engine every K optimizer steps (0: per epoch only; keep K small, stale selection hurts)",
+    "refresh_validate_every": "check every N-th cheap refresh against torch fp32 (builds and full refreshes always)",
+    "int8_recalibrate_every": "onnxruntime INT8: full activation recalibration every N refreshes (0: only when a check fails)",
     "engine_fallback": "on engine build/validation failure: raise, or fall back to torch",
     "pipeline": "select the next candidate batches in a background thread",
     "device": "auto, cpu, cuda, cuda:N",

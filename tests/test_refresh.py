@@ -154,6 +154,25 @@ def test_cheap_refresh_failing_validation_is_retried_in_full(cnn, cnn_context):
     assert event["max_abs_error"] == 0.0
 
 
+def test_schedule_validates_every_nth_cheap_step_refresh_and_all_others():
+    schedule = RefreshSchedule(every_steps=1, validate_every=3)
+    assert [schedule.validates(n, "cheap", "steps") for n in range(1, 7)] == [False, False, True, False, False, True]
+    assert schedule.validates(1, "full", "steps") and schedule.validates(2, "cheap", "epoch")
+    with pytest.raises(ValueError, match="validate_every"):
+        RefreshSchedule(validate_every=0)
+
+
+def test_unvalidated_cheap_refreshes_are_caught_at_the_next_check(cnn, cnn_context):
+    engine = _CorruptedByRefresh(cnn, "fp32", EngineContext(options={"snapshot": True}))
+    engine.refresh_kind = "cheap"
+    refresher = EngineRefresher(engine, RefreshSchedule(every_steps=1, validate_every=3),
+                                validation=Validation.from_context(cnn_context))
+    first, second = refresher.after_step(cnn, 1)[0], refresher.after_step(cnn, 2)[0]
+    assert not first["validated"] and not second["validated"] and "max_abs_error" not in first
+    with pytest.raises(RefreshError, match="failed validation"):
+        refresher.after_step(cnn, 3)
+
+
 def test_failed_validation_falls_back_to_torch(cnn, cnn_context):
     engine = _CorruptedByRefresh(cnn, "fp32", EngineContext(options={"snapshot": True}))
     refresher = EngineRefresher(engine, RefreshSchedule(every_steps=1), validation=Validation.from_context(cnn_context),

@@ -6,9 +6,9 @@ A live engine (torch reading the training model) is never refreshed.
 
 Two more duties, both optional:
 
-* **Validation.** With a :class:`Validation` batch, every (re)built engine is compared with the
-  PyTorch model it was built from: max |loss difference| and Spearman rank correlation, logged in
-  the event. A failed build, refresh or validation raises :class:`RefreshError` (default) or, with
+* **Validation.** With a :class:`Validation` batch, every built engine, every full refresh and
+  every ``schedule.validate_every``-th cheap refresh is compared with the PyTorch model it was
+  built from: max |loss difference| and Spearman rank correlation, logged in the event. A failed build, refresh or validation raises :class:`RefreshError` (default) or, with
   ``fallback="torch"``, replaces the engine with a PyTorch FP32 snapshot engine and logs why.
 * **Background refresh.** Given a second ("standby") engine, a due refresh copies the weights into
   a private snapshot module (a fast ``load_state_dict`` on the main thread) and refreshes the
@@ -52,14 +52,28 @@ _FALLBACKS = ("raise", "torch")
 
 @dataclass(frozen=True)
 class RefreshSchedule:
-    """Refresh every ``every_steps`` optimizer steps (0: never by steps) and/or at epoch ends."""
+    """Refresh every ``every_steps`` optimizer steps (0: never by steps) and/or at epoch ends.
+
+    ``validate_every``: with validation on, check every N-th refresh against PyTorch (1: all).
+    Full refreshes (rebuilds, INT8 recalibrations) and epoch-end refreshes are always checked.
+    Refreshing every step makes the check (a torch forward and an engine forward on a small batch)
+    the largest part of a cheap refresh; checking every N-th bounds a broken refresh to N - 1
+    steps of selection, which only chooses examples and never touches the gradients.
+    """
 
     every_steps: int = 0
     every_epoch: bool = True
+    validate_every: int = 1
 
     def __post_init__(self) -> None:
         if self.every_steps < 0:
             raise ValueError(f"refresh every_steps must be >= 0, got {self.every_steps}")
+        if self.validate_every < 1:
+            raise ValueError(f"refresh validate_every must be >= 1, got {self.validate_every}")
+
+    def validates(self, count: int, kind: str, reason: str) -> bool:
+        """Whether refresh number ``count`` (1-based) of ``kind`` done for ``reason`` is checked."""
+        return kind != "cheap" or reason != "steps" or count % self.validate_every == 0
 
     def due_after_step(self, step: int) -> bool:
         return self.every_steps > 0 and step > 0 and step % self.every_steps == 0
@@ -241,10 +255,17 @@ class EngineRefresher:
         try:
             self.engine.refresh(model)
             self.engine.snapshot_step = step
-            check = _checked_or_full(self.engine, model, self.validation)
+            check = _checked_or_full(self.engine, model, self._validation_for(self.engine, reason))
         except EngineError as exc:
             return self._fail(exc, model, step, reason, time.perf_counter() - start)
         return self._record(step, reason, "sync", time.perf_counter() - start, check)
+
+    def _validation_for(self, engine: SelectionEngine, reason: str) -> Optional[Validation]:
+        """The validation batch if the refresh ``engine`` just did is due a check, else None."""
+        kind = getattr(engine, "refresh_kind", "full")
+        if self.validation is None or not self.schedule.validates(self.count + 1, kind, reason):
+            return None
+        return self.validation
 
     def _record(self, step: int, reason: str, mode: str, seconds: float, check: dict) -> dict:
         kind = getattr(self.engine, "refresh_kind", "full")
@@ -256,7 +277,7 @@ class EngineRefresher:
         return {"event": "refresh", "step": step, "reason": reason, "engine": self.engine.name,
                 "seconds": seconds, "count": self.count, "kind": kind, "cheap_count": self.cheap_count,
                 "full_count": self.full_count, "mode": mode, "snapshot_step": self.engine.snapshot_step,
-                "staleness": self.staleness(step), **check}
+                "staleness": self.staleness(step), "validated": bool(check), **check}
 
     def _fail(self, exc: EngineError, model: nn.Module, step: int, reason: str, seconds: float) -> dict:
         event, engine = _fail_or_fall_back(exc, model, step, reason, seconds, self.engine.name, self.fallback)
@@ -281,8 +302,9 @@ class EngineRefresher:
         try:
             self._standby.refresh(self._shadow)
             self._standby.snapshot_step = job.step
-            if self.validation is not None:
-                job.check = check_engine(self._standby, self._shadow, self.validation)
+            validation = self._validation_for(self._standby, job.reason)
+            if validation is not None:
+                job.check = check_engine(self._standby, self._shadow, validation)
         except BaseException as exc:  # handed to the main thread, which decides raise vs fallback
             job.error = exc
         job.seconds = time.perf_counter() - start

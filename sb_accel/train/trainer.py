@@ -114,11 +114,13 @@ class Trainer:
         context = EngineContext(
             device=self.device, sample_batches=self._sample_batches(), threads=cfg.engine_threads or None,
             cache_dir=str(Path("engines") / "cache"),
-            max_batch=max(self.selection_batch_size(e) for e in range(cfg.epochs)))
+            max_batch=max(self.selection_batch_size(e) for e in range(cfg.epochs)),
+            options={"recalibrate_every": cfg.int8_recalibrate_every})
         if cfg.pipeline:  # the worker must not read weights the main thread is updating
             context.options["snapshot"] = True
         refresher = EngineRefresher.create(
-            cfg.engine, self.model, context, RefreshSchedule(cfg.refresh_every_steps, cfg.refresh_every_epoch),
+            cfg.engine, self.model, context, RefreshSchedule(cfg.refresh_every_steps, cfg.refresh_every_epoch,
+                                         cfg.refresh_validate_every),
             precision=cfg.precision, background=cfg.refresh_background, fallback=cfg.engine_fallback)
         refresher.engine.snapshot_step = self.step
         return refresher
