@@ -15,7 +15,10 @@ The cost model (one steady-state epoch of ``N`` examples at batch ``B`` and sele
 SB's first, priming epoch costs as much as Traditional's)::
 
     Traditional:  N/B * step                       step = train forward + backward + optimizer
-    SB (engine):  N/B * selection(engine) + s * N/B * step + one refresh (the default schedule)
+    SB (engine):  N/B * selection(engine) + s * N/B * step + (s * N/B / K + 1) * refresh(engine)
+
+with a refresh every ``K`` optimizer steps and one at the epoch end (``K = 0``: only the latter).
+A refresh is costed at the engine's usual one (cheap where it has a cheap path).
 """
 from __future__ import annotations
 
@@ -112,28 +115,17 @@ def build_engine(spec: str, model: nn.Module, context: EngineContext) -> EngineB
 
 def refresh_costs(engine: SelectionEngine, model: nn.Module, device: torch.device) -> Dict[str, Optional[float]]:
     """Seconds of ``engine.refresh(model)``, what training pays per refresh on the default schedule
-    (``refresh_s``), and of the engine's full and cheap refreshes where it tells them apart.
-
-    Feature detection, beyond the base interface: an engine with a ``refresh_kind`` attribute
-    (``"full"`` or ``"cheap"``) says which refresh it just did; one that recalibrates only every
-    ``recalibrate_every`` refreshes (ONNX Runtime INT8) is made to do a full refresh once more, so
-    both are timed. ``None`` where an engine has no such kind.
+    (``refresh_s``), and of the engine's full and cheap refreshes where it tells them apart
+    (``None`` for a cheap refresh the engine does not have; all ``None`` for a live engine, which
+    is never refreshed).
     """
-    seconds = _synchronized_seconds(lambda: engine.refresh(model), device)
-    costs: Dict[str, Optional[float]] = {"refresh_s": seconds, "refresh_full_s": None, "refresh_cheap_s": None}
-    kind = getattr(engine, "refresh_kind", None)
-    if kind not in ("full", "cheap"):
+    costs: Dict[str, Optional[float]] = {"refresh_s": None, "refresh_full_s": None, "refresh_cheap_s": None}
+    if engine.is_live:
         return costs
-    costs[f"refresh_{kind}_s"] = seconds
-    if kind == "cheap" and hasattr(engine, "recalibrate_every"):
-        saved = engine.recalibrate_every
-        engine.recalibrate_every = 1
-        try:
-            full = _synchronized_seconds(lambda: engine.refresh(model), device)
-        finally:
-            engine.recalibrate_every = saved
-        if getattr(engine, "refresh_kind", None) == "full":
-            costs["refresh_full_s"] = full
+    seconds = costs["refresh_s"] = _synchronized_seconds(lambda: engine.refresh(model), device)
+    costs[f"refresh_{engine.refresh_kind}_s"] = seconds
+    if engine.refresh_kind == "cheap":
+        costs["refresh_full_s"] = _synchronized_seconds(lambda: engine.refresh(model, full=True), device)
     return costs
 
 
@@ -281,12 +273,14 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
 
 
 def predict_epoch_costs(rows: Sequence[Dict[str, Any]], selectivity: float = 0.33,
-                        dataset_size: Optional[int] = None) -> List[Dict[str, Any]]:
+                        dataset_size: Optional[int] = None, refresh_every_steps: int = 1) -> List[Dict[str, Any]]:
     """Predicted seconds per steady-state epoch of Traditional, SB and SB with each engine (module
     docstring's cost model), per model x batch x training precision, from :func:`profile_models` rows.
     ``dataset_size`` defaults to the size of the training split the rows were measured on."""
     if not 0.0 < selectivity <= 1.0:
         raise ValueError(f"selectivity must be in (0, 1], got {selectivity}")
+    if refresh_every_steps < 0:
+        raise ValueError(f"refresh_every_steps must be >= 0, got {refresh_every_steps}")
     out: List[Dict[str, Any]] = []
     for train in (r for r in rows if r["kind"] == "train"):
         size = dataset_size or train["dataset_size"]
@@ -295,7 +289,9 @@ def predict_epoch_costs(rows: Sequence[Dict[str, Any]], selectivity: float = 0.3
         same = [r for r in rows if r["kind"] == "engine" and r["status"] == "ok"
                 and (r["model"], r["batch"]) == (train["model"], train["batch"])]
         options = [("traditional", 0.0, 1.0, 0.0), (f"sb torch-{train['name']}", train["selection_ms"], selectivity, 0.0)]
-        options += [(f"sb {r['name']}", r["selection_ms"], selectivity, r["refresh_s"]) for r in same]
+        refreshes = (selectivity * batches / refresh_every_steps if refresh_every_steps else 0.0) + 1.0
+        options += [(f"sb {r['name']}", r["selection_ms"], selectivity, refreshes * (r["refresh_s"] or 0.0))
+                    for r in same]  # a live engine (refresh_s None) is never refreshed
         traditional_s = batches * step_s
         for strategy, selection_ms, share, refresh_s in options:
             selection_s = batches * selection_ms / 1e3
@@ -350,7 +346,7 @@ def profile_tables(rows: Sequence[Dict[str, Any]], costs: Sequence[Dict[str, Any
     if costs:
         c0 = costs[0]
         parts += ["", f"predicted seconds per epoch ({c0['dataset_size']} examples, selectivity {c0['selectivity']:g}; "
-                      "SB: selection + s x training step + one refresh)",
+                      "SB: selection + s x training step + refreshes)",
                   format_table([[c["model"], c["batch"], c["precision"], c["strategy"], c["selection_s"], c["train_s"],
                                  c["refresh_s"], c["epoch_s"], f"{c['speedup']:.2f}x"] for c in costs],
                                ["model", "batch", "train prec.", "strategy", "selection s", "train s", "refresh s",

@@ -53,8 +53,11 @@ def test_cost_model_arithmetic():
     # 10 batches; a training step is 0.1 s
     assert costs["traditional"]["epoch_s"] == pytest.approx(1.0) and costs["traditional"]["speedup"] == 1.0
     assert costs["sb torch-fp32"]["epoch_s"] == pytest.approx(10 * 0.010 + 0.25 * 1.0)
-    assert costs["sb fast-int8"]["epoch_s"] == pytest.approx(10 * 0.004 + 0.25 * 1.0 + 0.5)
-    assert costs["sb fast-int8"]["speedup"] == pytest.approx(1.0 / 0.79)
+    # 2.5 SB steps an epoch, a refresh after each and one at the epoch end
+    assert costs["sb fast-int8"]["epoch_s"] == pytest.approx(10 * 0.004 + 0.25 * 1.0 + 3.5 * 0.5)
+    assert costs["sb fast-int8"]["speedup"] == pytest.approx(1.0 / 2.04)
+    per_epoch = {c["strategy"]: c for c in predict_epoch_costs(rows, 0.25, refresh_every_steps=0)}
+    assert per_epoch["sb fast-int8"]["epoch_s"] == pytest.approx(10 * 0.004 + 0.25 * 1.0 + 0.5)
     assert predict_epoch_costs(rows, 0.5, dataset_size=2000)[0]["epoch_s"] == pytest.approx(2.0)
 
 

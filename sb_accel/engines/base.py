@@ -52,11 +52,16 @@ class SelectionEngine(abc.ABC):
     ``losses(x, y)`` returns a float32 tensor of shape ``(len(y),)``. ``refresh(model)`` brings the
     snapshot up to date with the live training model; ``snapshot_step`` is the optimizer step of the
     weights it holds (set by whoever refreshes it), so staleness can be logged.
+
+    ``refresh_kind`` says what the last refresh was: ``"full"`` (exact weights; INT8 recalibrated;
+    engine rebuilt) or ``"cheap"`` (an approximate fast path: INT8 weights re-quantized with the
+    kept activation scales, a TensorRT refit). Backends without a cheap path leave it ``"full"``.
     """
 
     backend: str = ""
     precision: str = ""
     snapshot_step: int = 0
+    refresh_kind: str = "full"
 
     @property
     def name(self) -> str:

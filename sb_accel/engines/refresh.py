@@ -20,9 +20,8 @@ Two more duties, both optional:
   one copy of the model; engines that refresh in place (TensorRT refit) are only ever refreshed
   while they are the standby.
 
-Refresh events count cheap and full refreshes: an engine says which one it just did through a
-``refresh_kind`` attribute (``"cheap"``: e.g. INT8 weights re-quantized with kept activation
-scales, or a TensorRT refit; anything else, or no attribute: ``"full"``).
+Refresh events count cheap and full refreshes: an engine says which one it just did through
+:attr:`SelectionEngine.refresh_kind`.
 """
 from __future__ import annotations
 
@@ -262,13 +261,13 @@ class EngineRefresher:
 
     def _validation_for(self, engine: SelectionEngine, reason: str) -> Optional[Validation]:
         """The validation batch if the refresh ``engine`` just did is due a check, else None."""
-        kind = getattr(engine, "refresh_kind", "full")
+        kind = engine.refresh_kind
         if self.validation is None or not self.schedule.validates(self.count + 1, kind, reason):
             return None
         return self.validation
 
     def _record(self, step: int, reason: str, mode: str, seconds: float, check: dict) -> dict:
-        kind = getattr(self.engine, "refresh_kind", "full")
+        kind = self.engine.refresh_kind
         self.count += 1
         if kind == "cheap":
             self.cheap_count += 1
@@ -376,7 +375,7 @@ def _checked_or_full(engine: SelectionEngine, model: nn.Module, validation: Opti
     try:
         return _checked(engine, model, validation)
     except EngineError:
-        if getattr(engine, "refresh_kind", "full") != "cheap":
+        if engine.refresh_kind != "cheap":
             raise
     engine.refresh(model, full=True)
     return {**_checked(engine, model, validation), "retried_full": True}
