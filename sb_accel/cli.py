@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from typing import Any, Dict, List, Optional
@@ -119,6 +120,8 @@ def _add_measurement_commands(sub: Any) -> None:
     profile.add_argument("--selectivity", type=float, default=0.33, help="SB's kept fraction in the cost model")
     profile.add_argument("--epoch-size", type=int, default=0,
                          help="examples per epoch in the cost model (0: the dataset's training split)")
+    profile.add_argument("--refresh-every-steps", type=int, default=1,
+                         help="engine refresh interval in optimizer steps in the cost model (0: once per epoch)")
     profile.add_argument("--out", default="runs/profile", help="directory for profile.json and the plot")
     profile.add_argument("--json", default=None, help="write the JSON here instead of OUT/profile.json")
 
@@ -167,7 +170,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     rows = profile_models(args.models, args.batch_sizes, args.precisions, args.engines, dataset=args.dataset,
                           data_dir=args.data_dir, device=args.device, repeats=args.repeats, warmup=args.warmup)
-    costs = predict_epoch_costs(rows, args.selectivity, args.epoch_size or None)
+    costs = predict_epoch_costs(rows, args.selectivity, args.epoch_size or None, args.refresh_every_steps)
     print(profile_tables(rows, costs))
     _print_files(write_profile(rows, costs, args.out, args.json))
     return 0
@@ -280,6 +283,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last epoch's checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `sb-accel list-engines | head`: the reader left, nothing to report
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ConfigError, FileNotFoundError, FloatingPointError, ValueError) as exc:
         print(f"sb-accel: error: {exc}", file=sys.stderr)
         return 2

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +25,17 @@ def test_cli_errors_exit_nonzero(tmp_path, capsys):
     assert "selectivity" in capsys.readouterr().err
     assert main(["train", "--dataset", "svhn", "--data-dir", str(tmp_path / "none"), "--run-dir", str(tmp_path / "c")]) == 1
     assert "--download" in capsys.readouterr().err
+
+
+def test_cli_exits_quietly_when_the_reader_closes_the_pipe():
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `sb-accel list-models | head` after head has exited
+    try:
+        done = subprocess.run([sys.executable, "-m", "sb_accel.cli", "list-models"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
 
 
 def test_drop_in_api_in_a_plain_loop():
