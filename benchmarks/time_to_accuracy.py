@@ -12,7 +12,8 @@ Every strategy uses the same epoch-based LR schedule. Two views, as the paper:
 (a) equal epochs: every strategy runs the same number of epochs (SB finishes sooner: does it get
     there?);
 (b) equal wall-clock: each strategy's schedule is stretched to the number of epochs that fit into
-    Traditional's training time, using the per-epoch time it measured in (a).
+    Traditional's training time, using the per-epoch time it measured in (a) (means over the seeds,
+    so every seed of a strategy runs the same schedule).
 
 Targets are 1.1x / 1.2x / 1.4x Traditional's final error; ``sb-accel report`` renders Table 1, the
 error-vs-time and error-vs-backprops plots and the phase breakdown. Results go to
@@ -29,7 +30,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -86,12 +87,31 @@ def available_engines(candidates: List[str]) -> List[str]:
     return found
 
 
-def run(cfg: TrainConfig, data) -> Dict[str, object]:
+def run(cfg: TrainConfig, data, reuse: bool = False) -> Dict[str, object]:
+    """Train ``cfg``; with ``reuse``, a finished run of the identical config in its run_dir is read instead."""
     print(f"-- {cfg.run_dir}: {cfg.strategy} engine={cfg.engine}-{cfg.precision} pipeline={cfg.pipeline} "
           f"epochs={cfg.epochs} seed={cfg.seed}", flush=True)
-    summary = Trainer(cfg, data=data, overwrite=True).fit()
+    summary = finished_summary(cfg) if reuse else None
+    if summary is None:
+        summary = Trainer(cfg, data=data, overwrite=True).fit()
+    else:
+        print("   (reused the finished run)", flush=True)
     print(f"   acc {100 * summary['test_acc']:.2f}%  train {summary['wall']:.0f} s  backprops {summary['backprops']}", flush=True)
     return summary
+
+
+def finished_summary(cfg: TrainConfig) -> Optional[Dict[str, object]]:
+    """The summary of a finished run of exactly ``cfg`` in ``cfg.run_dir``, else None."""
+    run_dir = Path(cfg.run_dir)
+    try:
+        if json.loads((run_dir / "config.json").read_text()) != json.loads(json.dumps(cfg.to_dict())):
+            return None
+        events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+    if not events or events[-1].get("event") != "summary":
+        return None
+    return {k: v for k, v in events[-1].items() if k not in ("event", "time")}
 
 
 def write_results(out: Path, summaries: Dict[str, Dict[str, object]], run_dirs: Dict[str, List[str]]) -> int:
@@ -123,6 +143,9 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--refresh-every-steps", type=int, help="override the preset's engine refresh interval")
     parser.add_argument("--out", help="results directory (default benchmarks/results/<date>-<machine>-<dataset>)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read finished runs of identical configs under benchmarks/out instead of training them "
+                             "again (continues an interrupted benchmark; their timings are from when they ran)")
     args = parser.parse_args(argv)
 
     preset = dict(PRESETS[args.preset])
@@ -153,33 +176,36 @@ def main(argv: List[str] | None = None) -> int:
     base.pop("train_subset")
     summaries: Dict[str, Dict[str, object]] = {}
     run_dirs: Dict[str, List[str]] = {view: [] for view in args.views}
+    # (a) equal epochs, every seed; results are rewritten after each seed so an interruption keeps them.
     for seed in args.seeds:
-        epoch_seconds: Dict[str, float] = {}
         for name, overrides in plan.items():
             cfg = TrainConfig(**{**base, **overrides, "seed": seed, "run_dir": str(runs_dir / "equal-epochs" / f"{name}-s{seed}")})
-            s = run(cfg, data)
-            summaries[f"equal-epochs/{name}-s{seed}"] = s
-            epoch_seconds[name] = s["wall"] / cfg.epochs
+            summaries[f"equal-epochs/{name}-s{seed}"] = run(cfg, data, args.reuse)
             if "equal-epochs" in run_dirs:
                 run_dirs["equal-epochs"].append(cfg.run_dir)
-        if "equal-wall" in args.views:
-            budget = summaries[f"equal-epochs/traditional-s{seed}"]["wall"]
+        code = write_results(out, summaries, {v: d for v, d in run_dirs.items() if v == "equal-epochs"})
+        if code:
+            return code
+    if "equal-wall" in args.views:
+        # (b) equal wall-clock: one epoch budget per strategy, from its mean epoch time over the seeds.
+        mean_wall = {name: sum(summaries[f"equal-epochs/{name}-s{seed}"]["wall"] for seed in args.seeds) / len(args.seeds)
+                     for name in plan}
+        budget = mean_wall["traditional"]
+        for seed in args.seeds:
             run_dirs["equal-wall"].append(str(runs_dir / "equal-epochs" / f"traditional-s{seed}"))
             for name, overrides in plan.items():
                 if name == "traditional":
                     continue
-                epochs = max(1, math.floor(budget / epoch_seconds[name]))
+                epochs = max(1, math.floor(budget / (mean_wall[name] / base["epochs"])))
                 stretch = epochs / base["epochs"]  # warm-up stretches with the schedule (milestones are fractions)
                 cfg = TrainConfig(**{**base, **overrides, "epochs": epochs, "seed": seed,
                                      "warmup_epochs": base.get("warmup_epochs", 0.0) * stretch,
                                      "run_dir": str(runs_dir / "equal-wall" / f"{name}-s{seed}")})
-                summaries[f"equal-wall/{name}-s{seed}"] = run(cfg, data)
+                summaries[f"equal-wall/{name}-s{seed}"] = run(cfg, data, args.reuse)
                 run_dirs["equal-wall"].append(cfg.run_dir)
-
-        # Rewrite the results after every seed, so an interrupted run keeps what it finished.
-        code = write_results(out, summaries, run_dirs)
-        if code:
-            return code
+            code = write_results(out, summaries, run_dirs)
+            if code:
+                return code
     print(f"\nresults: {out}")
     return 0
 

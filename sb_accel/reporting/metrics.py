@@ -127,7 +127,7 @@ def group_runs(runs: Sequence[Run]) -> List[RunGroup]:
         differing = [k for k in keys if len({json.dumps(g.config.get(k)) for g in clash}) > 1]
         for g in clash:
             if len(differing) <= 2:
-                g.label = f"{label} ({', '.join(f'{k}={g.config.get(k)}' for k in differing)})"
+                g.label = f"{label} ({', '.join(f'{k}={_setting(g.config.get(k))}' for k in differing)})"
             else:
                 g.label = f"{label} ({g.runs[0].run_dir})"
     return ordered
@@ -219,3 +219,8 @@ def pareto_frontier(points: Sequence[Tuple[float, float]]) -> List[int]:
         if not dominated:
             frontier.append(i)
     return sorted(frontier, key=lambda i: points[i])
+
+
+def _setting(value: Any) -> str:
+    """A config value for a label: floats to 4 significant digits (1.1666666 -> 1.167)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
