@@ -130,11 +130,14 @@ def refresh_costs(engine: SelectionEngine, model: nn.Module, device: torch.devic
 
 
 def real_batch(data: ArrayDataset, size: int, device: torch.device, memory_format: torch.memory_format,
-               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``size`` training examples (normalised, un-augmented), a random choice fixed by ``seed``."""
-    if size > len(data.y_train):
-        raise ValueError(f"{data.name} has {len(data.y_train)} training examples; {size} were asked for")
-    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(seed))[:size]
+               seed: int = 0, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` training examples (normalised, un-augmented): positions ``offset`` to
+    ``offset + size`` of a random order fixed by ``seed``, so batches with different offsets are
+    disjoint."""
+    if offset < 0 or offset + size > len(data.y_train):
+        raise ValueError(f"{data.name} has {len(data.y_train)} training examples; examples {offset} to "
+                         f"{offset + size} were asked for")
+    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(seed))[offset:offset + size]
     x = data.normalize(data.x_train[idx].to(device)).contiguous(memory_format=memory_format)
     return x, data.y_train[idx].to(device)
 

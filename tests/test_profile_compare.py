@@ -118,3 +118,13 @@ def test_compare_cli_bad_input_exits_2(tmp_path, capsys):
     assert main(["compare", "--model", "vgg99", "--dataset", "synthetic", "--out", str(tmp_path)]) == 2
     assert "unknown model" in capsys.readouterr().err
     assert main(["compare", "--selectivity", "0", "--dataset", "synthetic", "--out", str(tmp_path)]) == 2
+
+
+def test_real_batches_at_different_offsets_are_disjoint_windows_of_one_order(synthetic):
+    from sb_accel.profile import real_batch
+
+    whole, labels = real_batch(synthetic, 40, torch.device("cpu"), torch.contiguous_format, seed=3)
+    window, window_labels = real_batch(synthetic, 16, torch.device("cpu"), torch.contiguous_format, seed=3, offset=24)
+    assert torch.equal(window, whole[24:]) and torch.equal(window_labels, labels[24:])
+    with pytest.raises(ValueError, match="examples 24 to"):
+        real_batch(synthetic, len(synthetic.y_train), torch.device("cpu"), torch.contiguous_format, offset=24)
