@@ -39,6 +39,7 @@ from sb_accel.config import TrainConfig
 from sb_accel.data import load_dataset
 from sb_accel.engines import EngineContext, EngineError, create_engine
 from sb_accel.models import create_model
+from sb_accel.reporting import load_run
 from sb_accel.train import Trainer
 
 PRESETS: Dict[str, Dict[str, object]] = {
@@ -102,16 +103,13 @@ def run(cfg: TrainConfig, data, reuse: bool = False) -> Dict[str, object]:
 
 def finished_summary(cfg: TrainConfig) -> Optional[Dict[str, object]]:
     """The summary of a finished run of exactly ``cfg`` in ``cfg.run_dir``, else None."""
-    run_dir = Path(cfg.run_dir)
     try:
-        if json.loads((run_dir / "config.json").read_text()) != json.loads(json.dumps(cfg.to_dict())):
-            return None
-        events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
+        run = load_run(cfg.run_dir)
+    except FileNotFoundError:
         return None
-    if not events or events[-1].get("event") != "summary":
+    if run.summary is None or run.config != json.loads(json.dumps(cfg.to_dict())):
         return None
-    return {k: v for k, v in events[-1].items() if k not in ("event", "time")}
+    return {k: v for k, v in run.summary.items() if k not in ("event", "time")}
 
 
 def write_results(out: Path, summaries: Dict[str, Dict[str, object]], run_dirs: Dict[str, List[str]]) -> int:

@@ -65,7 +65,7 @@ class TrainConfig:
     precision: str = "fp32"
     # Stale snapshots hurt SB (delayed feedback: the snapshot keeps choosing what the live model
     # has since learned). CIFAR-10 20k subset, 6 epochs, INT8 selection refreshed every 1/2/5/50
-    # steps: 60.6/58.8/55.1/44.1% vs 60.5% live. A cheap INT8 refresh (~11 ms) makes 1 affordable.
+    # steps: 60.6/58.8/55.1/44.1% vs 60.5% live. A cheap INT8 refresh (10 ms) makes 1 affordable.
     refresh_every_steps: int = 1
     refresh_every_epoch: bool = True
     refresh_validate_every: int = 10  # check every N-th cheap refresh against torch (full ones always)

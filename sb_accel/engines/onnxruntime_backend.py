@@ -16,7 +16,8 @@ re-quantization, against ~1.5 s for a checked re-export alone and ~3-4 s for a r
     ``quant_format``: ``"u8s8"`` (default; fastest on x86 CPUs) or ``"s8s8-symmetric"``.
     ``recalibrate_every``: full INT8 recalibration every N refreshes (default 100; 0: only when
         the refresher's check of a cheap refresh fails; 1: every refresh). On small_cnn a cheap
-        refresh costs ~10 ms and a recalibration ~220 ms.
+        refresh costs 10 ms and a recalibration 224 ms (benchmarks/selection_throughput.py
+        --model small_cnn, 2 threads).
     ``calibration_method``: ``"minmax"`` (default), ``"entropy"`` or ``"percentile"``.
     ``calibration_rows``: examples used for calibration (default 256).
     ``provider``: ``"auto"`` (CUDA when the training device is CUDA and ORT has it, else CPU),
@@ -85,7 +86,6 @@ class OnnxRuntimeEngine(SelectionEngine):
         self.recalibrate_every = int(options.get("recalibrate_every", 100))
         if self.recalibrate_every < 0:
             raise EngineError(f"recalibrate_every must be >= 0, got {self.recalibrate_every}")
-        self.refresh_kind = "full"
         self._refreshes = 0
         self._providers, self._stream, self.device = _choose_providers(ort, str(options.get("provider", "auto")),
                                                                         self.device)

@@ -8,7 +8,8 @@ Two more duties, both optional:
 
 * **Validation.** With a :class:`Validation` batch, every built engine, every full refresh and
   every ``schedule.validate_every``-th cheap refresh is compared with the PyTorch model it was
-  built from: max |loss difference| and Spearman rank correlation, logged in the event. A failed build, refresh or validation raises :class:`RefreshError` (default) or, with
+  built from: max |loss difference| and Spearman rank correlation, logged in the event. A failed
+  build, refresh or validation raises :class:`RefreshError` (default) or, with
   ``fallback="torch"``, replaces the engine with a PyTorch FP32 snapshot engine and logs why.
 * **Background refresh.** Given a second ("standby") engine, a due refresh copies the weights into
   a private snapshot module (a fast ``load_state_dict`` on the main thread) and refreshes the

@@ -97,7 +97,6 @@ class TensorRTEngine(SelectionEngine):
         self._level = int(options.get("optimization_level", 3))
         self._timing_cache = Path(context.cache_dir) / "tensorrt-timing.cache"
         self._stream = torch.cuda.Stream(self.device)
-        self.refresh_kind = "full"
         self._refreshes = 0
         if precision == "fp8":
             self._check_fp8()
