@@ -178,7 +178,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare_engines, compare_table, prepare_model, write_compare
-    from .train.trainer import resolve_device
+    from .device import resolve_device
 
     if not 0.0 < args.selectivity <= 1.0:
         raise ValueError(f"--selectivity must be in (0, 1], got {args.selectivity}")

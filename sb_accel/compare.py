@@ -30,7 +30,7 @@ from .selection import LossHistory, beta_for_selectivity, keep_probability
 from .train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .train.factory import build_model, build_optimizer
 from .train.timer import PhaseTimer
-from .train.trainer import resolve_device
+from .device import resolve_device
 
 __all__ = ["REFERENCE", "prepare_model", "compare_engines", "kept_mask", "agreement", "compare_table", "write_compare"]
 

@@ -41,7 +41,7 @@ from .reporting.report import write_json
 from .reporting.tables import format_table
 from .train.factory import build_optimizer
 from .train.timer import PHASES, PhaseTimer
-from .train.trainer import resolve_device
+from .device import resolve_device
 
 __all__ = ["profile_models", "predict_epoch_costs", "profile_tables", "write_profile", "default_precisions",
            "default_engines", "EngineBuild", "build_engine", "refresh_costs", "time_phases", "spread", "real_batch",

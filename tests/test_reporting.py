@@ -10,7 +10,7 @@ from sb_accel.config import TrainConfig
 from sb_accel.reporting import (RunLog, choose_baseline, collect_run_dirs, group_runs, load_run,
                                 load_runs, pareto_frontier, speedup_table, time_to_target)
 from sb_accel.train import Trainer
-from sb_accel.train.timer import PHASES
+from sb_accel.reporting.runlog import PHASES
 
 
 def write_run(run_dir, evals, strategy="traditional", seed=0, **config):

@@ -16,6 +16,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from ..files import atomic_write
+
 __all__ = ["ArrayDataset", "DataError", "load_dataset", "list_datasets", "data_search_dirs", "synthetic_dataset"]
 
 
@@ -105,10 +107,7 @@ def _from_npz(path: Path, name: str, num_classes: Optional[int] = None) -> Array
 
 
 def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import io
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,13 +30,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from onnx import numpy_helper
 
+from ..files import atomic_write
 from .base import EngineError
 
 if TYPE_CHECKING:  # imported lazily at run time: importing this module must not load ONNX Runtime
     import onnxruntime
 
 __all__ = ["LossHead", "ExportResult", "export_loss_model", "INPUT_NAMES", "OUTPUT_NAME", "float_tail_nodes",
-           "assign_initializers", "state_dict_arrays", "save_onnx_atomic", "write_atomic", "session_options",
+           "assign_initializers", "state_dict_arrays", "save_onnx_atomic", "session_options",
            "run_onnx"]
 
 INPUT_NAMES = ("images", "labels")
@@ -290,18 +290,4 @@ def assign_initializers(proto: onnx.ModelProto, arrays: Mapping[str, np.ndarray]
 
 def save_onnx_atomic(proto: onnx.ModelProto, path: Union[str, os.PathLike]) -> None:
     """Write ``proto`` so that readers see either the old file or the complete new one."""
-    write_atomic(path, proto.SerializeToString())
-
-
-def write_atomic(path: Union[str, os.PathLike], data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, proto.SerializeToString())

@@ -42,9 +42,10 @@ import onnx
 import torch
 import torch.nn as nn
 
+from ..files import atomic_write
 from .base import EngineContext, EngineError, SelectionEngine, register_engine
 from .export import (INPUT_NAMES, OUTPUT_NAME, assign_initializers, export_loss_model, float_tail_nodes,
-                     state_dict_arrays, write_atomic)
+                     state_dict_arrays)
 from .quantize import QuantizedModel, convert_to_fp16, numpy_batches, quantize_int8
 
 __all__ = ["TensorRTEngine", "INSTALL_HINT"]
@@ -185,7 +186,7 @@ class TensorRTEngine(SelectionEngine):
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise EngineError(f"TensorRT failed to build the {self.precision} engine (see the TensorRT log above)")
-        write_atomic(self._timing_cache, bytes(config.get_timing_cache().serialize()))
+        atomic_write(self._timing_cache, bytes(config.get_timing_cache().serialize()))
         engine = trt.Runtime(self._logger).deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineError("TensorRT could not deserialize the engine it just built")

@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..train.timer import PHASES
 from .metrics import RunGroup
+from .runlog import PHASES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -8,17 +8,16 @@ configurations (seeds aggregated), picks the baseline and computes everything;
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..train.timer import PHASES
+from ..files import atomic_write_json
 from .metrics import (TARGET_MULTIPLIERS, GroupSummary, RunGroup, TargetResult, eval_at_target, final_error,
                       group_runs, pareto_frontier, speedup_table)
 from .plots import plot_error_curves, plot_pareto, plot_phases
-from .runlog import LOG_NAME, Run, load_run
+from .runlog import LOG_NAME, PHASES, Run, load_run
 from .tables import format_table, phase_table
 
 __all__ = ["collect_run_dirs", "load_runs", "choose_baseline", "Report", "build_report", "write_json"]
@@ -26,10 +25,7 @@ __all__ = ["collect_run_dirs", "load_runs", "choose_baseline", "Report", "build_
 
 def write_json(path: str | Path, value: Any) -> Path:
     """Write ``value`` as indented JSON to ``path`` (parents created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2))
-    return path
+    return atomic_write_json(path, value)
 
 
 def collect_run_dirs(paths: Sequence[str | Path]) -> List[Path]:

@@ -24,9 +24,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-__all__ = ["RunLog", "read_events", "Run", "load_run"]
+__all__ = ["RunLog", "read_events", "Run", "load_run", "LOG_NAME", "PHASES"]
 
 LOG_NAME = "log.jsonl"
+
+# Where wall-clock goes: every run's phase totals use these names (PhaseTimer, reports, plots).
+PHASES = ("data", "selection", "train_forward", "backward", "optimizer", "refresh", "eval", "other")
 
 
 class RunLog:

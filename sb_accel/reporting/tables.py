@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
 
-from ..train.timer import PHASES
+from .runlog import PHASES
 
 __all__ = ["format_table", "summary_table", "phase_table"]
 

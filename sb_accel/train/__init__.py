@@ -2,6 +2,6 @@
 from .checkpoint import load_checkpoint, save_checkpoint
 from .schedule import LRSchedule
 from .timer import PHASES, PhaseTimer
-from .trainer import Trainer, resolve_device
+from .trainer import Trainer
 
-__all__ = ["Trainer", "PhaseTimer", "PHASES", "LRSchedule", "save_checkpoint", "load_checkpoint", "resolve_device"]
+__all__ = ["Trainer", "PhaseTimer", "PHASES", "LRSchedule", "save_checkpoint", "load_checkpoint"]

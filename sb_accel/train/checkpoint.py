@@ -1,11 +1,12 @@
-"""Atomic checkpoints: write to a temporary file in the same directory, then rename over."""
+"""Checkpoints, written atomically (:func:`sb_accel.files.atomic_write`)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
+
+from ..files import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
 
@@ -14,12 +15,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def save_checkpoint(state: Dict[str, Any], run_dir: str | Path) -> Path:
     path = Path(run_dir) / CHECKPOINT_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(run_dir: str | Path) -> Optional[Dict[str, Any]]:

@@ -14,9 +14,9 @@ from typing import Dict, Iterator, List, Tuple
 
 import torch
 
-__all__ = ["PHASES", "PhaseTimer"]
+from ..reporting.runlog import PHASES
 
-PHASES = ("data", "selection", "train_forward", "backward", "optimizer", "refresh", "eval", "other")
+__all__ = ["PHASES", "PhaseTimer"]
 
 
 class PhaseTimer:

@@ -7,9 +7,7 @@ logged to the RunLog. The Trainer holds no selection math and no backend-specifi
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import random
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -20,7 +18,9 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, TrainConfig
 from ..data import AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, load_dataset, test_batches
+from ..device import resolve_device
 from ..engines import EngineContext
+from ..files import atomic_write_json
 from ..engines.refresh import EngineRefresher, RefreshSchedule
 from ..reporting.runlog import LOG_NAME, RunLog
 from ..selection import BackpropBatcher, TrainBatch
@@ -30,16 +30,7 @@ from .pipeline import SelectionPipeline
 from .selection_step import Decision, ScoredCandidates, decide, score_candidates
 from .timer import PhaseTimer
 
-__all__ = ["Trainer", "resolve_device"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} asked for but CUDA is not available; use --device cpu")
-    return device
+__all__ = ["Trainer"]
 
 
 class Trainer:
@@ -106,7 +97,7 @@ class Trainer:
             self.log.write("config", config=cfg.to_dict(), policy=repr(self.policy), engine=self.refresher.engine.name,
                            device=str(self.device), torch=torch.__version__, threads=torch.get_num_threads(),
                            dataset_size=len(data.y_train), parameters=sum(p.numel() for p in self.model.parameters()))
-            _write_json_atomic(self.run_dir / "config.json", cfg.to_dict())
+            atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
 
     # --- construction helpers -------------------------------------------------------------
     def _build_refresher(self) -> EngineRefresher:
@@ -329,12 +320,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
 
 
 def _progress(enabled: bool, total: int, initial: int):
