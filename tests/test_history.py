@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sb_accel.selection import LossHistory
+from sb_accel.selection import history as history_module
 
 
 def brute_cdf(history, loss):
@@ -58,10 +59,12 @@ def one_at_a_time(history, batch):
     return out
 
 
-@pytest.mark.parametrize("size", [1, 2, 7, 64, 1024])
-def test_sequential_mode_equals_one_at_a_time_exactly(size):
+@pytest.mark.parametrize("size, chunk", [(1, 1024), (2, 1024), (7, 1024), (64, 1024), (1024, 1024), (64, 5)])
+def test_sequential_mode_equals_one_at_a_time_exactly(size, chunk, monkeypatch):
     """Random batches from empty to much longer than the history (B > R, wrap-around mid-batch),
-    with ties (two decimals) and infinities: the same percentiles to the bit, the same ring."""
+    with ties (two decimals) and infinities, in chunks of the history's size or shorter: the same
+    percentiles to the bit, the same ring."""
+    monkeypatch.setattr(history_module, "_CHUNK", chunk)
     g = torch.Generator().manual_seed(size)
     fast, slow = LossHistory(size, mode="sequential"), LossHistory(size, mode="batch")
     for _ in range(30):

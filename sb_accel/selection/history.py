@@ -25,11 +25,11 @@ class LossHistory:
       is seen, so early examples of a batch are scored against fewer of the batch's own losses.
 
     Both are exact. For a batch of ``B`` against ``R = size``, ``"batch"`` sorts the history once:
-    ``O((B + R) log R)``. ``"sequential"`` sorts it once per chunk of ``C = min(R, 1024)`` (``_CHUNK``) examples and
-    compares each example with its chunk's earlier examples and with the old losses that the chunk
-    evicts: ``O(ceil(B / C) * R log R + B * C)``, i.e. ``O(R log R + B**2)`` for ``B <= C``. For
-    ``B = 128, R = 1024`` on a 2-core development VM: 0.07 ms (batch) and 0.16 ms (sequential; it took
-    7.4 ms when it re-sorted the history for every example).
+    ``O((B + R) log R)``. ``"sequential"`` sorts it once per chunk of ``C = min(R, _CHUNK)`` examples
+    and compares each example with its chunk's earlier examples and with the old losses that the
+    chunk evicts: ``O(ceil(B / C) * R log R + B * C)``, i.e. ``O(R log R + B**2)`` for ``B <= C``.
+    For ``B = 128, R = 1024`` on a 2-core development VM: 0.07 ms (batch) and 0.16 ms (sequential;
+    it took 7.4 ms when it re-sorted the history for every example).
 
     Losses must not be NaN: a NaN in the history makes every percentile meaningless.
     """
