@@ -1,83 +1,213 @@
-"""Selective-Backprop for an existing PyTorch loop, in a few lines.
+"""Selective-Backprop (or any registered strategy) in an existing PyTorch loop, in a few lines.
 
->>> sb = SelectiveBackprop(model, selectivity=0.33)          # doctest: +SKIP
->>> for x, y in loader:                                     # candidate batches
-...     for xb, yb in sb.select(x, y):                      # full training batches when ready
-...         opt.zero_grad(); F.cross_entropy(model(xb), yb).backward(); opt.step()
-...         sb.step()                                       # refreshes the engine on schedule
+>>> sb = SelectiveBackprop(model, selectivity=0.33)                 # doctest: +SKIP
+>>> for x, y in loader:                                            # candidate batches
+...     for xb, yb in sb.select(x, y):                             # full training batches when ready
+...         loss = sb.loss(F.cross_entropy(model(xb), yb, reduction="none"))
+...         opt.zero_grad(); loss.backward(); opt.step()
+...         sb.step()                                              # refreshes the engine on schedule
+
+Strategies that remember examples across epochs (``"stale-sb"``, ``"infobatch"``) also need the
+examples' dataset indices (``sb.select(x, y, indices)``) and ``dataset_size``. Epoch boundaries are
+noticed from the indices (an index seen again opens a new epoch), or told with ``new_epoch()``.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from .engines import EngineContext, create_engine
-from .engines.refresh import EngineRefresher, RefreshSchedule
-from .selection import BackpropBatcher, SelectionPolicy
-from .selection import SelectiveBackprop as SBPolicy
-from .train.selection_step import select_candidates
+from .engines import EngineContext, EngineRefresher, RefreshSchedule, parse_engine_spec
+from .selection import StrategyOptions, TrainBatch, create_strategy, strategy_info
+from .train.driver import SelectionDriver
 
 __all__ = ["SelectiveBackprop"]
 
 
 class SelectiveBackprop:
-    """Wraps a model: selection passes on an engine, a policy, and a batcher of kept examples.
+    """Wraps a model: selection passes on an engine, a strategy's policy, and a batcher of kept examples.
 
     Args:
         model: the training model (read by the torch engine, exported by the others).
-        selectivity: expected fraction of candidates backpropagated (``beta = 1/s - 1``).
+        selectivity: expected fraction of candidates backpropagated by SB (``beta = 1/s - 1``).
+        strategy: a registered strategy: ``"sb"`` (default), ``"stale-sb"``, ``"kath18"``,
+            ``"infobatch"``, ``"traditional"``.
         batch_size: training batch size; default: the size of the first candidate batch.
         engine: ``"torch-fp32"``, ``"torch-bf16"``, ``"onnxruntime-int8"``, ``"tensorrt-fp16"``...
         refresh_every: refresh a snapshot engine every this many ``step()`` calls (0: never).
             Keep it small: stale selection hurts SB (see README). The default torch engine reads
             the live model and is never refreshed.
-        policy: any :class:`~sb_accel.selection.SelectionPolicy` instead of SB.
+        dataset_size: number of training examples (needed by ``stale-sb`` and ``infobatch``, and
+            used to notice epoch boundaries from the indices).
+        epochs: planned number of epochs (InfoBatch trains on everything in its last 12.5%).
+        end_of_epoch: what happens to kept examples short of a batch at an epoch's end: ``"carry"``
+            (default), ``"partial"`` (trained as a smaller batch) or ``"drop"``.
         calibration: a few ``(x, y)`` training batches for INT8 engines and engine validation.
-        history, seed: as :class:`sb_accel.selection.SelectiveBackprop`.
+        **options: strategy knobs of :class:`~sb_accel.selection.StrategyOptions` (``history``,
+            ``stale_n``, ``prime_epochs``, ``seed``, ...). As in the Trainer, SB and Stale-SB
+            train on everything in their first epoch unless ``prime_epochs=0``.
     """
 
-    def __init__(self, model: nn.Module, selectivity: float = 0.33, *, batch_size: Optional[int] = None,
-                 engine: str = "torch-fp32", refresh_every: int = 1, policy: Optional[SelectionPolicy] = None,
-                 calibration: Optional[list] = None, history: int = 1024, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, selectivity: float = 0.33, *, strategy: str = "sb",
+                 batch_size: Optional[int] = None, engine: str = "torch-fp32", refresh_every: int = 1,
+                 dataset_size: Optional[int] = None, epochs: Optional[int] = None, end_of_epoch: str = "carry",
+                 calibration: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None, **options: Any) -> None:
+        unknown = sorted(set(options) - set(StrategyOptions.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; strategy options are "
+                            f"{', '.join(StrategyOptions.__dataclass_fields__)}")
+        self.info = strategy_info(strategy)
+        if self.info.needs_dataset_size and not dataset_size:
+            raise ValueError(f"strategy {strategy!r} keeps a value per training example: pass dataset_size= "
+                             "(the number of training examples) and the indices to select(x, y, indices)")
+        self._engine_spec = parse_engine_spec(engine)  # a misspelt engine fails here, not at the first batch
+        if refresh_every < 0:
+            raise ValueError(f"refresh_every must be >= 0, got {refresh_every}")
         self.model = model
-        self.policy = policy or SBPolicy(selectivity=selectivity, history=history, seed=seed)
-        self._engine_spec = engine
+        self.options = StrategyOptions(selectivity=selectivity, **options)
+        self.dataset_size = dataset_size
+        self.epochs = epochs
+        self.end_of_epoch = end_of_epoch
+        self.batch_size = batch_size
         self._calibration = calibration or []
         self._refresh_every = refresh_every
-        self.refresher: Optional[EngineRefresher] = None  # built lazily: it needs a sample batch
-        self.batch_size = batch_size
-        self.batcher: Optional[BackpropBatcher] = None
+        self.driver: Optional[SelectionDriver] = None  # built at the first batch: engines need a sample
+        self.events: List[dict] = []   # engine build / refresh / fallback events, as the Trainer logs them
         self.steps = 0
-        self.epoch = 0
+        self._seen: Optional[torch.Tensor] = None  # indices seen this epoch, to notice the next one
+        self._batch: Optional[TrainBatch] = None   # the batch select() last yielded
+        self._observed = True
 
-    def _setup(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    # --- set-up -------------------------------------------------------------------------------
+    def _setup(self, x: torch.Tensor, y: torch.Tensor) -> SelectionDriver:
         self.batch_size = self.batch_size or len(y)
-        self.batcher = BackpropBatcher(self.batch_size)
-        context = EngineContext(device=x.device, sample_batches=self._calibration or [(x, y)], max_batch=max(len(y), 512))
-        engine = create_engine(self._engine_spec, self.model, context)
-        self.refresher = EngineRefresher(engine, RefreshSchedule(self._refresh_every, every_epoch=False))
+        policy = create_strategy(self.info.name, self.options, batch_size=self.batch_size,
+                                 dataset_size=self.dataset_size)
+        refresher = None
+        if policy.needs_selection_forward:
+            context = EngineContext(device=x.device, sample_batches=self._calibration or [(x, y)],
+                                    max_batch=max(len(y), 512))
+            backend, precision = self._engine_spec
+            refresher = EngineRefresher.create(backend, self.model, context,
+                                               RefreshSchedule(self._refresh_every, every_epoch=False),
+                                               precision=precision)
+        self.driver = SelectionDriver(policy, self.batch_size, refresher, end_of_epoch=self.end_of_epoch,
+                                      num_epochs=self.epochs)
+        self.driver.start_epoch(0)
+        self._collect([] if refresher is None else refresher.after_step(self.model, 0))
+        return self.driver
 
-    def select(self, x: torch.Tensor, y: torch.Tensor, indices: Optional[torch.Tensor] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Score a candidate batch; yield every full training batch of kept examples now ready.
+    @property
+    def policy(self):
+        """The strategy's policy (None before the first batch)."""
+        return None if self.driver is None else self.driver.policy
 
-        ``indices`` (dataset indices) are needed only by policies that keep per-example state.
+    @property
+    def epoch(self) -> int:
+        return 0 if self.driver is None else self.driver.epoch
+
+    # --- the loop -----------------------------------------------------------------------------
+    def select(self, x: torch.Tensor, y: torch.Tensor, indices: Optional[torch.Tensor] = None
+               ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Score a candidate batch; yield every full training batch ``(xb, yb)`` of kept examples now ready.
+
+        ``indices`` (the examples' dataset indices) are needed by strategies that remember
+        examples across epochs; given, an index seen before in this epoch starts the next epoch
+        (the remainder of the old one is yielded first under ``end_of_epoch="partial"``).
         """
-        if self.refresher is None:
-            self._setup(x, y)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+        driver = self.driver or self._setup(x, y)
         if indices is None:
+            if self.info.needs_dataset_size:
+                raise ValueError(f"strategy {self.info.name!r} needs the examples' dataset indices: "
+                                 "select(x, y, indices)")
             indices = torch.arange(len(y))
-        decision = select_candidates(self.refresher.engine, self.policy, x, y, indices, self.epoch)
-        for batch in self.batcher.add(x, y, indices, decision.keep, decision.weights):
-            yield batch.x, batch.y
+        else:
+            indices = torch.as_tensor(indices).reshape(-1).cpu()
+            if len(indices) != len(y):
+                raise ValueError(f"got {len(indices)} indices for {len(y)} examples")
+            if self._starts_new_epoch(indices):
+                yield from self.new_epoch()
+            self._mark_seen(indices)
+        for batch in driver.select(x, y, indices):
+            yield from self._hand_out(batch)
 
-    def step(self) -> None:
-        """Count an optimizer step; refresh the engine when due."""
+    def loss(self, per_example: torch.Tensor) -> torch.Tensor:
+        """The training loss of the batch last yielded: per-example losses (``reduction="none"``)
+        weighted as the strategy asks (InfoBatch rescales), averaged; the losses also reach the
+        strategy (Stale-SB and InfoBatch learn from them)."""
+        if self._batch is None:
+            raise RuntimeError("loss() comes after select() has yielded a batch")
+        self.driver.observe(self._batch, per_example)
+        self._observed = True
+        return (per_example * self._batch.weights.to(per_example.device)).mean()
+
+    def step(self) -> List[dict]:
+        """Count an optimizer step; refresh the engine when due. Returns the engine events of this
+        step (also appended to :attr:`events`)."""
+        if not self._observed and self.driver is not None and self.driver.policy.uses_training_losses:
+            raise RuntimeError(f"strategy {self.info.name!r} learns from the training losses: compute the loss as "
+                               "sb.loss(F.cross_entropy(logits, yb, reduction='none')) before step()")
         self.steps += 1
-        if self.refresher is not None:
-            self.refresher.after_step(self.model, self.steps)
+        events = [] if self.driver is None else self.driver.after_step(self.model, self.steps)
+        return self._collect(events)
 
-    def new_epoch(self) -> None:
-        """Tell epoch-aware policies (Stale-SB, InfoBatch) that a new epoch begins."""
-        self.epoch += 1
+    def new_epoch(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Close the current epoch and open the next; yields the remainder batch under
+        ``end_of_epoch="partial"`` (train on it like the others). Call it, and exhaust it, at
+        each epoch boundary unless the indices passed to :meth:`select` tell it."""
+        if self.driver is None:
+            return
+        for batch in self.driver.end_epoch():
+            yield from self._hand_out(batch)
+        self._collect(self.driver.after_epoch(self.model, self.steps))
+        self.driver.start_epoch(self.driver.epoch + 1)
+        self._seen = None
+
+    def close(self) -> None:
+        """Release the engine."""
+        if self.driver is not None:
+            self.driver.close()
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue selection exactly (policy, buffered examples, counters)."""
+        return {"steps": self.steps, "driver": None if self.driver is None else self.driver.state_dict(),
+                "seen": self._seen}
+
+    def load_state_dict(self, state: Dict[str, Any], sample: Tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict`; ``sample`` is one candidate batch ``(x, y)`` to build the engine."""
+        driver = self.driver or self._setup(*sample)
+        if state["driver"] is not None:
+            driver.load_state_dict(state["driver"], sample[0].device)
+        self.steps = int(state["steps"])
+        self._seen = state["seen"]
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _hand_out(self, batch: TrainBatch) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        self._batch, self._observed = batch, False
+        yield batch.x, batch.y
+
+    def _collect(self, events: List[dict]) -> List[dict]:
+        self.events.extend(events)
+        return events
+
+    def _starts_new_epoch(self, indices: torch.Tensor) -> bool:
+        if self._seen is None:
+            return False
+        if self.dataset_size:
+            return bool(self._seen[indices].any())
+        return not self._seen.isdisjoint(indices.tolist())
+
+    def _mark_seen(self, indices: torch.Tensor) -> None:
+        if self.dataset_size:
+            if int(indices.max()) >= self.dataset_size or int(indices.min()) < 0:
+                raise ValueError(f"an index is outside [0, dataset_size={self.dataset_size})")
+            if self._seen is None:
+                self._seen = torch.zeros(self.dataset_size, dtype=torch.bool)
+            self._seen[indices] = True
+        else:
+            if self._seen is None:
+                self._seen = set()
+            self._seen.update(indices.tolist())

@@ -2,12 +2,7 @@ import os
 import subprocess
 import sys
 
-import torch
-import torch.nn.functional as F
-
-import sb_accel
 from sb_accel.cli import main
-from sb_accel.models import create_model
 
 
 def test_cli_train_end_to_end(tmp_path, capsys):
@@ -36,21 +31,3 @@ def test_cli_exits_quietly_when_the_reader_closes_the_pipe():
     finally:
         os.close(write_end)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-
-
-def test_drop_in_api_in_a_plain_loop():
-    torch.manual_seed(0)
-    model = create_model("small_cnn", width=4)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    sb = sb_accel.SelectiveBackprop(model, selectivity=0.5, batch_size=16)
-    trained = 0
-    for _ in range(8):
-        x, y = torch.randn(32, 3, 16, 16), torch.randint(0, 10, (32,))
-        for xb, yb in sb.select(x, y):
-            assert len(yb) == 16
-            opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            sb.step()
-            trained += len(yb)
-    assert sb.steps == trained // 16 and 0.2 * 256 < trained + sb.batcher.pending() < 0.8 * 256

@@ -8,7 +8,7 @@ from sb_accel.reporting import load_run
 from sb_accel.selection import SelectiveBackprop, Traditional
 from sb_accel.train import Trainer
 from sb_accel.train.pipeline import SelectionPipeline
-from sb_accel.train.selection_step import score_candidates
+from sb_accel.train.driver import score_candidates
 from test_trainer import config
 
 

@@ -19,6 +19,7 @@ measurement choice and must not change time-to-accuracy).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -34,17 +35,30 @@ PHASES = ("data", "selection", "train_forward", "backward", "optimizer", "refres
 
 class RunLog:
     """Append-only JSON-lines writer; each line is flushed and fsynced, so a crash loses nothing
-    already logged and never leaves a half-written line before a newer one."""
+    already logged and never leaves a half-written line before a newer one.
 
-    def __init__(self, run_dir: str | Path) -> None:
+    Non-finite floats are written as ``null`` (NaN and Infinity are not JSON). ``truncate_at``
+    cuts an existing log back to that byte offset first (a resumed run continues from its
+    checkpoint's offset); :attr:`offset` is the current end of the log.
+    """
+
+    def __init__(self, run_dir: str | Path, truncate_at: Optional[int] = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / LOG_NAME
         self._file = open(self.path, "a", encoding="utf-8")
+        if truncate_at is not None:
+            self._file.truncate(truncate_at)
+            self._file.seek(truncate_at)
+
+    @property
+    def offset(self) -> int:
+        """Bytes written so far (where the next line starts)."""
+        return self._file.tell()
 
     def write(self, event: str, **fields: Any) -> Dict[str, Any]:
         record = {"event": event, "time": time.time(), **fields}
-        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.write(json.dumps(_finite(record), default=_jsonable, allow_nan=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         return record
@@ -57,6 +71,19 @@ class RunLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _finite(value.item())
+    return value
 
 
 def _jsonable(value: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SelectionPolicy", "Traditional", "Primed"]
+__all__ = ["SelectionPolicy", "Primed"]
 
 
 class SelectionPolicy:
@@ -24,16 +24,27 @@ class SelectionPolicy:
     4. After the train step, ``observe(indices, losses, epoch)`` with the training-forward losses
        of the examples that were backpropagated.
 
-    ``on_epoch_start(epoch, num_epochs)`` runs before an epoch's first candidate batch.
-    ``candidate_multiplier`` is how many training batches' worth of candidates the policy wants
-    per candidate batch (3 for Kath18's pre-sampling, 1 otherwise).
+    ``on_epoch_start(epoch, num_epochs)`` runs before an epoch's first candidate batch and
+    ``on_epoch_end(epoch)`` after its last one has been decided. The selection driver
+    (:class:`sb_accel.train.SelectionDriver`) is the one caller of this lifecycle.
+
+    Class attributes describe the policy to its callers:
+    ``candidate_multiplier``: training batches' worth of candidates wanted per candidate batch
+    (3 for Kath18's pre-sampling, 1 otherwise); ``needs_selection_forward``: whether it ever asks
+    for a selection pass (False: no engine is needed); ``uses_training_losses``: whether
+    ``observe`` feeds its decisions (a caller that skips ``observe`` would silently change it).
     """
 
     name = "traditional"
     candidate_multiplier = 1
+    needs_selection_forward = False
+    uses_training_losses = False
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Hook for per-epoch state (default: nothing)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Hook after an epoch's last candidate batch (default: nothing)."""
 
     def candidates_per_batch(self, epoch: int) -> int:
         """Candidate-batch size in units of the training batch size, for ``epoch``."""
@@ -61,12 +72,6 @@ class SelectionPolicy:
         return f"{type(self).__name__}()"
 
 
-class Traditional(SelectionPolicy):
-    """Plain minibatch SGD: every example is trained on once per epoch, no selection pass."""
-
-    name = "traditional"
-
-
 class Primed(SelectionPolicy):
     """Train on every example for the first ``epochs`` epochs, then defer to ``policy``.
 
@@ -82,12 +87,17 @@ class Primed(SelectionPolicy):
         self.epochs = epochs
         self.name = policy.name
         self.candidate_multiplier = policy.candidate_multiplier
+        self.needs_selection_forward = policy.needs_selection_forward
+        self.uses_training_losses = policy.uses_training_losses
 
     def _priming(self, epoch: int) -> bool:
         return epoch < self.epochs
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.policy.on_epoch_start(epoch, num_epochs)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.policy.on_epoch_end(epoch)
 
     def candidates_per_batch(self, epoch: int) -> int:
         return 1 if self._priming(epoch) else self.policy.candidate_multiplier

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from .base import SelectionPolicy
+from .registry import StrategyOptions, register_strategy
 
 __all__ = ["InfoBatch"]
 
@@ -29,6 +30,7 @@ class InfoBatch(SelectionPolicy):
     """
 
     name = "infobatch"
+    uses_training_losses = True
 
     def __init__(self, dataset_size: int, prune_ratio: float = 0.5, anneal: float = 0.125,
                  seed: int = 0) -> None:
@@ -80,3 +82,9 @@ class InfoBatch(SelectionPolicy):
 
     def __repr__(self) -> str:
         return f"InfoBatch(prune_ratio={self.prune_ratio}, anneal={self.anneal})"
+
+
+@register_strategy("infobatch", needs_dataset_size=True)
+def _build(options: StrategyOptions, dataset_size: Optional[int], batch_size: int) -> InfoBatch:
+    return InfoBatch(dataset_size, prune_ratio=options.infobatch_ratio, anneal=options.infobatch_anneal,
+                     seed=options.seed)

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from .base import SelectionPolicy
+from .registry import StrategyOptions, register_strategy
 
 __all__ = ["Kath18", "variance_reduction"]
 
@@ -52,6 +53,7 @@ class Kath18(SelectionPolicy):
     """
 
     name = "kath18"
+    needs_selection_forward = True
 
     def __init__(self, batch_size: int, multiplier: int = 3, tau_threshold: Optional[float] = None,
                  alpha: float = 0.9, seed: int = 0) -> None:
@@ -100,3 +102,8 @@ class Kath18(SelectionPolicy):
     def __repr__(self) -> str:
         return (f"Kath18(batch_size={self.batch_size}, multiplier={self.candidate_multiplier}, "
                 f"tau_threshold={self.tau_threshold:.3g})")
+
+
+@register_strategy("kath18")
+def _build(options: StrategyOptions, dataset_size: Optional[int], batch_size: int) -> Kath18:
+    return Kath18(batch_size, multiplier=options.kath18_multiplier, seed=options.seed)

@@ -17,6 +17,7 @@ import torch
 
 from .base import SelectionPolicy
 from .history import LossHistory
+from .registry import StrategyOptions, register_strategy
 
 __all__ = ["SelectiveBackprop", "beta_for_selectivity", "keep_probability"]
 
@@ -46,6 +47,7 @@ class SelectiveBackprop(SelectionPolicy):
     """
 
     name = "sb"
+    needs_selection_forward = True
 
     def __init__(self, selectivity: Optional[float] = 0.33, beta: Optional[float] = None,
                  history: int = 1024, floor: float = 0.0, history_mode: str = "batch",
@@ -89,6 +91,11 @@ class SelectiveBackprop(SelectionPolicy):
     def __repr__(self) -> str:
         return (f"SelectiveBackprop(beta={self.beta:.4g}, history={self.history.size}, "
                 f"floor={self.floor}, mode={self.history.mode!r})")
+
+
+@register_strategy("sb", prime_epochs=1)
+def _build(options: StrategyOptions, dataset_size: Optional[int], batch_size: int) -> SelectiveBackprop:
+    return SelectiveBackprop(**options.sb_arguments())
 
 
 def _check_finite(losses: torch.Tensor) -> None:

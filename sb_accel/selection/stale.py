@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from .registry import StrategyOptions, register_strategy
 from .selective_backprop import SelectiveBackprop
 
 __all__ = ["StaleSB"]
@@ -27,6 +28,7 @@ class StaleSB(SelectiveBackprop):
     """
 
     name = "stale-sb"
+    uses_training_losses = True
 
     def __init__(self, dataset_size: int, n: int = 3, selectivity: Optional[float] = 0.33,
                  beta: Optional[float] = None, history: int = 1024, floor: float = 0.0,
@@ -70,3 +72,8 @@ class StaleSB(SelectiveBackprop):
 
     def __repr__(self) -> str:
         return f"StaleSB(n={self.n}, beta={self.beta:.4g}, history={self.history.size})"
+
+
+@register_strategy("stale-sb", prime_epochs=1, needs_dataset_size=True)
+def _build(options: StrategyOptions, dataset_size: Optional[int], batch_size: int) -> StaleSB:
+    return StaleSB(dataset_size, n=options.stale_n, **options.sb_arguments())

@@ -1,7 +1,8 @@
-"""The training loop and what it needs: phase timer, LR schedules, checkpoints."""
+"""The training loop and what it needs: the selection driver, phase timer, LR schedules, checkpoints."""
 from .checkpoint import load_checkpoint, save_checkpoint
+from .driver import SelectionDriver
 from .schedule import LRSchedule
 from .timer import PHASES, PhaseTimer
 from .trainer import Trainer
 
-__all__ = ["Trainer", "PhaseTimer", "PHASES", "LRSchedule", "save_checkpoint", "load_checkpoint"]
+__all__ = ["Trainer", "SelectionDriver", "PhaseTimer", "PHASES", "LRSchedule", "save_checkpoint", "load_checkpoint"]

@@ -1,26 +1,81 @@
-"""Checkpoints, written atomically (:func:`sb_accel.files.atomic_write`)."""
+"""Run directory and checkpoints: what a run leaves on disk, and how a run picks it up again.
+
+A checkpoint is written atomically (:func:`sb_accel.files.atomic_write`) and only if every floating
+tensor of the model is finite, so the last good checkpoint survives a divergence. It records the
+byte offset of ``log.jsonl`` at that moment: a resumed run cuts the log back to it, so the log
+reads as one uninterrupted run.
+"""
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
+from ..config import ConfigError
 from ..files import atomic_write
+from ..reporting.runlog import LOG_NAME
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
+__all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint", "prepare_run_dir"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.json"
+FORMAT = 2  # version of the checkpoint layout
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or must not be written; the message names the file and the fix."""
 
 
 def save_checkpoint(state: Dict[str, Any], run_dir: str | Path) -> Path:
-    path = Path(run_dir) / CHECKPOINT_NAME
-    return atomic_write(path, lambda f: torch.save(state, f))
+    """Write ``state`` atomically to ``run_dir/checkpoint.pt``; refuses non-finite model weights."""
+    bad = [name for name, t in state.get("model", {}).items()
+           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"not writing a checkpoint: model tensors {bad[:3]} hold NaN/inf; "
+                              f"the last good checkpoint in {run_dir} is kept")
+    return atomic_write(Path(run_dir) / CHECKPOINT_NAME, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load_checkpoint(run_dir: str | Path) -> Optional[Dict[str, Any]]:
+    """The checkpoint in ``run_dir``, or None if there is none; an unreadable one is a clear error."""
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
         return None
-    # Our own checkpoints hold generator states and config dicts, not only tensors.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # Our own checkpoints hold generator states and config dicts, not only tensors.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {exc}. The file is damaged (an "
+                              "interrupted copy?); restore it from a backup, or start afresh with --overwrite") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a checkpoint of this sb_accel version (format {found}, expected "
+                              f"{FORMAT}); start afresh with --overwrite")
+    return state
+
+
+def prepare_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Optional[Dict[str, Any]]:
+    """Check ``run_dir`` for a new run or a resumption; returns the checkpoint to resume from.
+
+    A new run refuses a directory holding an earlier run's log unless ``overwrite``; a resumption
+    needs a checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir: {run_dir} is a file, not a directory; choose another --run-dir")
+    if resume:
+        checkpoint = load_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ConfigError(f"nothing to resume in {run_dir}: no {CHECKPOINT_NAME} (no epoch finished yet); "
+                              "run without --resume (add --overwrite to replace the old log)")
+        return checkpoint
+    if (run_dir / LOG_NAME).exists():
+        if not overwrite:
+            raise ConfigError(f"run_dir: {run_dir} already holds a run; pass --resume to continue "
+                              "it, --overwrite to replace it, or choose another --run-dir")
+        for name in (LOG_NAME, CHECKPOINT_NAME, CONFIG_NAME):
+            (run_dir / name).unlink(missing_ok=True)
+    return None

@@ -1,4 +1,4 @@
-"""Builds the pieces a run is composed of from its TrainConfig (policy, model, optimizer)."""
+"""Builds the pieces a run is composed of from its TrainConfig (policy, model, optimizer, LR schedule)."""
 from __future__ import annotations
 
 import torch
@@ -6,29 +6,16 @@ import torch.nn as nn
 
 from ..config import TrainConfig
 from ..models import create_model
-from ..selection import InfoBatch, Kath18, Primed, SelectionPolicy, SelectiveBackprop, StaleSB, Traditional
+from ..selection import SelectionPolicy, StrategyOptions, create_strategy
 from .schedule import LRSchedule
 
 __all__ = ["build_policy", "build_model", "build_optimizer", "build_schedule"]
 
 
 def build_policy(cfg: TrainConfig, dataset_size: int) -> SelectionPolicy:
-    """The selection policy of ``cfg.strategy``, wrapped in priming if ``prime_epochs > 0``."""
-    sb_args = dict(selectivity=cfg.selectivity, beta=cfg.beta, history=cfg.history, floor=cfg.floor,
-                   history_mode=cfg.history_mode, seed=cfg.seed)
-    policy: SelectionPolicy
-    if cfg.strategy == "traditional":
-        policy = Traditional()
-    elif cfg.strategy == "sb":
-        policy = SelectiveBackprop(**sb_args)
-    elif cfg.strategy == "stale-sb":
-        policy = StaleSB(dataset_size, n=cfg.stale_n, **sb_args)
-    elif cfg.strategy == "kath18":
-        policy = Kath18(cfg.batch_size, multiplier=cfg.kath18_multiplier, seed=cfg.seed)
-    else:
-        policy = InfoBatch(dataset_size, prune_ratio=cfg.infobatch_ratio, anneal=cfg.infobatch_anneal, seed=cfg.seed)
-    prime = cfg.resolved_prime_epochs
-    return Primed(policy, prime) if prime > 0 else policy
+    """The registered strategy ``cfg.strategy``, wrapped in priming per ``cfg.prime_epochs``."""
+    return create_strategy(cfg.strategy, StrategyOptions.from_mapping(cfg.to_dict()), batch_size=cfg.batch_size,
+                           dataset_size=dataset_size)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:

@@ -21,7 +21,7 @@ import torch
 
 from ..engines import SelectionEngine
 from ..selection import SelectionPolicy
-from .selection_step import ScoredCandidates, score_candidates
+from .driver import ScoredCandidates, score_candidates
 
 __all__ = ["SelectionPipeline"]
 

@@ -1,13 +1,13 @@
-"""The training loop of Selective-Backprop (paper Alg. 1), composed from its parts:
+"""The training loop of Selective-Backprop (paper Alg. 1): the loop and nothing else.
 
-candidate batch -> selection engine (losses) -> policy (keep mask) -> backprop batcher ->
-train step (forward, backward, optimizer) -> engine refresher, all timed by the PhaseTimer and
-logged to the RunLog. The Trainer holds no selection math and no backend-specific code.
+candidate batches (data) -> :class:`SelectionDriver` (selection forwards, policy, backprop batcher,
+engine refresh) -> train step (forward, backward, optimizer) -> driver.observe, timed phase by phase
+by the :class:`PhaseTimer` and logged through the :class:`RunLogger`. Construction of the parts
+lives in ``factory`` and ``engine_setup``, the run directory and checkpoints in ``checkpoint``.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -17,20 +17,28 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, TrainConfig
-from ..data import AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, load_dataset, test_batches
+from ..data import AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, load_dataset
 from ..device import resolve_device
-from ..engines import EngineContext
 from ..files import atomic_write_json
-from ..engines.refresh import EngineRefresher, RefreshSchedule
-from ..reporting.runlog import LOG_NAME, RunLog
-from ..selection import BackpropBatcher, TrainBatch
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..reporting.runlog import RunLog
+from ..selection import TrainBatch
+from .checkpoint import CONFIG_NAME, prepare_run_dir, save_checkpoint
+from .divergence import DivergenceGuard
+from .driver import ScoredCandidates, SelectionDriver
+from .engine_setup import build_refresher, sample_batches
+from .evaluation import evaluate
 from .factory import build_model, build_optimizer, build_policy, build_schedule
 from .pipeline import SelectionPipeline
-from .selection_step import Decision, ScoredCandidates, decide, score_candidates
+from .progress import Progress
+from .run_logger import RunLogger
 from .timer import PhaseTimer
 
 __all__ = ["Trainer"]
+
+# Settings that may differ between a run and its resumption without changing its meaning.
+RESUMABLE_CHANGES = frozenset({"epochs", "run_dir", "threads", "engine_threads", "log_every_steps", "data_dir",
+                               "progress", "eval_every_steps", "checkpoint"})
+_COUNTERS = ("epoch", "step", "progress", "backprops", "last_acc")
 
 
 class Trainer:
@@ -39,7 +47,7 @@ class Trainer:
     Args:
         config: the run's configuration.
         data: a dataset already in memory (default: ``load_dataset(config.dataset)``).
-        resume: continue from ``<run_dir>/checkpoint.pt`` if it exists.
+        resume: continue from ``<run_dir>/checkpoint.pt`` (an error if there is none).
         overwrite: start afresh even if ``run_dir`` holds an earlier run's log.
     """
 
@@ -47,17 +55,13 @@ class Trainer:
                  overwrite: bool = False) -> None:
         self.cfg = cfg = config
         self.device = resolve_device(cfg.device)
+        self.run_dir = Path(cfg.run_dir)
+        checkpoint = prepare_run_dir(self.run_dir, resume, overwrite)
+        if checkpoint is not None:
+            _check_resumable(checkpoint["config"], cfg, self.run_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         _seed_everything(cfg.seed)
-        self.run_dir = Path(cfg.run_dir)
-        checkpoint = load_checkpoint(self.run_dir) if resume else None
-        if not resume and (self.run_dir / LOG_NAME).exists():
-            if not overwrite:
-                raise ConfigError(f"run_dir: {self.run_dir} already holds a run; pass --resume to continue "
-                                  "it, --overwrite to replace it, or choose another --run-dir")
-            for name in (LOG_NAME, "checkpoint.pt"):
-                (self.run_dir / name).unlink(missing_ok=True)
 
         data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
         if cfg.train_subset or cfg.test_subset:
@@ -69,84 +73,75 @@ class Trainer:
         self.model = build_model(cfg, data.num_classes, data.in_channels).to(self.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(cfg, self.model)
         self.schedule = build_schedule(cfg)
-        self.policy = build_policy(cfg, len(data.y_train))
-        self.batcher = BackpropBatcher(cfg.batch_size, cfg.end_of_epoch)
         self.autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.timer = PhaseTimer(self.device)
-        self.log = RunLog(self.run_dir)
+        # A host read of the NaN flag per step costs nothing on CPU; on CUDA read it once per interval.
+        self.guard = DivergenceGuard(self.device, 1 if self.device.type == "cpu" else cfg.log_every_steps)
+        self.log = RunLogger(RunLog(self.run_dir, truncate_at=checkpoint["log_offset"] if checkpoint else None),
+                             self.device)
 
-        # Counters (all checkpointed).
         self.epoch = 0
         self.step = 0
         self.progress = 0.0          # epochs' worth of candidates passed over (drives the LR)
-        self.candidates = 0
-        self.forwards = 0            # selection-pass forwards
         self.backprops = 0           # examples backpropagated
-        self._interval = self._new_interval()
         self.last_acc = float("nan")
         self.pipeline: Optional[SelectionPipeline] = None
         self.selection_background = 0.0  # seconds the pipeline's worker spent selecting
 
+        policy = build_policy(cfg, len(data.y_train))
         self.timer.start()
-        if checkpoint is not None:
-            self._restore(checkpoint)
+        if checkpoint is not None:  # the weights first: the engine is built (and calibrated) from them
+            self._restore_training_state(checkpoint)
         with self.timer.phase("refresh"):  # building the first engine is a real cost of the method
-            self.refresher = self._build_refresher()
-        if checkpoint is None:
-            self.log.write("config", config=cfg.to_dict(), policy=repr(self.policy), engine=self.refresher.engine.name,
+            refresher = None
+            if policy.needs_selection_forward:
+                max_batch = max(cfg.selection_batch_size or cfg.batch_size * policy.candidates_per_batch(e)
+                                for e in range(cfg.epochs))
+                samples = sample_batches(data, cfg.batch_size, self.device, self.memory_format)
+                refresher = build_refresher(cfg, self.model, samples, self.device, max_batch, self.step)
+        self.driver = SelectionDriver(policy, cfg.batch_size, refresher, end_of_epoch=cfg.end_of_epoch,
+                                      num_epochs=cfg.epochs)
+        if checkpoint is not None:
+            self.driver.load_state_dict(checkpoint["driver"], self.device)
+            self.log.write("resume", epoch=self.epoch, step=self.step)
+        else:
+            self.log.write("config", config=cfg.to_dict(), policy=repr(policy), engine=self._engine_name(),
                            device=str(self.device), torch=torch.__version__, threads=torch.get_num_threads(),
                            dataset_size=len(data.y_train), parameters=sum(p.numel() for p in self.model.parameters()))
-            atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
+            atomic_write_json(self.run_dir / CONFIG_NAME, cfg.to_dict())
+        self._log_events(self.driver.after_step(self.model, self.step))  # the engine build event
 
-    # --- construction helpers -------------------------------------------------------------
-    def _build_refresher(self) -> EngineRefresher:
-        cfg = self.cfg
-        context = EngineContext(
-            device=self.device, sample_batches=self._sample_batches(), threads=cfg.engine_threads or None,
-            cache_dir=str(Path("engines") / "cache"),
-            max_batch=max(self.selection_batch_size(e) for e in range(cfg.epochs)),
-            options={"recalibrate_every": cfg.int8_recalibrate_every})
-        if cfg.pipeline:  # the worker must not read weights the main thread is updating
-            context.options["snapshot"] = True
-        refresher = EngineRefresher.create(
-            cfg.engine, self.model, context, RefreshSchedule(cfg.refresh_every_steps, cfg.refresh_every_epoch,
-                                         cfg.refresh_validate_every),
-            precision=cfg.precision, background=cfg.refresh_background, fallback=cfg.engine_fallback)
-        refresher.engine.snapshot_step = self.step
-        return refresher
-
-    def _sample_batches(self, count: int = 4) -> list:
-        """A fixed set of un-augmented training batches for engine calibration and validation."""
-        g = torch.Generator().manual_seed(1234)
-        idx = torch.randperm(len(self.data.y_train), generator=g)[: count * self.cfg.batch_size]
-        x = self.data.normalize(self.data.x_train[idx].to(self.device)).contiguous(memory_format=self.memory_format)
-        y = self.data.y_train[idx].to(self.device)
-        return list(zip(x.split(self.cfg.batch_size), y.split(self.cfg.batch_size)))
+    def _engine_name(self) -> Optional[str]:
+        return None if self.driver.engine is None else self.driver.engine.name
 
     def selection_batch_size(self, epoch: int) -> int:
-        return self.cfg.selection_batch_size or self.cfg.batch_size * self.policy.candidates_per_batch(epoch)
+        return self.cfg.selection_batch_size or self.cfg.batch_size * self.driver.candidates_per_batch(epoch)
 
     # --- the loop ----------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
-        bar = _progress(cfg.progress, total=cfg.epochs * len(self.loader), initial=self.epoch * len(self.loader))
+        n = len(self.loader)
+        bar = Progress(cfg.progress, total=cfg.epochs * n, initial=self.epoch * n)
         try:
             while self.epoch < cfg.epochs:
                 self._run_epoch(bar)
                 self.epoch += 1
                 self._end_epoch()
+                bar.epoch_done(self.epoch, cfg.epochs, acc=f"{self.last_acc:.4f}", steps=self.step,
+                               kept=f"{self.backprops / max(self.driver.candidates, 1):.2f}")
         finally:
             bar.close()
         return self._finish()
 
-    def _run_epoch(self, bar) -> None:
-        cfg, epoch = self.cfg, self.epoch
-        self.policy.on_epoch_start(epoch, cfg.epochs)
+    def _run_epoch(self, bar: Progress) -> None:
+        cfg, driver = self.cfg, self.driver
+        driver.start_epoch(self.epoch)
         n = len(self.loader)
-        batches = self.loader.epoch(self.selection_batch_size(epoch))
+        batches = self.loader.epoch(self.selection_batch_size(self.epoch))
         if cfg.pipeline:
-            self.pipeline = SelectionPipeline(batches, lambda: self.refresher.engine, self.policy, epoch, cfg.pipeline_depth)
+            self.pipeline = SelectionPipeline(batches, lambda: driver.engine, driver.policy, self.epoch,
+                                              cfg.pipeline_depth)
             scored_batches: Iterator[ScoredCandidates] = iter(self.pipeline)
         try:
             while True:
@@ -157,12 +152,10 @@ class Trainer:
                     self.timer.switch("data")
                     candidate = next(batches, None)
                     self.timer.switch("selection")
-                    scored = None if candidate is None else score_candidates(self.refresher.engine, self.policy, *candidate, epoch)
+                    scored = None if candidate is None else driver.score(*candidate)
                 if scored is None:
                     break
-                decision = decide(self.policy, scored, epoch)
-                self._count_selection(scored, decision)
-                for batch in self.batcher.add(scored.x, scored.y, scored.indices, decision.keep, decision.weights):
+                for batch in driver.submit(scored):
                     self._train_step(batch)
                 self.progress += len(scored.indices) / n
                 bar.update(len(scored.indices))
@@ -171,16 +164,10 @@ class Trainer:
                 self.pipeline.close()
                 self.selection_background += self.pipeline.busy_seconds
                 self.pipeline = None
-        for batch in self.batcher.end_epoch():
+        for batch in driver.end_epoch():
             self._train_step(batch)
+        driver.finish_epoch()
         self.timer.switch("other")
-        bar.set_postfix(acc=f"{self.last_acc:.3f}", sel=f"{self.backprops / max(self.candidates, 1):.2f}")
-
-    def _count_selection(self, scored: ScoredCandidates, decision: Decision) -> None:
-        self.forwards += scored.forwards
-        self.candidates += len(scored.indices)
-        self._interval["candidates"] += len(scored.indices)
-        self._interval["kept"] += int(decision.keep.sum())
 
     def _train_step(self, batch: TrainBatch) -> None:
         cfg = self.cfg
@@ -199,130 +186,107 @@ class Trainer:
         self.timer.switch("optimizer")
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.timer.switch("selection")  # policy bookkeeping on the training losses
-        self.policy.observe(batch.indices, per_example.detach(), self.epoch)
         self.step += 1
         self.backprops += len(batch)
-        self._interval["loss_sum"] += loss.detach() * len(batch)
-        self._interval["examples"] += len(batch)
+        self.timer.switch("selection")  # policy bookkeeping on the training losses
+        self.driver.observe(batch, per_example)
+        self.guard.update(loss, self.step)
+        self.log.add_loss(loss, len(batch))
         self.timer.switch("refresh")
         with self._engine_lock():
-            for event in self.refresher.after_step(self.model, self.step):
-                self.log.write(**event)
+            self._log_events(self.driver.after_step(self.model, self.step))
         self.timer.switch("other")
+        self.guard.check(self.step, hint=self._divergence_hint())
         if self.step % cfg.log_every_steps == 0:
-            self._log_interval(lr)
+            self.log.interval(self.driver, epoch=self.epoch, step=self.step, wall=self._wall(), lr=lr,
+                              backprops=self.backprops, staleness=self.driver.staleness(self.step))
         if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0:
             self.evaluate()
+
+    def _divergence_hint(self) -> str:
+        saved = (f"the last good checkpoint in {self.run_dir} is kept" if (self.run_dir / "checkpoint.pt").exists()
+                 else "no checkpoint was written yet")
+        return (f"Lower --lr (now {self.cfg.lr}), add --warmup-epochs, or try --amp off; {saved} "
+                "(continue it with --resume --lr ...).")
 
     def _engine_lock(self):
         """Engine changes must not race the pipeline's worker."""
         return self.pipeline.lock if self.pipeline is not None else contextlib.nullcontext()
 
-    def _log_interval(self, lr: float) -> None:
-        iv = self._interval
-        mean_loss = float(iv["loss_sum"]) / max(iv["examples"], 1)  # the one host sync per interval
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(
-                f"training loss became {mean_loss} at step {self.step} (epoch {self.epoch}): the run diverged. "
-                f"Lower --lr (now {self.cfg.lr}) or add --warmup-epochs; the last good checkpoint is in "
-                f"{self.run_dir} (resume with --resume after changing the config file).")
-        self.log.write("interval", epoch=self.epoch, step=self.step, wall=self._wall(), train_loss=mean_loss,
-                       lr=lr, candidates=self.candidates, forwards=self.forwards, backprops=self.backprops,
-                       selectivity=iv["kept"] / max(iv["candidates"], 1),
-                       staleness=self.refresher.staleness(self.step))
-        self._interval = self._new_interval()
-
-    def _new_interval(self) -> Dict[str, Any]:
-        """Counters of one logging interval; the loss sum stays on the device (no per-step sync)."""
-        return {"loss_sum": torch.zeros((), device=self.device), "examples": 0, "candidates": 0, "kept": 0}
+    def _log_events(self, events) -> None:
+        for event in events:
+            self.log.write(**event)
 
     def _wall(self) -> float:
         totals = self.timer.totals()
         return sum(totals.values()) - totals["eval"]
 
-    @torch.no_grad()
     def evaluate(self) -> Dict[str, Any]:
         """Test accuracy and loss; logged as an ``eval`` event."""
         with self.timer.phase("eval"):
-            self.model.eval()
-            correct, loss_sum, n = 0, 0.0, 0
-            for x, y in test_batches(self.data, self.cfg.batch_size, self.device, self.memory_format):
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                    logits = self.model(x)
-                loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-                correct += int((logits.argmax(1) == y).sum())
-                n += len(y)
-            self.model.train()
-        acc = correct / n
-        self.last_acc = acc
-        return self.log.write("eval", epoch=self.progress, step=self.step, wall=self._wall(), test_acc=acc,
-                              test_error=1.0 - acc, test_loss=loss_sum / n, backprops=self.backprops,
-                              forwards=self.forwards, candidates=self.candidates, phases=self.timer.totals())
+            result = evaluate(self.model, self.data, self.cfg.batch_size, self.device, self.memory_format,
+                              self.autocast_dtype)
+        self.last_acc = result["test_acc"]
+        d = self.driver
+        return self.log.write("eval", epoch=self.progress, step=self.step, wall=self._wall(),
+                              test_error=1.0 - result["test_acc"], backprops=self.backprops, forwards=d.forwards,
+                              candidates=d.candidates, phases=self.timer.totals(), **result)
 
     def _end_epoch(self) -> None:
+        self.guard.check(self.step, force=True, hint=self._divergence_hint())
         with self.timer.phase("refresh"):
-            for event in self.refresher.after_epoch(self.model, self.step):
-                self.log.write(**event)
+            self._log_events(self.driver.after_epoch(self.model, self.step))
         if not self.cfg.eval_every_steps or self.step % self.cfg.eval_every_steps:
             self.evaluate()
-        self.log.write("epoch", epoch=self.epoch, step=self.step, wall=self._wall(), candidates=self.candidates,
-                       forwards=self.forwards, backprops=self.backprops, pending=self.batcher.pending(),
+        d = self.driver
+        self.log.write("epoch", epoch=self.epoch, step=self.step, wall=self._wall(), candidates=d.candidates,
+                       forwards=d.forwards, backprops=self.backprops, pending=d.batcher.pending(),
                        selection_background=self.selection_background, phases=self.timer.totals())
         if self.cfg.checkpoint:
             save_checkpoint(self._state(), self.run_dir)
 
     def _finish(self) -> Dict[str, Any]:
         phases = self.timer.totals()
+        d = self.driver
         summary = self.log.write(
             "summary", epochs=self.epoch, step=self.step, test_acc=self.last_acc, wall=self._wall(),
-            wall_total=sum(phases.values()), candidates=self.candidates, forwards=self.forwards,
-            backprops=self.backprops, selectivity=self.backprops / max(self.candidates, 1),
-            untrained_remainder=self.batcher.pending(), phases=phases,
-            selection_background=self.selection_background, engine=self.refresher.engine.name,
-            refreshes=self.refresher.count)
-        self.refresher.close()
+            wall_total=sum(phases.values()), candidates=d.candidates, forwards=d.forwards,
+            backprops=self.backprops, selectivity=self.backprops / max(d.candidates, 1),
+            untrained_remainder=d.batcher.pending(), phases=phases,
+            selection_background=self.selection_background, engine=self._engine_name(),
+            refreshes=0 if d.refresher is None else d.refresher.count)
+        d.close()
         self.log.close()
         return summary
 
     # --- checkpoint / resume -----------------------------------------------------------------
     def _state(self) -> Dict[str, Any]:
-        return {"config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step, "progress": self.progress,
-                "candidates": self.candidates, "forwards": self.forwards, "backprops": self.backprops,
-                "last_acc": self.last_acc, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "policy": self.policy.state_dict(),
-                "batcher": self.batcher.state_dict(), "loader_rng": self.loader.generator.get_state(),
-                "phases": self.timer.totals()}
+        return {"config": self.cfg.to_dict(), **{k: getattr(self, k) for k in _COUNTERS},
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "driver": self.driver.state_dict(),
+                "loader_rng": self.loader.generator.get_state(), "phases": self.timer.totals(),
+                "selection_background": self.selection_background, "log_offset": self.log.log.offset}
 
-    def _restore(self, state: Dict[str, Any]) -> None:
-        saved = {k: v for k, v in state["config"].items() if k not in _RESUMABLE_CHANGES}
-        now = {k: v for k, v in self.cfg.to_dict().items() if k not in _RESUMABLE_CHANGES}
-        changed = sorted(k for k in now if saved.get(k) != now[k])
-        if changed:
-            raise ConfigError(f"cannot resume {self.run_dir}: config differs from the checkpoint in {changed}")
+    def _restore_training_state(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.policy.load_state_dict(state["policy"])
-        self.batcher.load_state_dict(state["batcher"], self.device)
         self.loader.generator.set_state(state["loader_rng"])
-        for key in ("epoch", "step", "progress", "candidates", "forwards", "backprops", "last_acc"):
+        for key in _COUNTERS:
             setattr(self, key, state[key])
+        self.selection_background = state["selection_background"]
         self.timer.load_totals(state["phases"])
-        self.log.write("resume", epoch=self.epoch, step=self.step)
 
 
-# Settings that may differ between a run and its resumption without changing its meaning.
-_RESUMABLE_CHANGES = {"epochs", "progress", "run_dir", "threads", "engine_threads", "log_every_steps", "data_dir"}
+def _check_resumable(saved: Dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        raise ConfigError(f"cannot resume {run_dir}: config differs from the checkpoint in {changed} "
+                          f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume)")
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _progress(enabled: bool, total: int, initial: int):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, disable=not enabled or None, unit="ex", unit_scale=True,
-                dynamic_ncols=True, leave=False)

@@ -1,0 +1,104 @@
+"""Strategy registry: a name (``"sb"``, ``"stale-sb"``, ...) -> a ready selection policy.
+
+Each policy module registers a small factory next to its class, so adding a strategy is one file
+plus its import in ``selection/__init__.py``. The Trainer (from a ``TrainConfig``) and the drop-in
+API (from keyword arguments) both build policies here, from one :class:`StrategyOptions`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+from .base import Primed, SelectionPolicy
+
+__all__ = ["StrategyOptions", "StrategyInfo", "register_strategy", "create_strategy", "list_strategies",
+           "strategy_info"]
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """Every strategy's knobs, with the defaults of the paper and the authors' code.
+
+    ``prime_epochs=None`` means the strategy's own default (1 for SB and Stale-SB, else 0).
+    """
+
+    selectivity: Optional[float] = 0.33
+    beta: Optional[float] = None
+    history: int = 1024
+    floor: float = 0.0
+    history_mode: str = "batch"
+    stale_n: int = 3
+    kath18_multiplier: int = 3
+    infobatch_ratio: float = 0.5
+    infobatch_anneal: float = 0.125
+    prime_epochs: Optional[int] = None
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, values: Dict[str, object]) -> "StrategyOptions":
+        """The options named in ``values`` (other keys, e.g. the rest of a TrainConfig, are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def sb_arguments(self) -> Dict[str, object]:
+        """Keyword arguments of :class:`~sb_accel.selection.SelectiveBackprop` and its subclasses."""
+        return dict(selectivity=self.selectivity, beta=self.beta, history=self.history, floor=self.floor,
+                    history_mode=self.history_mode, seed=self.seed)
+
+
+Factory = Callable[[StrategyOptions, Optional[int], int], SelectionPolicy]
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """A registered strategy: its factory and what it needs from the caller."""
+
+    name: str
+    factory: Factory
+    prime_epochs: int = 0            # default priming epochs (full-data training first)
+    needs_dataset_size: bool = False  # keeps per-example state indexed by dataset index
+
+
+_STRATEGIES: Dict[str, StrategyInfo] = {}
+
+
+def register_strategy(name: str, *, prime_epochs: int = 0, needs_dataset_size: bool = False):
+    """Decorator for ``factory(options, dataset_size, batch_size) -> SelectionPolicy``."""
+    def wrap(factory: Factory) -> Factory:
+        if name in _STRATEGIES:
+            raise ValueError(f"strategy {name!r} is registered twice")
+        _STRATEGIES[name] = StrategyInfo(name, factory, prime_epochs, needs_dataset_size)
+        return factory
+    return wrap
+
+
+def list_strategies() -> List[str]:
+    """Registered strategy names, in registration order."""
+    return list(_STRATEGIES)
+
+
+def strategy_info(name: str) -> StrategyInfo:
+    if name not in _STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(_STRATEGIES)}")
+    return _STRATEGIES[name]
+
+
+def create_strategy(name: str, options: StrategyOptions = StrategyOptions(), *, batch_size: int,
+                    dataset_size: Optional[int] = None) -> SelectionPolicy:
+    """The policy ``name`` built from ``options``, wrapped in :class:`Primed` when it primes.
+
+    Args:
+        name: a registered strategy (:func:`list_strategies`).
+        options: the strategies' knobs.
+        batch_size: the training batch size (Kath18 keeps exactly one batch per pre-sample).
+        dataset_size: number of training examples; required by strategies that remember examples
+            across epochs (Stale-SB, InfoBatch).
+    """
+    info = strategy_info(name)
+    if info.needs_dataset_size and not dataset_size:
+        raise ValueError(f"strategy {name!r} keeps a value per training example: pass dataset_size "
+                         "(the number of training examples) and the examples' dataset indices")
+    policy = info.factory(options, dataset_size, batch_size)
+    prime = info.prime_epochs if options.prime_epochs is None else options.prime_epochs
+    return Primed(policy, prime) if prime > 0 else policy

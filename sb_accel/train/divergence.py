@@ -1,0 +1,41 @@
+"""Divergence detection without a host sync per step.
+
+Each step ORs "this loss is not finite" into a flag on the training device (no sync); the host
+reads the flag every ``check_every`` steps and before every checkpoint, so a diverged run stops
+within ``check_every`` steps and never overwrites the last good checkpoint.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["Diverged", "DivergenceGuard"]
+
+
+class Diverged(FloatingPointError):
+    """Training losses became NaN or infinite; the message says when and what to try."""
+
+
+class DivergenceGuard:
+    """Device-side NaN/inf flag over the training losses, read every ``check_every`` steps."""
+
+    def __init__(self, device: torch.device, check_every: int = 1) -> None:
+        if check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        self.check_every = check_every
+        self._flag = torch.zeros((), dtype=torch.bool, device=device)
+        self._first_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        """Record whether ``loss`` (of optimizer step ``step``) is finite; no host sync."""
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._first_step = torch.where(bad & ~self._flag, torch.full_like(self._first_step, step), self._first_step)
+        self._flag |= bad
+
+    def check(self, step: int, *, force: bool = False, hint: str = "") -> None:
+        """Raise :class:`Diverged` if a non-finite loss was seen (read every ``check_every`` steps)."""
+        if not force and step % self.check_every:
+            return
+        if bool(self._flag):
+            first = int(self._first_step)
+            raise Diverged(f"the training loss became NaN/inf at optimizer step {first} (checked at step {step}): "
+                           f"the run diverged. {hint}".rstrip())

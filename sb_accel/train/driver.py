@@ -1,0 +1,197 @@
+"""The selection driver: the one place where selection happens (Selective-Backprop, Alg. 1).
+
+    candidates (x, y, indices)
+      -> policy.requires_forward        which candidates need a selection pass
+      -> engine.losses                  per-example losses of those (the selection forwards)
+      -> policy.select / loss_weights   keep mask and per-example loss weights
+      -> BackpropBatcher                full training batches of exactly ``batch_size`` kept examples
+    train step on each batch, then
+      -> policy.observe                 the training-forward losses of the batch
+
+A small functional core (:func:`score_candidates`, :func:`decide`) does one candidate batch;
+:class:`SelectionDriver` adds the state around it: the policy's lifecycle (epoch start and end,
+observed training losses), the batcher, the engine refresher and the counters. The Trainer, the
+drop-in API (:class:`sb_accel.SelectiveBackprop`) and the benchmarks all use the driver, so a
+strategy behaves the same whichever loop runs it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..engines import EngineRefresher, SelectionEngine
+from ..selection import BackpropBatcher, SelectionPolicy, TrainBatch
+
+__all__ = ["ScoredCandidates", "Decision", "score_candidates", "decide", "SelectionDriver"]
+
+
+@dataclass
+class ScoredCandidates:
+    """A candidate batch with the selection losses the policy asked for."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: torch.Tensor
+    losses: torch.Tensor    # float32 CPU, NaN where the policy asked for no fresh loss
+    forwards: int           # selection-pass forwards run
+
+
+@dataclass
+class Decision:
+    """What the policy decided for a scored candidate batch."""
+
+    keep: torch.Tensor                 # bool, one per candidate (CPU)
+    weights: Optional[torch.Tensor]    # per-candidate loss weights, or None
+
+
+def score_candidates(engine: Optional[SelectionEngine], policy: SelectionPolicy, x: torch.Tensor, y: torch.Tensor,
+                     indices: torch.Tensor, epoch: int) -> ScoredCandidates:
+    """Run the selection pass on the candidates ``policy`` asks for (others get a NaN loss)."""
+    need = policy.requires_forward(indices, epoch)
+    losses = torch.full((len(indices),), float("nan"), dtype=torch.float32)
+    forwards = int(need.sum())
+    if forwards and engine is None:
+        raise RuntimeError(f"{policy!r} asked for selection forwards but the driver has no engine")
+    if forwards == len(indices):
+        losses = engine.losses(x, y).float().cpu()
+    elif forwards:
+        rows = need.nonzero().squeeze(1)
+        dev_rows = rows.to(x.device)
+        losses[rows] = engine.losses(x[dev_rows], y[dev_rows]).float().cpu()
+    return ScoredCandidates(x, y, indices, losses, forwards)
+
+
+def decide(policy: SelectionPolicy, scored: ScoredCandidates, epoch: int) -> Decision:
+    """The policy's keep mask and loss weights for ``scored``."""
+    keep = policy.select(scored.losses, scored.indices, epoch)
+    return Decision(keep, policy.loss_weights(scored.indices, epoch))
+
+
+class SelectionDriver:
+    """Candidates in, full backprop batches out, with the policy's lifecycle called in one place.
+
+    Per epoch::
+
+        driver.start_epoch(epoch)
+        for x, y, idx in candidates:
+            for batch in driver.select(x, y, idx):     # or driver.submit(scored) for pre-scored ones
+                per_example = ...                       # the training forward on batch.x
+                driver.observe(batch, per_example)      # before or after backward
+                ...                                     # backward, optimizer step
+                events = driver.after_step(model, step)
+        for batch in driver.end_epoch():                # the remainder, per the end-of-epoch rule
+            ...
+        driver.finish_epoch()
+
+    Args:
+        policy: the selection policy (:func:`sb_accel.selection.create_strategy`).
+        batch_size: training batch size (every backprop batch has exactly this many examples,
+            except a ``"partial"`` end-of-epoch remainder).
+        refresher: keeps the selection engine up to date with the training model; None for
+            policies that never ask for a selection forward.
+        end_of_epoch: ``"carry"``, ``"partial"`` or ``"drop"`` (see :class:`BackpropBatcher`).
+        num_epochs: length of the run in epochs, for policies that anneal (InfoBatch); None: unknown.
+    """
+
+    def __init__(self, policy: SelectionPolicy, batch_size: int, refresher: Optional[EngineRefresher] = None, *,
+                 end_of_epoch: str = "carry", num_epochs: Optional[int] = None) -> None:
+        if refresher is None and policy.needs_selection_forward:
+            raise ValueError(f"{policy!r} runs selection forwards: the driver needs an engine refresher")
+        self.policy = policy
+        self.refresher = refresher
+        self.batcher = BackpropBatcher(batch_size, end_of_epoch)
+        self.num_epochs = num_epochs
+        self.epoch = 0
+        self.epoch_open = False
+        self.candidates = 0   # examples offered as candidates
+        self.forwards = 0     # selection-pass forwards run
+        self.kept = 0         # candidates the policy kept
+        self.observed = 0     # training losses handed to the policy
+
+    @property
+    def engine(self) -> Optional[SelectionEngine]:
+        """The engine serving selection now (a refresh or fallback may swap it)."""
+        return None if self.refresher is None else self.refresher.engine
+
+    def candidates_per_batch(self, epoch: Optional[int] = None) -> int:
+        """Candidate-batch size the policy wants in ``epoch``, in training batches."""
+        return self.policy.candidates_per_batch(self.epoch if epoch is None else epoch)
+
+    # --- epoch lifecycle ----------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        """Open ``epoch`` (an epoch still open is finished first)."""
+        if self.epoch_open:
+            self.finish_epoch()
+        self.epoch = epoch
+        self.epoch_open = True
+        self.policy.on_epoch_start(epoch, self.num_epochs if self.num_epochs is not None else epoch + 1)
+
+    def end_epoch(self) -> Iterator[TrainBatch]:
+        """The remainder of kept examples as the end-of-epoch rule says (``"partial"``: one batch)."""
+        yield from self.batcher.end_epoch()
+
+    def finish_epoch(self) -> None:
+        """Close the epoch: the policy's ``on_epoch_end``."""
+        if self.epoch_open:
+            self.policy.on_epoch_end(self.epoch)
+            self.epoch_open = False
+
+    # --- one candidate batch ------------------------------------------------------------------
+    def score(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> ScoredCandidates:
+        """Selection forwards for the candidates that need them."""
+        return score_candidates(self.engine, self.policy, x, y, indices, self.epoch)
+
+    def submit(self, scored: ScoredCandidates) -> Iterator[TrainBatch]:
+        """Let the policy decide on ``scored``; yield every full training batch now ready."""
+        decision = decide(self.policy, scored, self.epoch)
+        self.candidates += len(scored.indices)
+        self.forwards += scored.forwards
+        self.kept += int(decision.keep.sum())
+        yield from self.batcher.add(scored.x, scored.y, scored.indices, decision.keep, decision.weights)
+
+    def select(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> Iterator[TrainBatch]:
+        """:meth:`score` then :meth:`submit`."""
+        return self.submit(self.score(x, y, indices))
+
+    def observe(self, batch: TrainBatch, losses: torch.Tensor) -> None:
+        """Hand the training-forward losses of ``batch`` to the policy."""
+        if losses.shape != (len(batch),):
+            raise ValueError(f"observe() needs one training loss per example of the batch ({len(batch)}), "
+                             f"got shape {tuple(losses.shape)}; compute them with reduction='none'")
+        self.policy.observe(batch.indices, losses.detach(), self.epoch)
+        self.observed += len(batch)
+
+    # --- engine -------------------------------------------------------------------------------
+    def after_step(self, model: nn.Module, step: int) -> List[dict]:
+        """Refresh the engine if due after optimizer step ``step``; returns the RunLog events."""
+        return [] if self.refresher is None else self.refresher.after_step(model, step)
+
+    def after_epoch(self, model: nn.Module, step: int) -> List[dict]:
+        """Epoch-end engine refresh if due; returns the RunLog events."""
+        return [] if self.refresher is None else self.refresher.after_epoch(model, step)
+
+    def staleness(self, step: int) -> int:
+        """Optimizer steps the engine's weights are behind the model (0 without an engine)."""
+        return 0 if self.refresher is None else self.refresher.staleness(step)
+
+    def close(self) -> None:
+        if self.refresher is not None:
+            self.refresher.close()
+
+    # --- checkpoint ---------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {"policy": self.policy.state_dict(), "batcher": self.batcher.state_dict(), "epoch": self.epoch,
+                "epoch_open": self.epoch_open,
+                "counters": {"candidates": self.candidates, "forwards": self.forwards, "kept": self.kept,
+                             "observed": self.observed}}
+
+    def load_state_dict(self, state: Dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.batcher.load_state_dict(state["batcher"], device)
+        self.epoch = int(state["epoch"])
+        self.epoch_open = bool(state["epoch_open"])
+        for key, value in state["counters"].items():
+            setattr(self, key, int(value))

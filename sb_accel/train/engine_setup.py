@@ -1,0 +1,40 @@
+"""Engine lifecycle of a run: the calibration/validation batches and the engine refresher."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..config import TrainConfig
+from ..data import ArrayDataset
+from ..engines import EngineContext, EngineRefresher, RefreshSchedule
+
+__all__ = ["sample_batches", "build_refresher"]
+
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+def sample_batches(data: ArrayDataset, batch_size: int, device: torch.device, memory_format: torch.memory_format,
+                   count: int = 4, seed: int = 1234) -> List[Batch]:
+    """A fixed set of un-augmented training batches for engine calibration and validation."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.y_train), generator=g)[: count * batch_size]
+    x = data.normalize(data.x_train[idx].to(device)).contiguous(memory_format=memory_format)
+    y = data.y_train[idx].to(device)
+    return list(zip(x.split(batch_size), y.split(batch_size)))
+
+
+def build_refresher(cfg: TrainConfig, model: nn.Module, samples: List[Batch], device: torch.device,
+                    max_batch: int, step: int = 0) -> Optional[EngineRefresher]:
+    """The configured selection engine, validated and wrapped in its refresh schedule."""
+    context = EngineContext(
+        device=device, sample_batches=samples, threads=cfg.engine_threads or None, max_batch=max_batch,
+        options={"recalibrate_every": cfg.int8_recalibrate_every})
+    if cfg.pipeline:  # the worker must not read weights the main thread is updating
+        context.options["snapshot"] = True
+    schedule = RefreshSchedule(cfg.refresh_every_steps, cfg.refresh_every_epoch, cfg.refresh_validate_every)
+    refresher = EngineRefresher.create(cfg.engine, model, context, schedule, precision=cfg.precision,
+                                       background=cfg.refresh_background, fallback=cfg.engine_fallback)
+    refresher.engine.snapshot_step = step
+    return refresher
