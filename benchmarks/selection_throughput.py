@@ -40,7 +40,7 @@ from sb_accel.data import ArrayDataset, load_dataset
 from sb_accel.engines import EngineContext, SelectionEngine, rank_correlation
 from sb_accel.engines.refresh import DEFAULT_MAX_ABS_ERROR
 from sb_accel.models import create_model
-from sb_accel.profile import build_engine, real_batch, refresh_costs, spread
+from sb_accel.measure import build_engine, real_batch, refresh_costs, spread
 from sb_accel.reporting.plots import save_figure
 from sb_accel.reporting.report import write_json
 from sb_accel.reporting.tables import format_table

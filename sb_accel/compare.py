@@ -21,16 +21,16 @@ from scipy import stats
 
 from .config import TrainConfig
 from .data import ArrayDataset, Augment, CandidateLoader, load_dataset
-from .engines import EngineContext, EngineError, list_engines, parse_engine_spec
-from .profile import build_engine, real_batch, refresh_costs, seconds_cell, spread, time_phases
+from .device import resolve_device
+from .engines import EngineContext, list_engines
+from .measure import (build_engine, check_engine_specs, real_batch, refresh_costs, seconds_cell, selection_seconds,
+                      spread_fields)
 from .reporting.plots import plot_compare
 from .reporting.report import write_json
 from .reporting.tables import format_table
 from .selection import LossHistory, beta_for_selectivity, keep_probability
 from .train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .train.factory import build_model, build_optimizer
-from .train.timer import PhaseTimer
-from .device import resolve_device
 
 __all__ = ["REFERENCE", "prepare_model", "compare_engines", "kept_mask", "agreement", "compare_table", "write_compare"]
 
@@ -115,16 +115,6 @@ def agreement(losses: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor,
     }
 
 
-def _check_specs(engines: Sequence[str]) -> List[str]:
-    specs = [REFERENCE] + [s for s in dict.fromkeys(engines) if s != REFERENCE]
-    for spec in specs:
-        try:
-            parse_engine_spec(spec)
-        except EngineError as exc:
-            raise ValueError(str(exc)) from None
-    return specs
-
-
 def compare_engines(model: nn.Module, data: ArrayDataset, engines: Optional[Sequence[str]] = None,
                     examples: int = 2048, batch_size: int = 128, selectivity: float = 0.33,
                     repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu", seed: int = 0,
@@ -142,11 +132,13 @@ def compare_engines(model: nn.Module, data: ArrayDataset, engines: Optional[Sequ
         history: SB's loss-history length ``R``.
 
     Returns one row per engine, the reference first: ``engine``, ``status`` (``"ok"`` or
-    ``"unavailable: why"``), ``build_s``, refresh costs (:func:`~sb_accel.profile.refresh_costs`),
+    ``"unavailable: why"``), ``build_s``, refresh costs (:func:`~sb_accel.measure.refresh_costs`),
     ``latency_ms`` (median per batch, with ``_p25``/``_p75``), ``throughput`` (examples/s) and the
     :func:`agreement` fields.
     """
-    specs = _check_specs(list_engines() if engines is None else engines)
+    requested = list_engines() if engines is None else engines
+    specs = [REFERENCE] + [s for s in dict.fromkeys(requested) if s != REFERENCE]
+    check_engine_specs(specs)
     device = resolve_device(str(device))
     n = (examples // batch_size) * batch_size
     if n < 2 or batch_size < 1:
@@ -169,22 +161,11 @@ def compare_engines(model: nn.Module, data: ArrayDataset, engines: Optional[Sequ
         engine = build.engine
         try:
             row.update(refresh_costs(engine, model, device))
-            scored: List[torch.Tensor] = []
-
-            def one_pass(timer: PhaseTimer) -> None:
-                scored.clear()
-                for xb, yb in batches:
-                    timer.switch("selection")
-                    scored.append(engine.losses(xb, yb).float().cpu())
-                timer.switch("other")
-
-            seconds = time_phases(one_pass, device, repeats, warmup)["selection"]
+            seconds, losses = selection_seconds(engine, batches, device, repeats, warmup)
         finally:
             engine.close()
-        s = spread([t / len(batches) for t in seconds], 1e3)
-        row.update(latency_ms=s["median"], latency_ms_p25=s["p25"], latency_ms_p75=s["p75"],
-                   throughput=batch_size / (s["median"] / 1e3))
-        losses = torch.cat(scored)
+        row.update(spread_fields("latency", [t / len(batches) for t in seconds]))
+        row["throughput"] = batch_size / (row["latency_ms"] / 1e3)
         keep = kept_mask(losses, batch_size, selectivity, uniforms, history)
         if reference is None:  # the first spec is the reference
             reference = (losses, keep)

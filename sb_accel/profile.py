@@ -22,30 +22,28 @@ A refresh is costed at the engine's usual one (cheap where it has a cheap path).
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import TrainConfig
 from .data import ArrayDataset, load_dataset
-from .engines import EngineContext, EngineError, SelectionEngine, create_engine, list_engines, parse_engine_spec
+from .device import resolve_device
+from .engines import EngineContext, SelectionEngine, create_engine, list_engines
+from .measure import (build_engine, check_engine_specs, real_batch, refresh_costs, seconds_cell, selection_seconds,
+                      spread_fields, time_phases)
 from .models import create_model, list_models
 from .reporting.plots import plot_profile
 from .reporting.report import write_json
 from .reporting.tables import format_table
 from .train.factory import build_optimizer
-from .train.timer import PHASES, PhaseTimer
-from .device import resolve_device
+from .train.timer import PhaseTimer
 
 __all__ = ["profile_models", "predict_epoch_costs", "profile_tables", "write_profile", "default_precisions",
-           "default_engines", "EngineBuild", "build_engine", "refresh_costs", "time_phases", "spread", "real_batch",
-           "seconds_cell"]
+           "default_engines"]
 
 
 def default_precisions(device: torch.device) -> List[str]:
@@ -57,89 +55,6 @@ def default_precisions(device: torch.device) -> List[str]:
 def default_engines() -> List[str]:
     """Every registered selection engine except torch's (profiled with the training precisions)."""
     return [s for s in list_engines() if not s.startswith("torch-")]
-
-
-def spread(samples: Sequence[float], scale: float = 1.0) -> Dict[str, float]:
-    """Median and quartiles of ``samples`` (times ``scale``)."""
-    q25, q50, q75 = np.percentile(np.asarray(samples, dtype=np.float64) * scale, [25, 50, 75])
-    return {"median": float(q50), "p25": float(q25), "p75": float(q75)}
-
-
-def time_phases(step: Callable[[PhaseTimer], None], device: torch.device, repeats: int,
-                warmup: int) -> Dict[str, List[float]]:
-    """Run ``step(timer)`` ``warmup + repeats`` times; ``step`` switches the timer's phases itself.
-    Returns, per phase, the seconds of each timed repeat (warm-up repeats are discarded)."""
-    samples: Dict[str, List[float]] = {p: [] for p in PHASES}
-    for i in range(warmup + repeats):
-        timer = PhaseTimer(device)
-        timer.start()
-        step(timer)
-        totals = timer.totals()  # on CUDA this waits for the GPU once
-        if i >= warmup:
-            for phase, seconds in totals.items():
-                samples[phase].append(seconds)
-    return samples
-
-
-def _synchronized_seconds(fn: Callable[[], Any], device: torch.device) -> float:
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
-@dataclass
-class EngineBuild:
-    """An engine built for measurement, or why it could not be."""
-
-    spec: str
-    engine: Optional[SelectionEngine]
-    build_s: Optional[float]
-    error: Optional[str] = None
-
-    @property
-    def status(self) -> str:
-        return "ok" if self.engine is not None else f"unavailable: {self.error}"
-
-
-def build_engine(spec: str, model: nn.Module, context: EngineContext) -> EngineBuild:
-    """Build ``spec`` from ``model``, timing it; an ``EngineError`` means "unavailable here"."""
-    try:
-        start = time.perf_counter()
-        engine = create_engine(spec, model, context)
-        return EngineBuild(spec, engine, time.perf_counter() - start)
-    except EngineError as exc:
-        return EngineBuild(spec, None, None, str(exc))
-
-
-def refresh_costs(engine: SelectionEngine, model: nn.Module, device: torch.device) -> Dict[str, Optional[float]]:
-    """Seconds of ``engine.refresh(model)``, what training pays per refresh on the default schedule
-    (``refresh_s``), and of the engine's full and cheap refreshes where it tells them apart
-    (``None`` for a cheap refresh the engine does not have; all ``None`` for a live engine, which
-    is never refreshed).
-    """
-    costs: Dict[str, Optional[float]] = {"refresh_s": None, "refresh_full_s": None, "refresh_cheap_s": None}
-    if engine.is_live:
-        return costs
-    seconds = costs["refresh_s"] = _synchronized_seconds(lambda: engine.refresh(model), device)
-    costs[f"refresh_{engine.refresh_kind}_s"] = seconds
-    if engine.refresh_kind == "cheap":
-        costs["refresh_full_s"] = _synchronized_seconds(lambda: engine.refresh(model, full=True), device)
-    return costs
-
-
-def real_batch(data: ArrayDataset, size: int, device: torch.device, memory_format: torch.memory_format,
-               seed: int = 0, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``size`` training examples (normalised, un-augmented): positions ``offset`` to
-    ``offset + size`` of a random order fixed by ``seed``, so batches with different offsets are
-    disjoint."""
-    if offset < 0 or offset + size > len(data.y_train):
-        raise ValueError(f"{data.name} has {len(data.y_train)} training examples; examples {offset} to "
-                         f"{offset + size} were asked for")
-    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(seed))[offset:offset + size]
-    x = data.normalize(data.x_train[idx].to(device)).contiguous(memory_format=memory_format)
-    return x, data.y_train[idx].to(device)
 
 
 def _train_step_timing(model: nn.Module, selector: SelectionEngine, precision: str, x: torch.Tensor,
@@ -168,21 +83,6 @@ def _train_step_timing(model: nn.Module, selector: SelectionEngine, precision: s
     return time_phases(step, device, repeats, warmup)
 
 
-def _engine_timing(engine: SelectionEngine, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                   repeats: int, warmup: int) -> List[float]:
-    def step(timer: PhaseTimer) -> None:
-        timer.switch("selection")
-        engine.losses(x, y).cpu()
-        timer.switch("other")
-
-    return time_phases(step, device, repeats, warmup)["selection"]
-
-
-def _with_spread(row: Dict[str, Any], key: str, seconds: Sequence[float]) -> None:
-    s = spread(seconds, 1e3)
-    row[f"{key}_ms"], row[f"{key}_ms_p25"], row[f"{key}_ms_p75"] = s["median"], s["p25"], s["p75"]
-
-
 def _check_inputs(models: Sequence[str], batch_sizes: Sequence[int], precisions: Sequence[str],
                   engines: Sequence[str], repeats: int, warmup: int) -> None:
     """Bad input fails before any measurement (``ValueError``, the CLI's exit code 2)."""
@@ -194,11 +94,7 @@ def _check_inputs(models: Sequence[str], batch_sizes: Sequence[int], precisions:
     bad = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
     if bad or not precisions:
         raise ValueError(f"training precisions must be fp32, bf16 or fp16, got {list(precisions)}")
-    for spec in engines:
-        try:
-            parse_engine_spec(spec)
-        except EngineError as exc:
-            raise ValueError(str(exc)) from None
+    check_engine_specs(engines)
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
 
@@ -255,7 +151,7 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
                     t = _train_step_timing(model, selector, precision, x, y, dev, repeats, warmup)
                     row = {**base, "kind": "train", "name": precision, "status": "ok"}
                     for phase in ("selection", "train_forward", "backward", "optimizer"):
-                        _with_spread(row, phase, t[phase])
+                        row.update(spread_fields(phase, t[phase]))
                     row["backward_over_forward"] = row["backward_ms"] / row["train_forward_ms"]
                     row["selection_over_backward"] = row["selection_ms"] / row["backward_ms"]
                     backward_ms[precision] = row["backward_ms"]
@@ -265,7 +161,8 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
                     row = {**base, "kind": "engine", "name": build.spec, "status": build.status,
                            "build_s": build.build_s, **refresh}
                     if build.engine is not None:
-                        _with_spread(row, "selection", _engine_timing(build.engine, x, y, dev, repeats, warmup))
+                        seconds, _ = selection_seconds(build.engine, [(x, y)], dev, repeats, warmup)
+                        row.update(spread_fields("selection", seconds))
                         row["selection_over_backward"] = row["selection_ms"] / reference
                     rows.append(row)
         finally:
@@ -305,11 +202,6 @@ def predict_epoch_costs(rows: Sequence[Dict[str, Any]], selectivity: float = 0.3
                         "refresh_s": refresh_s, "epoch_s": total, "speedup": traditional_s / total,
                         "dataset_size": size, "selectivity": selectivity})
     return out
-
-
-def seconds_cell(seconds: Optional[float]) -> str:
-    """Seconds for a table cell, to the millisecond (``-`` for none)."""
-    return "-" if seconds is None else f"{seconds:.3f}"
 
 
 # A measurement whose half interquartile range exceeds this share of its median is flagged: on a

@@ -121,7 +121,7 @@ def test_compare_cli_bad_input_exits_2(tmp_path, capsys):
 
 
 def test_real_batches_at_different_offsets_are_disjoint_windows_of_one_order(synthetic):
-    from sb_accel.profile import real_batch
+    from sb_accel.measure import real_batch
 
     whole, labels = real_batch(synthetic, 40, torch.device("cpu"), torch.contiguous_format, seed=3)
     window, window_labels = real_batch(synthetic, 16, torch.device("cpu"), torch.contiguous_format, seed=3, offset=24)
