@@ -68,10 +68,6 @@ class Augment:
             images = random_flip(images, generator)
         return cutout(normalize(images), self.cutout, generator)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.crop_padding or self.flip or self.cutout)
-
 
 # The paper's setup (§5.1; SPEC.md).
 AUGMENT_PRESETS = {
