@@ -17,8 +17,8 @@ def test_cdf_exact_small():
     # history {3,1,2}: strictly below 3 -> 2/3, below 1 -> 0, below 2 -> 1/3
     assert out.tolist() == pytest.approx([2 / 3, 0.0, 1 / 3])
     out = h.update_and_cdf(torch.tensor([2.0, 5.0]))
-    # ring of 4 keeps the newest: {1,2,2,5}
-    assert sorted(h.values().tolist()) == [1.0, 2.0, 2.0, 5.0]
+    # ring of 4 keeps the newest, oldest first: 1, 2, 2, 5
+    assert h.values().tolist() == [1.0, 2.0, 2.0, 5.0]
     assert out.tolist() == pytest.approx([1 / 4, 3 / 4])
 
 

@@ -48,15 +48,9 @@ class LossHistory:
         return min(self._count, self.size)
 
     def values(self) -> torch.Tensor:
-        """The losses currently held (order unspecified)."""
-        return self._buffer[: len(self)].clone()
-
-    def _oldest_first(self) -> torch.Tensor:
-        """The losses currently held, oldest first."""
-        if self._count <= self.size:
-            return self._buffer[: self._count]
-        start = self._count % self.size
-        return torch.cat([self._buffer[start:], self._buffer[:start]])
+        """The losses currently held, oldest first (a copy)."""
+        oldest = self._count % self.size if self._count > self.size else 0
+        return torch.roll(self._buffer[: len(self)], -oldest)
 
     def append(self, losses: torch.Tensor) -> None:
         """Append a 1-D tensor of losses, overwriting the oldest once full."""
@@ -92,7 +86,7 @@ class LossHistory:
     def _append_sequentially(self, losses: torch.Tensor) -> torch.Tensor:
         """Append ``losses`` (at most ``size`` of them) one by one, each scored right after its own
         append, in one pass: example ``i`` sees every old loss not yet evicted and examples ``0..i``."""
-        old = self._oldest_first()
+        old = self.values()
         n, b = len(old), losses.numel()
         evicted = max(0, min(n, n + b - self.size))  # old losses that this batch overwrites
         i = torch.arange(b)
