@@ -80,8 +80,7 @@ class LossHistory:
             self.append(losses)
             return self.cdf(losses)
         flat = losses.detach().reshape(-1).to("cpu", torch.float64)
-        chunks = flat.split(min(self.size, _CHUNK))
-        return torch.cat([self._append_sequentially(chunk) for chunk in chunks]) if chunks else flat.clone()
+        return torch.cat([self._append_sequentially(chunk) for chunk in flat.split(min(self.size, _CHUNK))])
 
     def _append_sequentially(self, losses: torch.Tensor) -> torch.Tensor:
         """Append ``losses`` (at most ``size`` of them) one by one, each scored right after its own
@@ -101,9 +100,11 @@ class LossHistory:
         return below.to(torch.float64) / (n + i + 1).clamp(max=self.size).to(torch.float64)
 
     def state_dict(self) -> dict:
+        """What a checkpoint needs to resume: size, mode, the ring and how many losses it has seen."""
         return {"size": self.size, "mode": self.mode, "buffer": self._buffer.clone(), "count": self._count}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict` (the sizes must match)."""
         if state["size"] != self.size:
             raise ValueError(f"checkpoint history size {state['size']} != configured {self.size}")
         self._buffer = state["buffer"].clone()
