@@ -5,9 +5,16 @@ SB keeps an example with probability ``CDF_R(L) ** beta``.
 """
 from __future__ import annotations
 
+from typing import Callable, Optional, Tuple
+
 import torch
 
-__all__ = ["LossHistory"]
+__all__ = ["LossHistory", "Gather"]
+
+# A gather hook: this process's losses in, (every process's losses concatenated, the offset of this
+# process's own in them) out. Distributed training injects one (sb_accel.train.distributed); the
+# selection package itself never communicates.
+Gather = Callable[[torch.Tensor], Tuple[torch.Tensor, int]]
 
 # The sequential mode scores a batch in chunks of at most this many examples: it compares each
 # example with the chunk's earlier ones, so a chunk costs _CHUNK**2 comparisons (and memory) at most.
@@ -32,9 +39,14 @@ class LossHistory:
     it took 7.4 ms when it re-sorted the history for every example).
 
     Losses must not be NaN: a NaN in the history makes every percentile meaningless.
+
+    ``gather`` (default None) makes the history global across processes: every batch of losses
+    goes through it, every process's losses are appended in the order it returns them (so all
+    processes hold the same history), and only this process's own are scored. Every process must
+    then call :meth:`update_and_cdf` the same number of times with the same number of losses.
     """
 
-    def __init__(self, size: int = 1024, mode: str = "batch") -> None:
+    def __init__(self, size: int = 1024, mode: str = "batch", gather: Optional[Gather] = None) -> None:
         if size < 1:
             raise ValueError(f"history size must be >= 1, got {size}")
         if mode not in ("batch", "sequential"):
@@ -43,6 +55,7 @@ class LossHistory:
         self.mode = mode
         self._buffer = torch.empty(size, dtype=torch.float64)
         self._count = 0  # total losses ever appended; the ring position is count % size
+        self.gather = gather
 
     def __len__(self) -> int:
         return min(self._count, self.size)
@@ -75,12 +88,15 @@ class LossHistory:
         return below.to(torch.float64) / n
 
     def update_and_cdf(self, losses: torch.Tensor) -> torch.Tensor:
-        """Append ``losses`` and return each one's percentile, per ``self.mode``."""
-        if self.mode == "batch":
-            self.append(losses)
-            return self.cdf(losses)
+        """Append ``losses`` (with a :attr:`gather` hook: every process's) and return the percentile
+        of each of ``losses``, per ``self.mode``."""
         flat = losses.detach().reshape(-1).to("cpu", torch.float64)
-        return torch.cat([self._append_sequentially(chunk) for chunk in flat.split(min(self.size, _CHUNK))])
+        everyone, start = (flat, 0) if self.gather is None else self.gather(flat)
+        if self.mode == "batch":
+            self.append(everyone)
+            return self.cdf(flat)
+        chunks = everyone.split(min(self.size, _CHUNK))
+        return torch.cat([self._append_sequentially(chunk) for chunk in chunks])[start:start + flat.numel()]
 
     def _append_sequentially(self, losses: torch.Tensor) -> torch.Tensor:
         """Append ``losses`` (at most ``size`` of them) one by one, each scored right after its own
