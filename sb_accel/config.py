@@ -1,19 +1,28 @@
 """Typed run configuration: defaults < ``--config run.toml`` < command-line flags, validated once.
 
 Every field is a flag of ``sb-accel train`` (``selectivity`` -> ``--selectivity``); a TOML file may
-set any of them at the top level. Invalid values raise :class:`ConfigError` naming the field and
-the fix.
+set any of them at the top level. Every value is checked against its field's type (an ``int``
+field takes only integers, a ``bool`` field only ``true``/``false``, a ``float`` field integers or
+floats, an ``Optional`` field also ``None``, a list field is checked per element) and then against
+its range. Invalid values raise :class:`ConfigError` naming the key and the fix; unknown keys are
+named with the closest known one.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import math
 import tomllib
+import typing
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-__all__ = ["TrainConfig", "ConfigError", "STRATEGIES"]
+__all__ = ["TrainConfig", "ConfigError", "STRATEGIES", "CONFIG_NAME", "check_value", "check_keys", "load_values"]
+
+CONFIG_NAME = "config.json"  # the resolved config the Trainer saves in every run directory
 
 STRATEGIES = ("traditional", "sb", "stale-sb", "kath18", "infobatch")
 
@@ -88,7 +97,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.milestones = [float(m) for m in self.milestones]
+        hints = _type_hints()
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_value(f.name, getattr(self, f.name), hints[f.name]))
         self.validate()
 
     # --- validation -------------------------------------------------------------------------
@@ -118,8 +129,9 @@ class TrainConfig:
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(self.lr_schedule in ("multistep", "cosine", "linear", "constant"), "lr_schedule",
              "must be multistep, cosine, linear or constant")
-        need(all(0 < m for m in self.milestones), "milestones",
+        need(all(0 < m < math.inf for m in self.milestones), "milestones",
              "must be positive: fractions of the run (< 1) or epoch numbers (>= 1)")
+        need(0 < self.gamma < math.inf, "gamma", "must be a positive number (0.2: the LR drops 5x per milestone)")
         need(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "must be in [0, epochs)")
         need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
         need(self.engine_fallback in ("raise", "torch"), "engine_fallback", "must be 'raise' or 'torch'")
@@ -136,6 +148,8 @@ class TrainConfig:
         need(self.train_subset >= 0 and self.test_subset >= 0, "train_subset", "must be >= 0")
         need(self.augment in ("preset", "none"), "augment", "must be 'preset' or 'none'")
         need(self.width >= 0, "width", "must be >= 0")
+        need(bool(self.run_dir.strip()), "run_dir", "must name a directory")
+        need(bool(self.dataset.strip()), "dataset", "must name a dataset or a .npz file")
 
     # --- derived values ---------------------------------------------------------------------
     @property
@@ -158,26 +172,117 @@ class TrainConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; known keys: {', '.join(cls.field_names())}")
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from None
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """A config from ``values`` (keys are field names); unknown keys and wrong types raise
+        :class:`ConfigError` naming the key."""
+        check_keys(values)
+        return cls(**values)
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: Optional[Dict[str, Any]] = None) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        values.update(overrides or {})
-        return cls.from_dict(values)
+        """The TOML file's values, then ``overrides`` (command-line flags) on top."""
+        return cls.from_dict({**load_values(path), **(overrides or {})})
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+# --- checking values -------------------------------------------------------------------------------
+@cache
+def _type_hints() -> Dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+_KINDS = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list",
+          tuple: "a list", dict: "a table", type(None): "nothing (None)"}
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _kind(value: Any) -> str:
+    return _KINDS.get(type(value), f"a {type(value).__name__}")
+
+
+def check_value(name: str, value: Any, typ: Any) -> Any:
+    """``value`` checked against the type annotation ``typ`` of the key ``name``.
+
+    Returns the value to store (integers become floats in ``float`` fields, tuples become lists).
+    ``bool`` is not an integer here: ``epochs = true`` is refused, as is ``checkpoint = "no"``.
+    """
+    if typing.get_origin(typ) is Union:  # Optional[X], the only union among the fields
+        if value is None:
+            return None
+        return check_value(name, value, next(a for a in typing.get_args(typ) if a is not type(None)))
+    if typing.get_origin(typ) in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: must be a list, e.g. {name} = [0.3, 0.6], got {value!r} ({_kind(value)})")
+        (element,) = typing.get_args(typ)
+        return [check_value(f"{name}[{i}]", v, element) for i, v in enumerate(value)]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{name}: must be {_EXPECTED.get(typ, typ.__name__)}, got {value!r} ({_kind(value)})"
+                      f"{_type_hint(name, value, typ)}")
+
+
+def _type_hint(name: str, value: Any, typ: Any) -> str:
+    """A fix for the common slips: a quoted number or boolean, a fraction where an integer goes."""
+    key = name.split("[")[0]
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if typ is bool and text in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            word = "true" if text in ("true", "yes", "on", "1") else "false"
+            return f"; write {key} = {word} (no quotes)"
+        try:
+            number = typ(value) if typ in (int, float) else None
+        except ValueError:
+            number = None
+        if number is not None:
+            return f"; write {key} = {number} (no quotes)"
+    if typ is int and isinstance(value, float) and math.isfinite(value):
+        return f"; use a whole number, e.g. {key} = {max(round(value), 1)}"
+    if isinstance(value, dict):
+        return f"; the config file is flat: put the keys of [{key}] at the top level"
+    return ""
+
+
+def check_keys(values: Mapping[str, Any]) -> None:
+    """Refuse keys that are not config fields, naming the closest known key for each."""
+    known = TrainConfig.field_names()
+    unknown = [k for k in values if k not in known]
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key).replace("-", "_"), known, n=1, cutoff=0.6)
+        if isinstance(values[key], dict):
+            parts.append(f"[{key}] (the config file is flat: put its keys at the top level)")
+        else:
+            parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    raise ConfigError(f"unknown config keys: {', '.join(parts)}. The keys are the flags of "
+                      "`sb-accel train --help` with '_' for '-'.")
+
+
+# --- config files ------------------------------------------------------------------------------------
+def load_values(path: str | Path) -> Dict[str, Any]:
+    """The key/value pairs of a config file (``.json``: a saved run config; anything else: TOML),
+    with their keys and types checked; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise ConfigError(f"config file {path} {what}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected key/value pairs at the top level")
+    try:
+        check_keys(values)
+        hints = _type_hints()
+        return {k: check_value(k, v, hints[k]) for k, v in values.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

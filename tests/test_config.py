@@ -1,0 +1,101 @@
+"""TrainConfig: every key type-checked against its field, unknown keys named with the closest one."""
+import json
+from typing import Optional
+
+import pytest
+
+from sb_accel.config import ConfigError, TrainConfig, check_value, load_values
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": 1.7}, r"epochs: must be an integer, got 1.7 \(a float\); use a whole number, e.g. epochs = 2"),
+    ({"epochs": "ten"}, r"epochs: must be an integer, got 'ten' \(a string\)"),
+    ({"epochs": "10"}, r"write epochs = 10 \(no quotes\)"),
+    ({"epochs": True}, r"epochs: must be an integer, got True \(a boolean\)"),   # bool is not an int
+    ({"checkpoint": "no"}, r"checkpoint: must be true or false, got 'no' .*write checkpoint = false"),
+    ({"checkpoint": 1}, r"checkpoint: must be true or false, got 1"),
+    ({"lr": "0.1"}, r"lr: must be a number.*write lr = 0.1"),
+    ({"dataset": None}, r"dataset: must be a string, got None"),
+    ({"milestones": 0.5}, r"milestones: must be a list"),
+    ({"milestones": [0.3, "x"]}, r"milestones\[1\]: must be a number, got 'x'"),
+    ({"milestones": [0.3, True]}, r"milestones\[1\]: must be a number, got True"),
+    ({"prime_epochs": 0.5}, r"prime_epochs: must be an integer"),
+])
+def test_every_key_is_type_checked_and_named(values, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(values)
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**values)
+
+
+def test_floats_take_integers_and_optionals_take_none():
+    cfg = TrainConfig.from_dict({"lr": 1, "milestones": [60, 120], "beta": None, "prime_epochs": None,
+                                 "data_dir": None, "warmup_epochs": 0})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.milestones == [60.0, 120.0] and all(isinstance(m, float) for m in cfg.milestones)
+    assert cfg.beta is None and cfg.prime_epochs is None and cfg.data_dir is None
+    assert TrainConfig.from_dict({"milestones": (0.5,)}).milestones == [0.5]
+    assert check_value("x", 2, Optional[float]) == 2.0 and check_value("x", None, Optional[int]) is None
+    with pytest.raises(ConfigError, match="x: must be a number, got None"):
+        check_value("x", None, float)
+
+
+def test_a_saved_config_round_trips():
+    cfg = TrainConfig(strategy="stale-sb", lr=0.05, beta=2.0, milestones=[0.5])
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_ranges_are_checked_after_types():
+    for values, field in [({"gamma": 0.0}, "gamma"), ({"gamma": float("nan")}, "gamma"),
+                          ({"milestones": [float("inf")]}, "milestones"), ({"run_dir": " "}, "run_dir"),
+                          ({"momentum": float("nan")}, "momentum")]:
+        with pytest.raises(ConfigError, match=field):
+            TrainConfig.from_dict(values)
+
+
+def test_unknown_keys_are_named_with_the_closest_known_one():
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict({"epoch": 3, "batch-size": 64, "zzz": 1})
+    text = str(err.value)
+    assert "'epoch' (did you mean 'epochs'?)" in text and "'batch-size' (did you mean 'batch_size'?)" in text
+    assert "'zzz'" in text and "zzz' (did you mean" not in text
+
+
+def test_toml_errors_name_the_file_and_the_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('epochs = 1.7\n')
+    with pytest.raises(ConfigError, match=r"run.toml: epochs: must be an integer"):
+        TrainConfig.from_toml(path)
+    path.write_text('checkpoint = "no"\n')
+    with pytest.raises(ConfigError, match=r"run.toml: checkpoint: must be true or false"):
+        TrainConfig.from_toml(path)
+    path.write_text('[train]\nepochs = 3\n')
+    with pytest.raises(ConfigError, match=r"\[train\] \(the config file is flat"):
+        TrainConfig.from_toml(path)
+    path.write_text('epochs = \n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        TrainConfig.from_toml(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_values(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_values(tmp_path)
+
+
+def test_flags_override_the_file_and_are_checked_apart_from_it(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('strategy = "stale-sb"\nstale_n = 2\nepochs = 4\nmilestones = [1, 2]\n')
+    cfg = TrainConfig.from_toml(path, {"epochs": 5})
+    assert (cfg.strategy, cfg.stale_n, cfg.epochs, cfg.milestones) == ("stale-sb", 2, 5, [1.0, 2.0])
+    # A range error caused by the flags is not blamed on the file.
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_toml(path, {"epochs": 0})
+    assert str(err.value).startswith("epochs: must be >= 1")
+
+
+def test_saved_json_configs_load(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TrainConfig(epochs=3).to_dict()))
+    assert load_values(path)["epochs"] == 3
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="key/value pairs"):
+        load_values(path)
