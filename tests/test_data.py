@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from sb_accel.data import (ArrayDataset, Augment, CandidateLoader, DataError, cutout, load_dataset, random_crop,
-                           random_flip, synthetic_dataset)
+from sb_accel.data import (ArrayDataset, Augment, CandidateLoader, DataError, check_run_fits, cutout, load_dataset,
+                           random_crop, random_flip, synthetic_dataset)
 
 
 def test_crop_is_a_shifted_window():
@@ -66,3 +68,97 @@ def test_real_cifar10_from_shared_copy():
 def test_real_fashion_mnist():
     d = load_dataset("fashion_mnist")
     assert d.x_train.shape == (60000, 1, 28, 28) and d.num_classes == 10
+
+
+# --- validation before anything is created ----------------------------------------------------------
+def _npz(path, x_train=None, y_train=None, x_test=None, y_test=None, **extra):
+    """A tiny .npz dataset (4 train, 2 test 8x8 RGB images, classes 0..1) with any array replaced."""
+    arrays = dict(x_train=np.zeros((4, 8, 8, 3), np.uint8), y_train=np.array([0, 1, 0, 1]),
+                  x_test=np.zeros((2, 8, 8, 3), np.uint8), y_test=np.array([1, 0]))
+    arrays.update({k: v for k, v in dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test).items()
+                   if v is not None}, **extra)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(y_train=np.array([0, 0.5, 1, 1])), r"y_train holds fractional labels \(e.g. 0.5\).*np.rint\(y\)"),
+    (dict(y_train=np.array([0.0, 1.0, 0.0, 1.0])), r"y_train holds whole numbers as float64.*astype\(np.int64\)"),
+    (dict(y_train=np.array([0, 1, -1, 1])), r"y_train has negative labels \(e.g. -1\)"),
+    (dict(y_test=np.array([1, 2])), r"y_test has label 2 but the training labels only go up to 1"),
+    (dict(y_train=np.array([0, 1, 57, 1])), r"up to 57, so there would be 58 classes, but 55 of them have no "
+                                            r"training example \(2, 3, 4, 5, 6, ...\)"),
+    (dict(y_train=np.array([1, 2, 1, 2]), y_test=np.array([1, 2])), r"labels counted from 1\? subtract 1"),
+    (dict(y_train=np.eye(4, dtype=np.int64)), r"y_train must be \(N,\) class indices.*one-hot\? save y.argmax\(1\)"),
+    (dict(y_train=np.array(["a", "b", "a", "b"])), r"y_train must hold integer class indices, got dtype <U1"),
+    (dict(x_train=np.zeros((4, 3, 8, 8), np.uint8)), r"x_train has shape \(4, 3, 8, 8\), which looks channels-first"
+                                                     r".*np.transpose\(x_train, \(0, 2, 3, 1\)\)"),
+    (dict(x_test=np.zeros((2, 8, 8), np.uint8)), r"x_train images are 3x8x8 but x_test images are 1x8x8"),
+    (dict(x_test=np.zeros((0, 8, 8, 3), np.uint8), y_test=np.zeros(0, np.int64)), r"x_test is empty"),
+    (dict(x_train=np.zeros((4, 8, 8, 3), np.float32)), r"x_train must be uint8.*astype\(np.uint8\)"),
+    (dict(num_classes=np.array(1)), r"y_train has label 1 but the dataset has 1 class \(labels 0..0\)"),
+    (dict(num_classes=np.array([2, 3])), r"num_classes must be a positive integer scalar"),
+])
+def test_malformed_npz_datasets_are_refused_with_the_fix(tmp_path, arrays, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(_npz(tmp_path / "d.npz", **arrays))
+
+
+def test_npz_classes_are_declared_or_inferred_from_training_labels(tmp_path):
+    assert load_dataset(_npz(tmp_path / "a.npz")).num_classes == 2
+    declared = load_dataset(_npz(tmp_path / "b.npz", num_classes=np.array(10)))
+    assert declared.num_classes == 10 and declared.y_train.dtype == torch.int64
+    column = load_dataset(_npz(tmp_path / "c.npz", y_train=np.array([[0], [1], [0], [1]], np.int32)))
+    assert column.y_train.tolist() == [0, 1, 0, 1] and column.y_train.dtype == torch.int64
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_dataset(str(tmp_path / "junk.npz"))
+
+
+def test_array_datasets_are_validated():
+    x, y = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 2, 3], dtype=torch.int32)
+    d = ArrayDataset("t", x, y, x[:2], y[:2], 4)
+    assert d.y_train.dtype == torch.int64
+    assert ArrayDataset("t", x, y, x[:2], y[:2]).num_classes == 4
+    with pytest.raises(DataError, match=r"t: y_train has label 3 but the dataset has 3 classes \(labels 0..2\)"):
+        ArrayDataset("t", x, y, x[:2], y[:2], 3)
+    with pytest.raises(DataError, match=r"looks channels-last \(N, H, W, C\).*x.permute\(0, 3, 1, 2\)"):
+        ArrayDataset("t", torch.zeros(4, 8, 8, 3, dtype=torch.uint8), y, x[:2], y[:2], 4)
+    with pytest.raises(DataError, match="x_train is empty"):
+        ArrayDataset("t", x[:0], y[:0], x[:2], y[:2], 4)
+    with pytest.raises(DataError, match="must hold integer class indices, got torch.bool"):
+        ArrayDataset("t", x, y > 1, x[:2], y[:2], 4)
+    with pytest.raises(DataError, match="num_classes must be a positive integer"):
+        ArrayDataset("t", x, y, x[:2], y[:2], True)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused():
+    check_run_fits(128, 128)
+    with pytest.raises(DataError, match=r"batch_size: 128 is larger than the 100 training examples.*--batch-size 100"):
+        check_run_fits(128, 100)
+    with pytest.raises(DataError, match="no training examples"):
+        check_run_fits(1, 0)
+
+
+def test_a_failed_download_removes_what_it_wrote(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    class Offline:
+        def __init__(self, root, split="train", download=False):
+            Path(root, "svhn").mkdir(parents=True, exist_ok=True)
+            Path(root, "svhn", "train_32x32.mat.part").write_bytes(b"partial")
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "SVHN", Offline)
+    fresh = tmp_path / "new" / "data"
+    with pytest.raises(DataError, match=r"could not download svhn.*no network.*svhn.npz") as err:
+        load_dataset("svhn", data_dir=str(fresh), download=True)
+    assert not (tmp_path / "new").exists() and "removed" in str(err.value)
+    existing = tmp_path / "data"
+    existing.mkdir()
+    (existing / "keep.npz").write_bytes(b"x")
+    with pytest.raises(DataError, match="could not download"):
+        load_dataset("svhn", data_dir=str(existing), download=True)
+    assert [p.name for p in existing.iterdir()] == ["keep.npz"]

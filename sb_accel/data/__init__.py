@@ -1,8 +1,8 @@
 """Datasets (CIFAR-10/100, SVHN, Fashion-MNIST, .npz) and batched augmentation on tensors."""
 from .augment import AUGMENT_PRESETS, Augment, cutout, random_crop, random_flip
 from .datasets import ArrayDataset, DataError, data_search_dirs, list_datasets, load_dataset, synthetic_dataset
-from .loader import CandidateLoader, test_batches
+from .loader import CandidateLoader, check_run_fits, test_batches
 
 __all__ = ["ArrayDataset", "DataError", "load_dataset", "list_datasets", "data_search_dirs",
            "synthetic_dataset", "Augment", "AUGMENT_PRESETS", "random_crop", "random_flip", "cutout",
-           "CandidateLoader", "test_batches"]
+           "CandidateLoader", "test_batches", "check_run_fits"]

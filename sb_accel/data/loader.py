@@ -6,9 +6,9 @@ from typing import Iterator, Tuple
 import torch
 
 from .augment import Augment
-from .datasets import ArrayDataset
+from .datasets import ArrayDataset, DataError
 
-__all__ = ["CandidateLoader", "test_batches"]
+__all__ = ["CandidateLoader", "test_batches", "check_run_fits"]
 
 Candidate = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -52,3 +52,19 @@ def test_batches(data: ArrayDataset, batch_size: int = 128, device: torch.device
     for start in range(0, len(data.y_test), batch_size):
         x = data.normalize(data.x_test[start:start + batch_size].to(device))
         yield x.contiguous(memory_format=memory_format), data.y_test[start:start + batch_size].to(device)
+
+
+def check_run_fits(batch_size: int, num_train: int) -> None:
+    """Refuse a run whose training batch is larger than its training set.
+
+    Training steps are taken on full batches of ``batch_size`` kept examples, so with fewer than
+    ``batch_size`` training examples no step would ever happen and the run would "succeed" with an
+    untrained model. Call it with the number of training examples the run really uses (after
+    ``train_subset``). Raises :class:`~sb_accel.data.DataError` (a usage error, exit status 2).
+    """
+    if num_train < 1:
+        raise DataError("the run has no training examples: check --dataset and --train-subset")
+    if batch_size > num_train:
+        raise DataError(f"batch_size: {batch_size} is larger than the {num_train} training examples of this run, so "
+                        "no full training batch can ever be formed and the run would make no optimizer step: use "
+                        f"--batch-size {num_train} or less, or more training examples (--train-subset)")
