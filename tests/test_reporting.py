@@ -7,23 +7,28 @@ import pytest
 
 from sb_accel.cli import main
 from sb_accel.config import TrainConfig
-from sb_accel.reporting import (RunLog, choose_baseline, collect_run_dirs, group_runs, load_run,
-                                load_runs, pareto_frontier, speedup_table, time_to_target)
+from sb_accel.reporting import (DIVERGED, FINISHED, UNFINISHED, RunLog, build_report, choose_baseline,
+                                collect_run_dirs, describe_status, epochs_in_budget, group_runs, load_run, load_runs,
+                                pareto_frontier, run_status, speedup_table, time_to_target)
 from sb_accel.train import Trainer
 from sb_accel.reporting.runlog import PHASES
 
 
-def write_run(run_dir, evals, strategy="traditional", seed=0, **config):
-    """A RunLog as the Trainer writes it: config, then one eval per (wall, test acc, backprops)."""
+def write_run(run_dir, evals, strategy="traditional", seed=0, *, finished=True, train_losses=(), **config):
+    """A RunLog as the Trainer writes it: config, interval events with ``train_losses`` (``None`` is
+    how the RunLog writes NaN), one eval per (wall, test acc, backprops), and a summary if ``finished``."""
     cfg = TrainConfig(strategy=strategy, seed=seed, run_dir=str(run_dir), **config).to_dict()
     with RunLog(run_dir) as log:
         log.write("config", config=cfg, policy=strategy, engine="torch-fp32", device="cpu")
+        for step, loss in enumerate(train_losses):
+            log.write("interval", epoch=0, step=step + 1, wall=0.1 * step, train_loss=loss)
         for i, (wall, acc, backprops) in enumerate(evals):
             phases = {p: 0.0 for p in PHASES}
             phases.update(train_forward=wall / 4, backward=wall / 2, selection=wall / 4, eval=0.5 * (i + 1))
             log.write("eval", epoch=float(i + 1), step=10 * (i + 1), wall=wall, test_acc=acc, test_error=1.0 - acc,
                       test_loss=1.0, backprops=backprops, forwards=0, candidates=backprops, phases=phases)
-        log.write("summary", test_acc=evals[-1][1], wall=evals[-1][0], phases=phases)
+        if finished:
+            log.write("summary", test_acc=evals[-1][1], wall=evals[-1][0], phases=phases)
     return load_run(run_dir)
 
 
@@ -169,3 +174,86 @@ def test_report_cli_on_real_tiny_runs(tmp_path, synthetic, capsys):
     trad = data["configurations"][labels.index("traditional")]
     assert all(t["speedup"] == 1.0 for t in trad["targets"])  # the baseline reaches its own targets
     assert math.isclose(sum(trad["phases"].values()), load_run(tmp_path / "runs" / "traditional").summary["wall_total"])
+
+
+# --- datasets, diverged and unfinished runs ---------------------------------------------------------
+def test_runs_of_different_datasets_are_refused(tmp_path, capsys):
+    write_run(tmp_path / "t", TRAD)
+    write_run(tmp_path / "sb", SB, strategy="sb")
+    write_run(tmp_path / "svhn", SB, strategy="sb", dataset="svhn")
+    assert main(["report", str(tmp_path / "t"), str(tmp_path / "sb"), str(tmp_path / "svhn"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "the runs are on different datasets (cifar10: " in err and f"svhn: {tmp_path / 'svhn'}" in err
+    assert f"sb-accel report {tmp_path / 't'} {tmp_path / 'sb'}" in err
+    write_run(tmp_path / "c10", SB, strategy="sb", dataset="CIFAR10")  # the same dataset, spelt otherwise
+    assert main(["report", str(tmp_path / "t"), str(tmp_path / "c10"), "--out", str(tmp_path / "o")]) == 0
+
+
+def test_diverged_and_unfinished_runs_are_marked(tmp_path):
+    nan_loss = write_run(tmp_path / "nan", SB, strategy="sb", train_losses=[2.3, None])
+    inf_loss = write_run(tmp_path / "inf", SB, strategy="sb", train_losses=[float("inf")], seed=1)
+    with RunLog(tmp_path / "event") as log:
+        log.write("diverged", step=3)
+    event = load_run(tmp_path / "event")
+    unfinished = write_run(tmp_path / "cut", SB, strategy="kath18", finished=False)
+    fine = write_run(tmp_path / "t", TRAD, train_losses=[2.3, 1.9])
+    assert [run_status(r) for r in (nan_loss, inf_loss, event, unfinished, fine)] == \
+        [DIVERGED, DIVERGED, DIVERGED, UNFINISHED, FINISHED]
+    assert describe_status([nan_loss, fine, unfinished]) == "1 diverged, 1 unfinished, 1 finished"
+
+    report = build_report([fine, nan_loss, inf_loss, unfinished])
+    assert report.baseline.label == "traditional" and report.notes == []
+    tables = report.tables()
+    runs_lines = tables["runs"].splitlines()
+    assert runs_lines[0].split()[-1] == "status"
+    assert [line.split()[-1] for line in runs_lines[2:]] == ["finished", "diverged", "diverged", "unfinished"]
+    speed = {line.split()[0]: line for line in tables["speedup"].splitlines()[2:]}
+    assert speed["traditional"].rstrip().endswith("finished") and "(baseline)" in speed["traditional"]
+    assert speed["sb"].rstrip().endswith("diverged") and speed["kath18"].rstrip().endswith("unfinished")
+    pareto = {line.split()[0]: line for line in tables["pareto"].splitlines()[2:]}
+    assert pareto["sb"].rstrip().endswith("no (diverged)")   # fastest, but a diverged run is no trade-off
+    assert [c["status"] for c in report.to_json()["configurations"]] == ["finished", "diverged", "unfinished"]
+
+
+def test_a_diverged_or_unfinished_baseline_is_never_taken_silently(tmp_path, capsys):
+    write_run(tmp_path / "t", TRAD, train_losses=[None])
+    write_run(tmp_path / "sb", SB, strategy="sb")
+    assert main(["report", str(tmp_path / "t"), str(tmp_path / "sb"), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "note: WARNING: the baseline 'traditional' is diverged: its training loss became NaN/inf" in out
+    assert "Pass --baseline to choose a finished configuration" in out
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "**Note:** WARNING: the baseline 'traditional' is diverged" in md
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["baseline_status"] == "diverged"
+    # Several Traditional configurations: the first finished one is the baseline.
+    cut = write_run(tmp_path / "t1", TRAD, finished=False, lr=0.2)
+    done = write_run(tmp_path / "t2", TRAD, lr=0.3)
+    groups = group_runs([cut, done])
+    assert choose_baseline(groups) == (groups[1], "the first finished of 2 Traditional configurations")
+    # No Traditional run: the first finished configuration; an unfinished baseline is flagged.
+    sb_cut = write_run(tmp_path / "s1", SB, strategy="sb", finished=False)
+    kath = write_run(tmp_path / "k", SB, strategy="kath18")
+    groups = group_runs([sb_cut, kath])
+    assert choose_baseline(groups)[0] is groups[1]
+    report = build_report([sb_cut, kath], baseline="sb")
+    assert report.notes[0].startswith("WARNING: the baseline 'sb' is unfinished: its log has no summary")
+
+
+def test_runs_without_an_eval_are_left_out_with_a_note(tmp_path, capsys):
+    write_run(tmp_path / "t", TRAD)
+    with RunLog(tmp_path / "noeval") as log:
+        log.write("config", config=TrainConfig().to_dict())
+    assert main(["report", str(tmp_path / "t"), str(tmp_path / "noeval"), "--out", str(tmp_path / "o")]) == 0
+    assert f"note: {tmp_path / 'noeval'} left out: its log has no eval event yet" in capsys.readouterr().out
+
+
+def test_epochs_in_budget():
+    # SB's first epoch primes on everything (10 s), later ones cost 4 s: 10 + 4 + 4 + 4 + 4 = 26 <= 27.
+    assert epochs_in_budget(27.0, [10.0, 14.0, 18.0]) == 5
+    assert epochs_in_budget(26.0, [10.0, 14.0, 18.0]) == 5      # exactly fits
+    assert epochs_in_budget(12.0, [10.0, 14.0, 18.0]) == 1      # fewer than measured
+    assert epochs_in_budget(5.0, [10.0, 14.0]) == 1             # at least one
+    assert epochs_in_budget(30.0, [10.0]) == 3                  # one measured epoch: all cost as much
+    with pytest.raises(ValueError):
+        epochs_in_budget(10.0, [])

@@ -14,18 +14,25 @@ Definitions (the paper's Table 1, Figs. 6, 7, 14):
 * Runs whose configs differ only in the seed (and in settings that do not change what is measured,
   :data:`NON_CONFIG_FIELDS`) are seeds of one configuration and are aggregated: mean and sample
   standard deviation, and a time to target only if every seed reached it.
+* A run's *status* (:func:`run_status`) is ``diverged`` (a non-finite training or test loss, or a
+  ``diverged`` event), ``unfinished`` (no ``summary`` event: crashed, interrupted or still
+  running) or ``finished``. Reports mark the first two and never take them as a baseline silently.
+* Errors are comparable only on one test set: runs of different datasets are refused
+  (:func:`check_same_dataset`).
 """
 from __future__ import annotations
 
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .runlog import Run
 
-__all__ = ["TARGET_MULTIPLIERS", "NON_CONFIG_FIELDS", "final_eval", "final_error", "final_wall",
+__all__ = ["TARGET_MULTIPLIERS", "NON_CONFIG_FIELDS", "FINISHED", "UNFINISHED", "DIVERGED", "run_status",
+           "group_status", "describe_status", "check_same_dataset", "epochs_in_budget", "final_eval", "final_error", "final_wall",
            "time_to_target", "eval_at_target", "speedup", "mean_std", "RunGroup", "group_runs",
            "TargetResult", "GroupSummary", "summarize_group", "speedup_table", "pareto_frontier"]
 
@@ -36,10 +43,82 @@ TARGET_MULTIPLIERS = (1.1, 1.2, 1.4)
 NON_CONFIG_FIELDS = frozenset({"seed", "run_dir", "data_dir", "download", "progress", "log_every_steps",
                                "checkpoint"})
 
+FINISHED, UNFINISHED, DIVERGED = "finished", "unfinished", "diverged"
+
 # Test errors are fractions k/n of the test set, computed as 1 - acc, and targets are products of
 # them with 1.1 etc.: a tie in exact arithmetic may land on either side after float rounding, so a
 # tie counts as reached within this relative tolerance.
 _TIE_TOLERANCE = 1e-9
+
+
+def _finite(value: Any) -> bool:
+    """A logged number that is finite (the RunLog writes NaN and infinities as ``null``)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def run_status(run: Run) -> str:
+    """:data:`DIVERGED` if the log has a ``diverged`` event or a non-finite (or ``null``) training
+    loss of an interval or test loss of an eval; else :data:`UNFINISHED` without a ``summary``
+    event; else :data:`FINISHED`."""
+    for e in run.events:
+        kind = e.get("event")
+        if kind == "diverged" or (kind == "interval" and "train_loss" in e and not _finite(e["train_loss"])) \
+                or (kind == "eval" and "test_loss" in e and not _finite(e["test_loss"])):
+            return DIVERGED
+    return FINISHED if run.summary is not None else UNFINISHED
+
+
+def group_status(runs: Sequence[Run]) -> str:
+    """The worst status among ``runs``: diverged, then unfinished, then finished."""
+    statuses = {run_status(r) for r in runs}
+    for status in (DIVERGED, UNFINISHED):
+        if status in statuses:
+            return status
+    return FINISHED
+
+
+def describe_status(runs: Sequence[Run]) -> str:
+    """``finished``, ``diverged`` or ``unfinished`` for one run or a group that agrees; otherwise
+    the counts, e.g. ``1 diverged, 2 finished``."""
+    counts = Counter(run_status(r) for r in runs)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{counts[s]} {s}" for s in (DIVERGED, UNFINISHED, FINISHED) if counts[s])
+
+
+def check_same_dataset(runs: Sequence[Run]) -> None:
+    """``ValueError`` if ``runs`` were trained on different datasets: their test errors (and so any
+    speedup to a target error) are not comparable. The message lists the runs per dataset."""
+    by_dataset: Dict[str, List[str]] = {}
+    for run in runs:
+        name = str(run.config.get("dataset", "?"))
+        key = name if name.endswith(".npz") else name.lower().replace("-", "_")
+        by_dataset.setdefault(key, []).append(str(run.run_dir))
+    if len(by_dataset) > 1:
+        listing = "; ".join(f"{name}: {', '.join(dirs)}" for name, dirs in by_dataset.items())
+        first = next(iter(by_dataset.values()))
+        raise ValueError(f"the runs are on different datasets ({listing}); test errors and speedups compare only "
+                         f"runs on one test set: report each dataset on its own, e.g. sb-accel report {' '.join(first)}")
+
+
+def epochs_in_budget(budget: float, epoch_walls: Sequence[float]) -> int:
+    """How many epochs fit into ``budget`` seconds of training, predicted from a run's cumulative
+    training wall-clock at the end of each of its epochs (``epoch_walls``, at least one).
+
+    The measured epochs count as measured; every further epoch is predicted to cost as much as the
+    mean of the measured ones after the first (the first may differ: SB primes on every example),
+    or as the first if only one was measured. At least one epoch.
+    """
+    if not epoch_walls:
+        raise ValueError("epochs_in_budget needs the wall-clock of at least one epoch")
+    walls = list(epoch_walls)
+    fitting = sum(1 for w in walls if w <= budget)
+    if fitting < len(walls):
+        return max(fitting, 1)
+    per_epoch = (walls[-1] - walls[0]) / (len(walls) - 1) if len(walls) > 1 else walls[0]
+    if per_epoch <= 0:
+        return len(walls)
+    return len(walls) + int(math.floor((budget - walls[-1]) / per_epoch + 1e-9))
 
 
 def final_eval(run: Run) -> Dict[str, Any]:
