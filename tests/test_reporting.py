@@ -163,7 +163,7 @@ def test_report_cli_bad_input_exits_2(tmp_path, capsys):
 def test_report_cli_on_real_tiny_runs(tmp_path, synthetic, capsys):
     for strategy in ("traditional", "sb"):
         cfg = TrainConfig(dataset="synthetic", model="small_cnn", width=4, epochs=2, batch_size=32, lr=0.05,
-                          strategy=strategy, run_dir=str(tmp_path / "runs" / strategy), progress=False)
+                          strategy=strategy, run_dir=str(tmp_path / "runs" / strategy), progress=False, threads=1)
         Trainer(cfg, data=synthetic).fit()
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
     text = capsys.readouterr().out
