@@ -18,7 +18,7 @@ In one process, so the numbers are ratios on the same machine state:
 
 Prints a table and writes ``selection_throughput_<model>_b<batch>_<device>.json`` (+ ``.png``/``.svg``).
 Exits with 1 if an engine's max |loss difference| exceeds the refresher's validation tolerance
-for its precision (:data:`sb_accel.engines.refresh.DEFAULT_MAX_ABS_ERROR`).
+for its precision (:data:`sb_accel.engines.DEFAULT_MAX_ABS_ERROR`).
 """
 from __future__ import annotations
 
@@ -37,8 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sb_accel.data import ArrayDataset, load_dataset
-from sb_accel.engines import EngineContext, SelectionEngine, rank_correlation
-from sb_accel.engines.refresh import DEFAULT_MAX_ABS_ERROR
+from sb_accel.engines import DEFAULT_MAX_ABS_ERROR, EngineContext, SelectionEngine, rank_correlation
 from sb_accel.models import create_model
 from sb_accel.measure import build_engine, real_batch, refresh_costs, spread
 from sb_accel.reporting.plots import save_figure

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from sb_accel.data import load_dataset
 from sb_accel.engines import (EngineContext, EngineError, OnnxRuntimeEngine, TorchEngine, create_engine,
                               export_loss_model, quantize_int8, rank_correlation)
-from sb_accel.engines.export import assign_initializers, state_dict_arrays
+from sb_accel.engines.graph import assign_initializers, state_dict_arrays
 from sb_accel.engines.quantize import numpy_batches
 from sb_accel.models import create_model
 

@@ -1,27 +1,25 @@
 """The selection-engine interface: per-example losses from a snapshot of the training model.
 
-A backend is a class with ``losses(x, y)`` and ``refresh(model)`` registered under a name with
-:func:`register_engine`; :func:`create_engine` builds one from ``(backend, precision)``. Optional
-backends (TensorRT) import their libraries inside their constructors, so importing this package
-never needs them.
+A backend is a :class:`SelectionEngine` subclass with ``losses(x, y)`` and ``refresh(model)``;
+:mod:`.registry` maps engine specs such as ``"onnxruntime-int8"`` to backends. Everything a backend
+may need beyond the model travels in an :class:`EngineContext`, including the build recipe
+(:mod:`.recipes`) whose values explicit ``options`` override.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ["SelectionEngine", "EngineContext", "EngineError", "register_engine", "create_engine",
-           "list_engines", "parse_engine_spec"]
+from .errors import EngineError
+from .recipes import resolve_recipe
+
+__all__ = ["SelectionEngine", "EngineContext", "EngineError"]
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
-
-
-class EngineError(RuntimeError):
-    """An engine cannot be built, refreshed or validated; the message says what to do."""
 
 
 @dataclass
@@ -33,9 +31,13 @@ class EngineContext:
         sample_batches: a few real training batches (normalised, on ``device``) for export,
             INT8 calibration and validation.
         threads: CPU threads the engine may use (None: backend default).
-        cache_dir: where engines, ONNX files and timing caches are kept.
+        cache_dir: root of the engine cache; a backend writes its ONNX files, plans and timing
+            caches under ``cache_dir/<key>/`` (:func:`~sb_accel.engines.cache.artifact_dir`).
         max_batch: largest candidate batch the engine must accept.
-        options: backend-specific settings.
+        options: backend settings. A key that is also a recipe key (e.g. ``"recalibrate_every"``)
+            overrides the recipe; others (``"provider"``, ``"snapshot"``) are runtime choices.
+        recipe: the model's build recipe, as :func:`~sb_accel.engines.recipes.load_recipe` returns
+            it (``{section: {key: value}}``); empty: the built-in defaults.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -44,6 +46,23 @@ class EngineContext:
     cache_dir: str = "engines/cache"
     max_batch: int = 512
     options: Dict[str, object] = field(default_factory=dict)
+    recipe: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def resolved_recipe(self) -> Dict[str, Dict[str, Any]]:
+        """The recipe every engine built from this context follows: built-in defaults, then
+        ``recipe``, then the ``options`` that name recipe keys."""
+        return resolve_recipe(self.recipe, self.options)
+
+    def setting(self, key: str) -> Any:
+        """One recipe value by its key (e.g. ``"calibration_rows"``), ``options`` first."""
+        return _lookup(self.resolved_recipe(), key)
+
+
+def _lookup(recipe: Mapping[str, Mapping[str, Any]], key: str) -> Any:
+    for section in recipe.values():
+        if key in section:
+            return section[key]
+    raise KeyError(f"no recipe key {key!r}")
 
 
 class SelectionEngine(abc.ABC):
@@ -56,9 +75,12 @@ class SelectionEngine(abc.ABC):
     ``refresh_kind`` says what the last refresh was: ``"full"`` (exact weights; INT8 recalibrated;
     engine rebuilt) or ``"cheap"`` (an approximate fast path: INT8 weights re-quantized with the
     kept activation scales, a TensorRT refit). Backends without a cheap path leave it ``"full"``.
+
+    ``precisions`` lists what the backend builds (the registry's table must agree).
     """
 
     backend: str = ""
+    precisions: ClassVar[Tuple[str, ...]] = ()
     precision: str = ""
     snapshot_step: int = 0
     refresh_kind: str = "full"
@@ -86,53 +108,3 @@ class SelectionEngine(abc.ABC):
 
     def close(self) -> None:
         """Release backend resources."""
-
-
-_BACKENDS: Dict[str, Tuple[Callable[..., SelectionEngine], Sequence[str]]] = {}
-
-
-def register_engine(backend: str, precisions: Sequence[str]):
-    """Class decorator: ``cls(model, precision, context)`` builds the engine."""
-    def wrap(cls):
-        _BACKENDS[backend] = (cls, tuple(precisions))
-        return cls
-    return wrap
-
-
-def list_engines() -> List[str]:
-    """Every ``backend-precision`` spec known (availability is checked when building)."""
-    _load_builtin_backends()
-    return [f"{b}-{p}" for b, (_, ps) in sorted(_BACKENDS.items()) for p in ps]
-
-
-def parse_engine_spec(spec: str, precision: Optional[str] = None) -> Tuple[str, str]:
-    """``"onnxruntime-int8"`` or (``"onnxruntime"``, ``"int8"``) -> ``("onnxruntime", "int8")``."""
-    _load_builtin_backends()
-    if precision is None and "-" in spec:
-        spec, precision = spec.rsplit("-", 1)
-    if spec not in _BACKENDS:
-        raise EngineError(f"unknown engine backend {spec!r}; choose one of: {', '.join(sorted(_BACKENDS))}")
-    precisions = _BACKENDS[spec][1]
-    precision = precision or precisions[0]
-    if precision not in precisions:
-        raise EngineError(f"engine {spec!r} has no precision {precision!r}; choose one of: {', '.join(precisions)}")
-    return spec, precision
-
-
-def create_engine(spec: str, model: nn.Module, context: Optional[EngineContext] = None,
-                  precision: Optional[str] = None) -> SelectionEngine:
-    """Build the engine ``spec`` (e.g. ``"torch-fp32"``, ``"onnxruntime-int8"``) from ``model``."""
-    backend, precision = parse_engine_spec(spec, precision)
-    cls = _BACKENDS[backend][0]
-    return cls(model, precision, context or EngineContext())
-
-
-def _load_builtin_backends() -> None:
-    # Imported for their @register_engine side effect; each defers its heavy imports.
-    from . import torch_backend  # noqa: F401
-    for optional in ("onnxruntime_backend", "tensorrt_backend"):
-        try:
-            __import__(f"{__package__}.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{optional}":
-                raise

@@ -21,28 +21,21 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple, Union
+from typing import List, Tuple, Union
 
 import numpy as np
 import onnx
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from onnx import numpy_helper
 
-from ..files import atomic_write
-from .base import EngineError
+from .errors import EngineError
+from .graph import INPUT_NAMES, OUTPUT_NAME, save_onnx_atomic
+from .ort_session import run_onnx, session_options
 
-if TYPE_CHECKING:  # imported lazily at run time: importing this module must not load ONNX Runtime
-    import onnxruntime
+__all__ = ["LossHead", "ExportResult", "export_loss_model", "EXPORTERS"]
 
-__all__ = ["LossHead", "ExportResult", "export_loss_model", "INPUT_NAMES", "OUTPUT_NAME", "float_tail_nodes",
-           "assign_initializers", "state_dict_arrays", "save_onnx_atomic", "session_options",
-           "run_onnx"]
-
-INPUT_NAMES = ("images", "labels")
-OUTPUT_NAME = "loss"
-_EXPORTERS = ("legacy", "dynamo")
+EXPORTERS = ("legacy", "dynamo")
 # The wrapper's attribute name: exported initializers are "model.<key>" and get this prefix removed.
 _PREFIX = "model."
 
@@ -96,8 +89,8 @@ def export_loss_model(model: nn.Module, path: Union[str, os.PathLike], sample: T
         EngineError: unknown exporter, initializers that are not ``state_dict`` keys, a graph that
             changes with the weights, or losses that disagree with PyTorch.
     """
-    if exporter not in _EXPORTERS:
-        raise EngineError(f"unknown ONNX exporter {exporter!r}; choose one of {_EXPORTERS}")
+    if exporter not in EXPORTERS:
+        raise EngineError(f"unknown ONNX exporter {exporter!r}; choose one of {EXPORTERS}")
     start = time.perf_counter()
     x, y = sample
     x = x[:max(2, validate_rows)].contiguous()  # 2 rows at least, so no size-1 dim gets specialised
@@ -210,84 +203,3 @@ def _validate(model: nn.Module, proto: onnx.ModelProto, x: torch.Tensor, y: torc
         raise EngineError(f"exported ONNX graph of {type(model).__name__} disagrees with PyTorch: "
                           f"max |loss difference| {error:.3g} > tolerance {tolerance:g}")
     return error
-
-
-def session_options(threads: Optional[int] = None) -> "onnxruntime.SessionOptions":
-    """ONNX Runtime session options for selection next to a training loop.
-
-    One inter-op thread, ``threads`` intra-op threads (None: ORT default) and no spin-waiting, so
-    idle ORT workers do not steal cores from training between selection calls.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only: ORT warns about every unused initializer it removes
-    return options
-
-
-def run_onnx(session: "onnxruntime.InferenceSession", x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Per-example losses from a loss graph on the CPU (host copies if the tensors are on a GPU)."""
-    feeds = {INPUT_NAMES[0]: x.detach().to("cpu", torch.float32).contiguous().numpy(),
-             INPUT_NAMES[1]: y.detach().to("cpu", torch.int64).contiguous().numpy()}
-    return session.run([OUTPUT_NAME], feeds)[0]
-
-
-def float_tail_nodes(proto: onnx.ModelProto) -> List[str]:
-    """Names of the nodes after the last Conv: classifier, loss head and anything between.
-
-    Reduced-precision graphs keep these in FP32. They cost a negligible share of a CNN's FLOPs,
-    but quantizing or halving the logits shifts every loss and reorders near-ties, which is
-    exactly what selection ranks. Nodes are in topological order as exported.
-    """
-    nodes = list(proto.graph.node)
-    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
-    if not convs:
-        raise EngineError("reduced-precision loss graphs need a convolutional model (no Conv node found)")
-    for i, node in enumerate(nodes):
-        if not node.name:  # names are how quantizers and converters are told what to skip
-            node.name = f"{node.op_type}_{i}"
-    return [n.name for n in nodes[convs[-1] + 1:]]
-
-
-def state_dict_arrays(model_or_state: Union[nn.Module, Mapping[str, torch.Tensor]]) -> Dict[str, np.ndarray]:
-    """Floating-point ``state_dict`` entries as C-contiguous float32 numpy arrays (host copies).
-
-    ``contiguous()`` matters: channels_last weights would otherwise give strided arrays whose bytes
-    are not in the NCHW order ONNX initializers use.
-    """
-    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    return {k: v.detach().to("cpu", torch.float32).contiguous().numpy().copy()
-            for k, v in state.items() if v.is_floating_point()}
-
-
-def assign_initializers(proto: onnx.ModelProto, arrays: Mapping[str, np.ndarray],
-                        names: Optional[List[str]] = None) -> None:
-    """Overwrite initializers of ``proto`` by name (cast to each initializer's own dtype, e.g. FP16).
-
-    Args:
-        names: which initializers to update (default: every initializer named in ``arrays``).
-
-    Raises:
-        EngineError: a requested name is missing from ``arrays`` or has a different shape.
-    """
-    by_name = {init.name: init for init in proto.graph.initializer}
-    for name in names if names is not None else [n for n in by_name if n in arrays]:
-        if name not in arrays:
-            raise EngineError(f"the new weights have no {name!r}: the model changed since the engine was built")
-        init = by_name[name]
-        value = arrays[name]
-        if tuple(init.dims) != value.shape:
-            raise EngineError(f"weight {name!r} has shape {value.shape}, the engine was built with {tuple(init.dims)}")
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value, dtype=dtype), name))
-
-
-def save_onnx_atomic(proto: onnx.ModelProto, path: Union[str, os.PathLike]) -> None:
-    """Write ``proto`` so that readers see either the old file or the complete new one."""
-    atomic_write(path, proto.SerializeToString())

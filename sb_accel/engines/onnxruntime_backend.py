@@ -1,28 +1,22 @@
 """ONNX Runtime selection engine: FP32, FP16 or INT8 (static QDQ) loss graphs on CPU or CUDA.
 
-Build: export the model with its loss head (:mod:`.export`), then convert to FP16 or quantize to
-INT8 with calibration on ``context.sample_batches`` (:mod:`.quantize`), then open a session.
-
-Refresh never re-exports: new weights are written into the in-memory graph by ``state_dict`` name
-(FP16 graphs are cast on the way; INT8 graphs are re-quantized in numpy keeping the activation
-scales, with a full recalibration every ``recalibrate_every`` refreshes) and a new session is
-opened. The session reference is swapped in one assignment, so a ``losses`` call running in
-another thread finishes on the old session. On CIFAR ResNet-18 (2 CPU threads) a refresh costs
-~0.2 s in FP32 (0.06 s serialising the graph, 0.1 s opening the session; ORT's
+Build and refresh are :class:`~sb_accel.engines.onnx_engine.OnnxEngine`'s; this module opens and
+runs sessions. Refresh never re-exports: FP32 and FP16 weights are written into the graph by
+``state_dict`` name (always exact: a ``"full"`` refresh); INT8 weights are re-quantized in numpy
+keeping the activation scales (``"cheap"``), with a full recalibration every ``recalibrate_every``
+refreshes. Either way a new session is opened and swapped in one assignment, so a ``losses`` call
+running in another thread finishes on the old session. On CIFAR ResNet-18 (2 CPU threads) a
+refresh costs ~0.2 s in FP32 (0.06 s serialising the graph, 0.1 s opening the session; ORT's
 ``add_initializer`` overrides would save only the serialisation) and ~0.08 s as a cheap INT8
 re-quantization, against ~1.5 s for a checked re-export alone and ~3-4 s for a recalibration.
 
-``context.options`` understood here:
-    ``quant_format``: ``"u8s8"`` (default; fastest on x86 CPUs) or ``"s8s8-symmetric"``.
-    ``recalibrate_every``: full INT8 recalibration every N refreshes (default 100; 0: only when
-        the refresher's check of a cheap refresh fails; 1: every refresh). On small_cnn a cheap
-        refresh costs 10 ms and a recalibration 224 ms (benchmarks/selection_throughput.py
-        --model small_cnn, 2 threads).
-    ``calibration_method``: ``"minmax"`` (default), ``"entropy"`` or ``"percentile"``.
-    ``calibration_rows``: examples used for calibration (default 256).
-    ``provider``: ``"auto"`` (CUDA when the training device is CUDA and ORT has it, else CPU),
-        ``"cpu"`` or ``"cuda"``.
-    ``exporter``: ``"legacy"`` (default) or ``"dynamo"``.
+Recipe keys used (:mod:`~sb_accel.engines.recipes`; ``context.options`` overrides them):
+``exporter``, ``opset``, ``quant_format`` (``"u8s8"``: fastest on x86 CPUs, or
+``"s8s8-symmetric"``), ``calibration_method``, ``calibration_rows``, ``recalibrate_every`` (0: only
+when the refresher's check of a cheap refresh fails; 1: every refresh; on small_cnn a cheap refresh
+costs 10 ms and a recalibration 224 ms, benchmarks/selection_throughput.py --model small_cnn, 2
+threads). Option ``provider``: ``"auto"`` (CUDA when the training device is CUDA and ORT has it,
+else CPU), ``"cpu"`` or ``"cuda"``.
 
 Measured on CIFAR ResNet-18, batch 128, 2 AVX-512-VNNI cores (benchmarks/selection_throughput.py):
 INT8 u8s8 ~135 ms/batch, FP32 ~490, FP16 ~500 (the CPU provider gains nothing from FP16), torch
@@ -31,104 +25,70 @@ default thread pool, not ``threads``.
 """
 from __future__ import annotations
 
-import time
 import warnings
-from pathlib import Path
 from typing import Any, Optional, Tuple
 
 import numpy as np
 import onnx
 import torch
-import torch.nn as nn
 
-from .base import EngineContext, EngineError, SelectionEngine, register_engine
-from .export import (INPUT_NAMES, OUTPUT_NAME, assign_initializers, export_loss_model, run_onnx, save_onnx_atomic,
-                     session_options, state_dict_arrays)
-from .quantize import QuantizedModel, convert_to_fp16, numpy_batches, quantize_int8
+from .base import EngineContext
+from .errors import EngineError
+from .graph import INPUT_NAMES, OUTPUT_NAME
+from .onnx_engine import OnnxEngine
+from .ort_session import run_onnx, session_options
 
 __all__ = ["OnnxRuntimeEngine"]
 
-_PRECISIONS = ("fp32", "fp16", "int8")
 _PROVIDERS = ("auto", "cpu", "cuda")
 
 
-@register_engine("onnxruntime", precisions=_PRECISIONS)
-class OnnxRuntimeEngine(SelectionEngine):
+class OnnxRuntimeEngine(OnnxEngine):
     """Per-example losses from an ONNX Runtime session over the exported loss graph.
 
     Attributes:
         refresh_kind: ``"full"`` (weights exact, or INT8 recalibrated) or ``"cheap"`` (INT8
             weights re-quantized with the previous activation scales) for the last refresh.
-        build_seconds: time to export, convert or quantize, and open the first session.
     """
 
     backend = "onnxruntime"
+    precisions = ("fp32", "fp16", "int8")
+    cheap_precisions = ("int8",)
+    full_every_key = "recalibrate_every"
 
-    def __init__(self, model: nn.Module, precision: str = "fp32", context: Optional[EngineContext] = None) -> None:
-        context = context or EngineContext()
-        if precision not in _PRECISIONS:
-            raise EngineError(f"onnxruntime engine precision must be one of {list(_PRECISIONS)}, got {precision!r}")
+    # --- runtime ------------------------------------------------------------------------------
+    def _start_runtime(self, context: EngineContext) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise EngineError("the onnxruntime engine needs ONNX Runtime: pip install onnxruntime "
                               "(or 'sb-accel[gpu]' for CUDA)") from exc
-        if not context.sample_batches:
-            raise EngineError("the onnxruntime engine needs EngineContext.sample_batches (a few real training "
-                              "batches) to export and validate the graph, and to calibrate INT8")
-        start = time.perf_counter()
-        options = context.options
-        self.precision = precision
-        self.device = torch.device(context.device)
-        self.threads = context.threads
-        self.quant_format = str(options.get("quant_format", "u8s8"))
-        self.calibration_method = str(options.get("calibration_method", "minmax"))
-        self.recalibrate_every = int(options.get("recalibrate_every", 100))
-        if self.recalibrate_every < 0:
-            raise EngineError(f"recalibrate_every must be >= 0, got {self.recalibrate_every}")
-        self._refreshes = 0
-        self._providers, self._stream, self.device = _choose_providers(ort, str(options.get("provider", "auto")),
-                                                                        self.device)
-        if precision == "fp16" and self._stream is None:
+        self._providers, self._stream, self.device = _choose_providers(
+            ort, str(context.options.get("provider", "auto")), self.device)
+        if self.precision == "fp16" and self._stream is None:
             warnings.warn("onnxruntime-fp16 on the CPU provider is no faster than FP32 (measured on CIFAR ResNet-18) "
-                          "and less exact; use onnxruntime-int8 (fastest on CPU) or onnxruntime-fp32", stacklevel=3)
+                          "and less exact; use onnxruntime-int8 (fastest on CPU) or onnxruntime-fp32", stacklevel=5)
 
-        stem = Path(context.cache_dir) / type(model).__name__.lower()
-        exported = export_loss_model(model, stem.with_suffix(".onnx"), context.sample_batches[0],
-                                     exporter=str(options.get("exporter", "legacy")))
-        self._float = exported.model
-        self._weights = [init.name for init in self._float.graph.initializer]
-        self._calibration = (numpy_batches(context.sample_batches, int(options.get("calibration_rows", 256)))
-                             if precision == "int8" else [])
-        self._quantized: Optional[QuantizedModel] = None
-        if precision == "int8":
-            self._quantize()
-            if self._quantized.unmapped and self.recalibrate_every != 1:
-                raise EngineError(f"cheap INT8 refresh cannot map {self._quantized.unmapped[:5]} of "
-                                  f"{type(model).__name__}; pass options={{'recalibrate_every': 1}}")
-            self._graph = self._quantized.model
-        elif precision == "fp16":
-            self._graph = convert_to_fp16(self._float)
-        else:
-            self._graph = self._float
-        if precision != "fp32":
-            save_onnx_atomic(self._graph, stem.with_name(f"{stem.name}.{precision}.onnx"))  # for inspection
-        self._session = self._open(self._graph)
-        self.build_seconds = time.perf_counter() - start
-
-    # --- construction -------------------------------------------------------------------------
-    def _quantize(self) -> None:
-        self._quantized = quantize_int8(self._float, self._calibration, self.quant_format,
-                                        method=self.calibration_method)
-
-    def _open(self, graph: onnx.ModelProto) -> Any:
+    def _load(self, graph: onnx.ModelProto) -> None:
         import onnxruntime as ort
 
         try:
-            return ort.InferenceSession(graph.SerializeToString(), session_options(self.threads),
-                                        providers=self._providers)
+            session = ort.InferenceSession(graph.SerializeToString(), session_options(self.threads),
+                                           providers=self._providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise EngineError(f"onnxruntime could not open the {self.precision} loss graph: {exc}") from exc
+        self._session = session  # one assignment: a concurrent losses() keeps the session it read
+
+    def _reload(self, graph: onnx.ModelProto) -> bool:
+        self._load(graph)  # a session is opened on the new graph either way
+        return True
+
+    def _refresh_full(self, arrays: dict) -> None:
+        if self.precision == "int8":
+            super()._refresh_full(arrays)  # recalibrate
+        else:  # FP32/FP16 weights by name are already exact; no re-conversion
+            self._write_weights(arrays)
+            self._load(self._graph)
 
     # --- SelectionEngine ----------------------------------------------------------------------
     @torch.no_grad()
@@ -154,31 +114,8 @@ class OnnxRuntimeEngine(SelectionEngine):
         session.run_with_iobinding(binding)
         return out.to(origin)
 
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
-        arrays = state_dict_arrays(model)
-        if self.precision == "int8":
-            self._refreshes += 1
-            if full or (self.recalibrate_every and self._refreshes % self.recalibrate_every == 0):
-                assign_initializers(self._float, arrays, self._weights)
-                self._quantize()
-                kind = "full"
-            else:
-                self._quantized.requantize_weights(arrays)
-                kind = "cheap"
-            self._graph = self._quantized.model
-        else:
-            assign_initializers(self._graph, arrays, self._weights)
-            kind = "full"
-        self._session = self._open(self._graph)
-        self.refresh_kind = kind
-
     def close(self) -> None:
         self._session = None
-
-    @property
-    def onnx_model(self) -> onnx.ModelProto:
-        """The graph being served (FP32, FP16 or QDQ INT8)."""
-        return self._graph
 
 
 def _choose_providers(ort: Any, provider: str, device: torch.device) -> Tuple[list, Optional[torch.cuda.Stream],
@@ -193,7 +130,7 @@ def _choose_providers(ort: Any, provider: str, device: torch.device) -> Tuple[li
     if not (provider == "cuda" or (provider == "auto" and device.type == "cuda" and has_cuda)):
         if device.type == "cuda" and provider == "auto":
             warnings.warn("training on CUDA but this onnxruntime has no CUDA provider: selection runs on the CPU "
-                          "with host copies (pip install 'sb-accel[gpu]' for onnxruntime-gpu)", stacklevel=4)
+                          "with host copies (pip install 'sb-accel[gpu]' for onnxruntime-gpu)", stacklevel=6)
         return ["CPUExecutionProvider"], None, device
     if device.type != "cuda":
         device = torch.device("cuda", torch.cuda.current_device())

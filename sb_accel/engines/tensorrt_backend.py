@@ -1,8 +1,9 @@
 """TensorRT selection engine: FP16, INT8 or FP8 loss graphs on an NVIDIA GPU, refitted in place.
 
 TensorRT is optional and imported inside the constructor: without it (or without CUDA) building
-this engine raises :class:`~sb_accel.engines.base.EngineError` naming the ``[tensorrt]`` extra
-and the alternatives.
+this engine raises :class:`~sb_accel.engines.errors.EngineError` naming the ``[tensorrt]`` extra
+and the alternatives. Export, graphs and the refresh schedule are
+:class:`~sb_accel.engines.onnx_engine.OnnxEngine`'s; this module builds, refits and runs engines.
 
 Precision comes from the ONNX graph, never from builder flags: TensorRT 11 removed the precision
 ``BuilderFlag`` s and always builds strongly typed networks, and on 10.x this engine asks for a
@@ -14,147 +15,84 @@ strongly typed network too, so both versions obey the graph's types.
 * ``fp8``: Q/DQ FP8 (E4M3) from NVIDIA ModelOpt, if importable; needs compute capability >= 8.9.
 
 Engines are built with ``BuilderFlag.REFIT`` and one optimization profile over batch
-``1..max_batch``; the timing cache persists in ``cache_dir`` so rebuilds skip most tactic timing.
-``refresh`` writes the new weights into the ONNX graph (re-quantizing INT8 weights in numpy with
-the kept activation scales) and refits through ``OnnxParserRefitter``, which also recomputes what
-the parser derived from the ONNX weights (BatchNorm scales). If the refit is refused (whether Q/DQ
-weights are refittable is not documented for every version) or every ``rebuild_every`` refreshes,
-the engine is recalibrated and rebuilt. Refit and rebuild change the engine in place: refresh it
-only when no ``losses`` call is running (the background refresher refreshes a standby engine).
+``1..max_batch``; the timing cache persists in the keyed cache folder so rebuilds skip most tactic
+timing. A cheap refresh writes the new weights into the ONNX graph (re-quantizing INT8 weights in
+numpy with the kept activation scales; FP8 is recalibrated, ModelOpt has no weights-only path) and
+refits through ``OnnxParserRefitter``, which also recomputes what the parser derived from the ONNX
+weights (BatchNorm scales). If the refit is refused (whether Q/DQ weights are refittable is not
+documented for every version) or every ``rebuild_every`` refreshes, the engine is recalibrated and
+rebuilt. Refit and rebuild change the engine in place: refresh it only when no ``losses`` call is
+running (the background refresher refreshes a standby engine).
 
 Inference runs on torch-owned CUDA tensors (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``) on a dedicated ``torch.cuda.Stream`` ordered after torch's current stream;
 no pycuda (its context handling conflicts with torch's).
 
-``context.options`` understood here: ``rebuild_every`` (default 10; 0: only when a refit fails),
-``workspace_gb`` (default 4), ``optimization_level`` (default 3), ``calibration_rows``
-(default 256), ``exporter``.
+Recipe keys used (``context.options`` overrides them): ``rebuild_every``, ``workspace_mib``,
+``builder_optimization_level``, ``calibration_method``, ``calibration_rows``, ``exporter``, ``opset``.
 """
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 import onnx
 import torch
-import torch.nn as nn
 
 from ..files import atomic_write
-from .base import EngineContext, EngineError, SelectionEngine, register_engine
-from .export import (INPUT_NAMES, OUTPUT_NAME, assign_initializers, export_loss_model, float_tail_nodes,
-                     state_dict_arrays)
-from .quantize import QuantizedModel, convert_to_fp16, numpy_batches, quantize_int8
+from .base import EngineContext
+from .errors import EngineError
+from .graph import INPUT_NAMES, OUTPUT_NAME, assign_initializers, float_tail_nodes
+from .onnx_engine import OnnxEngine
 
 __all__ = ["TensorRTEngine", "INSTALL_HINT"]
 
-_PRECISIONS = ("fp16", "int8", "fp8")
 INSTALL_HINT = ("install it with: pip install 'sb-accel[tensorrt]' (the wheels fetch NVIDIA's libraries at install "
                 "time and need an NVIDIA GPU with a recent driver). Alternatives: '--engine onnxruntime "
                 "--precision int8' (CPU), or '--engine torch --precision bf16' (torch-bf16, any GPU)")
 
 
-def _import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise EngineError(f"the tensorrt engine needs TensorRT, which is not installed; {INSTALL_HINT}") from exc
-    return trt
-
-
-@register_engine("tensorrt", precisions=_PRECISIONS)
-class TensorRTEngine(SelectionEngine):
+class TensorRTEngine(OnnxEngine):
     """Per-example losses from a TensorRT engine built from the exported loss graph.
 
     Attributes:
         refresh_kind: ``"cheap"`` (refit) or ``"full"`` (rebuilt; INT8/FP8 recalibrated) for the
             last refresh.
-        build_seconds: export, conversion or quantization, and engine build time.
     """
 
     backend = "tensorrt"
+    precisions = ("fp16", "int8", "fp8")
+    cheap_precisions = precisions
+    full_every_key = "rebuild_every"
+    int8_format = "s8s8-symmetric"
 
-    def __init__(self, model: nn.Module, precision: str = "fp16", context: Optional[EngineContext] = None) -> None:
-        context = context or EngineContext()
-        if precision not in _PRECISIONS:
-            raise EngineError(f"tensorrt engine precision must be one of {list(_PRECISIONS)}, got {precision!r}")
-        trt = _import_tensorrt()
+    # --- runtime ------------------------------------------------------------------------------
+    def _start_runtime(self, context: EngineContext) -> None:
+        try:
+            import tensorrt as trt
+        except ImportError as exc:
+            raise EngineError(f"the tensorrt engine needs TensorRT, which is not installed; {INSTALL_HINT}") from exc
         if not torch.cuda.is_available():
             raise EngineError(f"the tensorrt engine needs a CUDA GPU and torch sees none; {INSTALL_HINT}")
-        if not context.sample_batches:
-            raise EngineError("the tensorrt engine needs EngineContext.sample_batches to export and calibrate")
-        start = time.perf_counter()
-        options = context.options
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self.precision = precision
-        device = torch.device(context.device)
-        self.device = device if device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+        if self.device.type != "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.max_batch = int(context.max_batch)
-        self.rebuild_every = int(options.get("rebuild_every", 10))
-        self._workspace = int(float(options.get("workspace_gb", 4)) * (1 << 30))
-        self._level = int(options.get("optimization_level", 3))
-        self._timing_cache = Path(context.cache_dir) / "tensorrt-timing.cache"
+        self._workspace = int(context.setting("workspace_mib")) << 20
+        self._level = int(context.setting("builder_optimization_level"))
         self._stream = torch.cuda.Stream(self.device)
-        self._refreshes = 0
-        if precision == "fp8":
-            self._check_fp8()
+        self._image_shape = tuple(context.sample_batches[0][0].shape[1:])
+        if self.precision == "fp8":
+            self._modelopt_quantize = _fp8_quantizer(self.device)
 
-        x, y = context.sample_batches[0]
-        self._image_shape = tuple(x.shape[1:])
-        stem = Path(context.cache_dir) / type(model).__name__.lower()
-        exported = export_loss_model(model, stem.with_suffix(".onnx"), (x, y),
-                                     exporter=str(options.get("exporter", "legacy")))
-        self._float = exported.model
-        self._weights = [init.name for init in self._float.graph.initializer]
-        self._calibration = (numpy_batches(context.sample_batches, int(options.get("calibration_rows", 256)))
-                             if precision != "fp16" else [])
-        self._quantized: Optional[QuantizedModel] = None
-        self._graph = self._make_graph()
-        self._engine, self._context, self._dtypes = self._build(self._graph)
-        self.build_seconds = time.perf_counter() - start
+    @property
+    def timing_cache_path(self) -> Path:
+        """TensorRT's timing cache, kept beside this engine's ONNX files."""
+        return self.artifacts / "tensorrt-timing.cache"
 
-    # --- graphs -------------------------------------------------------------------------------
-    def _check_fp8(self) -> None:
-        if torch.cuda.get_device_capability(self.device) < (8, 9):
-            raise EngineError("tensorrt-fp8 needs an Ada or Hopper GPU (compute capability >= 8.9); "
-                              "use tensorrt-int8 or tensorrt-fp16")
-        try:
-            import modelopt.onnx.quantization  # noqa: F401
-        except ImportError as exc:
-            raise EngineError("tensorrt-fp8 needs NVIDIA ModelOpt to write the FP8 Q/DQ graph: "
-                              "pip install 'nvidia-modelopt[onnx]' (it pins its own onnx/onnxruntime; a separate "
-                              "environment may be needed), or use tensorrt-int8 / tensorrt-fp16") from exc
-
-    def _make_graph(self) -> onnx.ModelProto:
-        """The graph for this precision from the current FP32 graph (calibrating INT8/FP8)."""
-        if self.precision == "fp16":
-            return convert_to_fp16(self._float)
-        if self.precision == "int8":
-            self._quantized = quantize_int8(self._float, self._calibration, "s8s8-symmetric")
-            return self._quantized.model
-        return self._quantize_fp8()
-
-    def _quantize_fp8(self) -> onnx.ModelProto:
-        from modelopt.onnx.quantization import quantize as modelopt_quantize
-
-        images = np.concatenate([b[0] for b in self._calibration])
-        labels = np.concatenate([b[1] for b in self._calibration])
-        with tempfile.TemporaryDirectory(prefix="sb-accel-fp8-") as tmp:
-            source, target = Path(tmp) / "float.onnx", Path(tmp) / "fp8.onnx"
-            onnx.save(self._float, source)
-            try:
-                modelopt_quantize(str(source), quantize_mode="fp8", calibration_method="max",
-                                  calibration_data={INPUT_NAMES[0]: images, INPUT_NAMES[1]: labels},
-                                  nodes_to_exclude=float_tail_nodes(self._float), high_precision_dtype="fp32",
-                                  output_path=str(target))
-            except Exception as exc:  # ModelOpt raises assorted types
-                raise EngineError(f"ModelOpt FP8 quantization failed: {exc}") from exc
-            return onnx.load(target)
-
-    # --- build --------------------------------------------------------------------------------
     def _network_flags(self) -> int:
         trt = self._trt
         # TensorRT 10 still has precision BuilderFlags and weakly typed networks by default; ask for
@@ -163,8 +101,8 @@ class TensorRTEngine(SelectionEngine):
             return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         return 0
 
-    def _build(self, graph: onnx.ModelProto) -> tuple:
-        """Parse ``graph`` and build a refittable engine; returns (engine, context, io dtypes)."""
+    def _load(self, graph: onnx.ModelProto) -> None:
+        """Parse ``graph`` and build a refittable engine and its execution context."""
         trt = self._trt
         builder = trt.Builder(self._logger)
         network = builder.create_network(self._network_flags())
@@ -177,21 +115,58 @@ class TensorRTEngine(SelectionEngine):
         config.builder_optimization_level = self._level
         config.set_flag(trt.BuilderFlag.REFIT)
         profile = builder.create_optimization_profile()
-        profile.set_shape(INPUT_NAMES[0], (1, *self._image_shape), (self.max_batch, *self._image_shape),
-                          (self.max_batch, *self._image_shape))
+        shape = self._image_shape
+        profile.set_shape(INPUT_NAMES[0], (1, *shape), (self.max_batch, *shape), (self.max_batch, *shape))
         profile.set_shape(INPUT_NAMES[1], (1,), (self.max_batch,), (self.max_batch,))
         config.add_optimization_profile(profile)
-        cache = config.create_timing_cache(self._timing_cache.read_bytes() if self._timing_cache.is_file() else b"")
+        cache_path = self.timing_cache_path
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
         config.set_timing_cache(cache, ignore_mismatch=True)  # a cache from another GPU/version is just ignored
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise EngineError(f"TensorRT failed to build the {self.precision} engine (see the TensorRT log above)")
-        atomic_write(self._timing_cache, bytes(config.get_timing_cache().serialize()))
+        atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
         engine = trt.Runtime(self._logger).deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineError("TensorRT could not deserialize the engine it just built")
-        dtypes = {name: _torch_dtype(trt, engine.get_tensor_dtype(name)) for name in (*INPUT_NAMES, OUTPUT_NAME)}
-        return engine, engine.create_execution_context(), dtypes
+        self._dtypes = {name: _torch_dtype(trt, engine.get_tensor_dtype(name)) for name in (*INPUT_NAMES, OUTPUT_NAME)}
+        self._engine, self._context = engine, engine.create_execution_context()
+
+    def _reload(self, graph: onnx.ModelProto) -> bool:
+        """Refit the engine's weights from ``graph``; False if TensorRT refuses."""
+        trt = self._trt
+        refitter = trt.Refitter(self._engine, self._logger)
+        parser_refitter = trt.OnnxParserRefitter(refitter, self._logger)
+        if not parser_refitter.refit_from_bytes(graph.SerializeToString()):
+            return False
+        self._stream.synchronize()  # no execution of the old weights may still be running
+        return bool(refitter.refit_cuda_engine())
+
+    # --- FP8 graphs ---------------------------------------------------------------------------
+    def _make_graph(self) -> onnx.ModelProto:
+        return self._quantize_fp8() if self.precision == "fp8" else super()._make_graph()
+
+    def _write_weights(self, arrays: dict) -> None:
+        if self.precision == "fp8":  # ModelOpt has no weights-only path: recalibrate
+            assign_initializers(self._float, arrays, self._weights)
+            self._graph = self._quantize_fp8()
+        else:
+            super()._write_weights(arrays)
+
+    def _quantize_fp8(self) -> onnx.ModelProto:
+        images = np.concatenate([b[0] for b in self._calibration])
+        labels = np.concatenate([b[1] for b in self._calibration])
+        with tempfile.TemporaryDirectory(prefix="sb-accel-fp8-") as tmp:
+            source, target = Path(tmp) / "float.onnx", Path(tmp) / "fp8.onnx"
+            onnx.save(self._float, source)
+            try:
+                self._modelopt_quantize(str(source), quantize_mode="fp8", calibration_method="max",
+                                        calibration_data={INPUT_NAMES[0]: images, INPUT_NAMES[1]: labels},
+                                        nodes_to_exclude=float_tail_nodes(self._float), high_precision_dtype="fp32",
+                                        output_path=str(target))
+            except Exception as exc:  # ModelOpt raises assorted types
+                raise EngineError(f"ModelOpt FP8 quantization failed: {exc}") from exc
+            return onnx.load(target)
 
     # --- SelectionEngine ----------------------------------------------------------------------
     @torch.no_grad()
@@ -223,38 +198,23 @@ class TensorRTEngine(SelectionEngine):
             with torch.cuda.stream(self._stream):
                 out.copy_(result)
 
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
-        arrays = state_dict_arrays(model)
-        assign_initializers(self._float, arrays, self._weights)
-        self._refreshes += 1
-        rebuild = full or (self.rebuild_every > 0 and self._refreshes % self.rebuild_every == 0)
-        if not rebuild:
-            if self.precision == "fp16":
-                assign_initializers(self._graph, arrays, self._weights)
-            elif self.precision == "int8":
-                self._quantized.requantize_weights(arrays)
-                self._graph = self._quantized.model
-            else:
-                self._graph = self._quantize_fp8()  # ModelOpt has no weights-only path: recalibrate
-            rebuild = not self._refit(self._graph)
-        if rebuild:
-            self._graph = self._make_graph()
-            self._engine, self._context, self._dtypes = self._build(self._graph)
-        self.refresh_kind = "full" if rebuild else "cheap"
-
-    def _refit(self, graph: onnx.ModelProto) -> bool:
-        """Refit the engine's weights from ``graph``; False if TensorRT refuses."""
-        trt = self._trt
-        refitter = trt.Refitter(self._engine, self._logger)
-        parser_refitter = trt.OnnxParserRefitter(refitter, self._logger)
-        if not parser_refitter.refit_from_bytes(graph.SerializeToString()):
-            return False
-        self._stream.synchronize()  # no execution of the old weights may still be running
-        return bool(refitter.refit_cuda_engine())
-
     def close(self) -> None:
         self._context = None
         self._engine = None
+
+
+def _fp8_quantizer(device: torch.device) -> Any:
+    """ModelOpt's ONNX ``quantize`` function, after checking the GPU can run FP8."""
+    if torch.cuda.get_device_capability(device) < (8, 9):
+        raise EngineError("tensorrt-fp8 needs an Ada or Hopper GPU (compute capability >= 8.9); "
+                          "use tensorrt-int8 or tensorrt-fp16")
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as exc:
+        raise EngineError("tensorrt-fp8 needs NVIDIA ModelOpt to write the FP8 Q/DQ graph: "
+                          "pip install 'nvidia-modelopt[onnx]' (it pins its own onnx/onnxruntime; a separate "
+                          "environment may be needed), or use tensorrt-int8 / tensorrt-fp16") from exc
+    return quantize
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:

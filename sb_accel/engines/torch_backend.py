@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import EngineContext, EngineError, SelectionEngine, register_engine
+from .base import EngineContext, EngineError, SelectionEngine
 
 __all__ = ["TorchEngine", "per_example_loss"]
 
@@ -19,7 +19,6 @@ def per_example_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
-@register_engine("torch", precisions=("fp32", "bf16", "fp16"))
 class TorchEngine(SelectionEngine):
     """Selection forward with PyTorch.
 
@@ -29,6 +28,7 @@ class TorchEngine(SelectionEngine):
     """
 
     backend = "torch"
+    precisions = tuple(_AUTOCAST)
 
     def __init__(self, model: nn.Module, precision: str = "fp32", context: EngineContext | None = None) -> None:
         context = context or EngineContext()

@@ -1,16 +1,15 @@
-"""When and how the selection engine takes the training model's new weights.
+"""Keeps a selection engine up to date with the training model, on a :class:`RefreshSchedule`.
 
-:class:`RefreshSchedule` is the pure rule (every ``K`` optimizer steps and/or every epoch);
-:class:`EngineRefresher` applies it to an engine and reports each refresh as a RunLog event.
-A live engine (torch reading the training model) is never refreshed.
+:class:`EngineRefresher` applies the schedule to an engine and reports each refresh as a RunLog
+event. A live engine (torch reading the training model) is never refreshed. Two more duties:
 
-Two more duties, both optional:
-
-* **Validation.** With a :class:`Validation` batch, every built engine, every full refresh and
-  every ``schedule.validate_every``-th cheap refresh is compared with the PyTorch model it was
-  built from: max |loss difference| and Spearman rank correlation, logged in the event. A failed
-  build, refresh or validation raises :class:`RefreshError` (default) or, with
-  ``fallback="torch"``, replaces the engine with a PyTorch FP32 snapshot engine and logs why.
+* **Validation.** With a :class:`~sb_accel.engines.validation.Validation` batch, every built
+  engine, every full refresh and every ``schedule.validate_every``-th cheap refresh is compared
+  with the PyTorch model it was built from (max |loss difference|, Spearman rank correlation,
+  logged in the event). A cheap refresh that fails gets one full refresh before failing (stale
+  INT8 activation scales early in training). A failed build, refresh or validation raises
+  :class:`RefreshError` (default) or, with ``fallback="torch"``, replaces the engine with a
+  PyTorch FP32 snapshot engine and logs why.
 * **Background refresh.** Given a second ("standby") engine, a due refresh copies the weights into
   a private snapshot module (a fast ``load_state_dict`` on the main thread) and refreshes the
   standby from it in a worker thread while the serving engine keeps answering ``losses``. The
@@ -22,64 +21,29 @@ Two more duties, both optional:
   while they are the standby.
 
 Refresh events count cheap and full refreshes: an engine says which one it just did through
-:attr:`SelectionEngine.refresh_kind`.
+:attr:`~sb_accel.engines.base.SelectionEngine.refresh_kind`.
 """
 from __future__ import annotations
 
 import copy
-import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from .base import EngineContext, EngineError, SelectionEngine, create_engine, parse_engine_spec
+from .base import EngineContext, SelectionEngine
+from .errors import EngineError
+from .registry import create_engine, parse_engine_spec
+from .schedule import RefreshSchedule
 from .torch_backend import TorchEngine
+from .validation import Validation, check_engine, require_valid
 
-__all__ = ["RefreshSchedule", "EngineRefresher", "Validation", "RefreshError", "check_engine", "rank_correlation",
-           "DEFAULT_MAX_ABS_ERROR"]
+__all__ = ["EngineRefresher", "RefreshError"]
 
-# Largest accepted |engine loss - FP32 torch loss| per precision: about 5x what healthy engines
-# show on a partly trained CIFAR ResNet-18 (benchmarks/selection_throughput.py: FP32 1e-6, FP16
-# 7e-3, BF16 2e-2, INT8 0.2), far below what a broken one shows (wrong or stale weights, a dropped
-# bias: errors of order 1 and more).
-DEFAULT_MAX_ABS_ERROR: Dict[str, float] = {"fp32": 1e-3, "fp16": 0.1, "bf16": 0.25, "int8": 1.0, "fp8": 1.0}
 _FALLBACKS = ("raise", "torch")
-
-
-@dataclass(frozen=True)
-class RefreshSchedule:
-    """Refresh every ``every_steps`` optimizer steps (0: never by steps) and/or at epoch ends.
-
-    ``validate_every``: with validation on, check every N-th refresh against PyTorch (1: all).
-    Full refreshes (rebuilds, INT8 recalibrations) and epoch-end refreshes are always checked.
-    Refreshing every step makes the check (a torch forward and an engine forward on a small batch)
-    the largest part of a cheap refresh; checking every N-th bounds a broken refresh to N - 1
-    steps of selection, which only chooses examples and never touches the gradients.
-    """
-
-    every_steps: int = 0
-    every_epoch: bool = True
-    validate_every: int = 1
-
-    def __post_init__(self) -> None:
-        if self.every_steps < 0:
-            raise ValueError(f"refresh every_steps must be >= 0, got {self.every_steps}")
-        if self.validate_every < 1:
-            raise ValueError(f"refresh validate_every must be >= 1, got {self.validate_every}")
-
-    def validates(self, count: int, kind: str, reason: str) -> bool:
-        """Whether refresh number ``count`` (1-based) of ``kind`` done for ``reason`` is checked."""
-        return kind != "cheap" or reason != "steps" or count % self.validate_every == 0
-
-    def due_after_step(self, step: int) -> bool:
-        return self.every_steps > 0 and step > 0 and step % self.every_steps == 0
-
-    def due_after_epoch(self) -> bool:
-        return self.every_epoch
 
 
 class RefreshError(EngineError):
@@ -88,62 +52,6 @@ class RefreshError(EngineError):
     def __init__(self, message: str, event: dict) -> None:
         super().__init__(message)
         self.event = event
-
-
-@dataclass(frozen=True)
-class Validation:
-    """A small fixed batch and the thresholds every (re)built engine must meet against PyTorch.
-
-    Attributes:
-        x, y: the batch (on the training device).
-        max_abs_error: largest accepted |loss difference| (None: by precision,
-            :data:`DEFAULT_MAX_ABS_ERROR`).
-        min_rank_correlation: smallest accepted Spearman correlation with the FP32 losses (None:
-            logged only; early in training INT8 ranks legitimately disagree on near-equal losses).
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    max_abs_error: Optional[float] = None
-    min_rank_correlation: Optional[float] = None
-
-    @classmethod
-    def from_context(cls, context: EngineContext, rows: int = 32, **thresholds: float) -> "Validation":
-        """The first ``rows`` examples of ``context.sample_batches`` (a validation forward costs
-        one small batch of both the engine and the torch model per refresh)."""
-        if not context.sample_batches:
-            raise EngineError("validation needs EngineContext.sample_batches")
-        x = torch.cat([b[0] for b in context.sample_batches])[:rows]
-        y = torch.cat([b[1] for b in context.sample_batches])[:rows]
-        return cls(x, y, **thresholds)
-
-
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two loss vectors (ties get average ranks; NaN if constant)."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy())[0])
-
-
-def check_engine(engine: SelectionEngine, model: nn.Module, validation: Validation) -> dict:
-    """Compare ``engine`` with FP32 PyTorch on ``model``; returns the metrics and a verdict.
-
-    Returns:
-        ``{"max_abs_error", "rank_correlation", "ok", "problem"}``; ``problem`` says which
-        threshold failed (None when ``ok``).
-    """
-    reference = TorchEngine(model, "fp32").losses(validation.x, validation.y).float()
-    got = engine.losses(validation.x, validation.y).float().to(reference.device)
-    error = float((got - reference).abs().max())
-    rho = rank_correlation(got, reference)
-    tolerance = (validation.max_abs_error if validation.max_abs_error is not None
-                 else DEFAULT_MAX_ABS_ERROR.get(engine.precision, 1.0))
-    problem = None
-    if not math.isfinite(error) or error > tolerance:
-        problem = f"max |loss difference| vs torch fp32 {error:.3g} > {tolerance:g}"
-    elif validation.min_rank_correlation is not None and not rho >= validation.min_rank_correlation:
-        problem = f"rank correlation vs torch fp32 {rho:.3f} < {validation.min_rank_correlation:g}"
-    return {"max_abs_error": error, "rank_correlation": rho, "ok": problem is None, "problem": problem}
 
 
 @dataclass
@@ -208,7 +116,7 @@ class EngineRefresher:
         try:
             built.append(create_engine(backend, model, context, precision))
             engine = built[0]
-            check = _checked(engine, model, validation)
+            check = require_valid(engine, model, validation)
             if background and not engine.is_live:
                 built.append(create_engine(backend, model, context, precision))
         except EngineError as exc:
@@ -357,16 +265,6 @@ class EngineRefresher:
             self._standby.close()
 
 
-def _checked(engine: SelectionEngine, model: nn.Module, validation: Optional[Validation]) -> dict:
-    """Validation metrics for the event ({} without validation); raises EngineError on failure."""
-    if validation is None:
-        return {}
-    check = check_engine(engine, model, validation)
-    if not check["ok"]:
-        raise EngineError(f"{engine.name} failed validation: {check['problem']}")
-    return {k: check[k] for k in ("max_abs_error", "rank_correlation")}
-
-
 def _checked_or_full(engine: SelectionEngine, model: nn.Module, validation: Optional[Validation]) -> dict:
     """Validate after a refresh; a cheap refresh that fails gets one full refresh before giving up.
 
@@ -374,12 +272,12 @@ def _checked_or_full(engine: SelectionEngine, model: nn.Module, validation: Opti
     (the first epochs) those go stale and saturate, which a recalibration fixes.
     """
     try:
-        return _checked(engine, model, validation)
+        return require_valid(engine, model, validation)
     except EngineError:
         if engine.refresh_kind != "cheap":
             raise
     engine.refresh(model, full=True)
-    return {**_checked(engine, model, validation), "retried_full": True}
+    return {**require_valid(engine, model, validation), "retried_full": True}
 
 
 def _fail_or_fall_back(exc: EngineError, model: nn.Module, step: int, reason: str, seconds: float, name: str,
