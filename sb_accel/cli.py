@@ -407,8 +407,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                              f"{trad['wall']:.0f} s)")
             lines.append(_equal_wall_sentence(trad, summaries[name], epochs))
         else:
-            lines.append(f"Equal training time: SB's epochs cost about as much as Traditional's here, so no more of "
-                         f"them fit into Traditional's {trad['wall']:.0f} s; the equal-epochs runs are the comparison.")
+            lines.append(_no_equal_wall_sentence(trad, sb))
     print()
     print(summary_table(summaries))
     print()
@@ -426,8 +425,8 @@ def _accuracy_gap(acc: float, baseline_acc: float) -> str:
 
 
 def _equal_epochs_sentence(trad: Dict[str, Any], sb: Dict[str, Any], epochs: int, prime_epochs: int) -> str:
-    primed = f" (its first {prime_epochs} epoch{'s' if prime_epochs > 1 else ''} train on everything)" \
-        if prime_epochs else ""
+    primed = {0: "", 1: " (its first epoch trains on everything)"}.get(
+        prime_epochs, f" (its first {prime_epochs} epochs train on everything)")
     return (f"Equal epochs ({epochs}): SB backpropagated {sb['backprops'] / trad['backprops']:.2f}x Traditional's "
             f"examples{primed} in {sb['wall'] / trad['wall']:.2f}x its training time and reached "
             f"{_accuracy_gap(sb['test_acc'], trad['test_acc'])}.")
@@ -439,6 +438,15 @@ def _equal_wall_sentence(trad: Dict[str, Any], sb: Dict[str, Any], epochs: int) 
     return (f"Equal training time: given Traditional's {trad['wall']:.0f} s, SB trained {epochs} epochs in "
             f"{sb['wall']:.0f} s and reached {_accuracy_gap(sb['test_acc'], trad['test_acc'])}: "
             f"{verdict} Traditional at about the same training time.")
+
+
+def _no_equal_wall_sentence(trad: Dict[str, Any], sb: Dict[str, Any]) -> str:
+    if sb["wall"] >= trad["wall"]:
+        why = f"SB took {sb['wall']:.0f} s, no less than Traditional's {trad['wall']:.0f} s, so no extra epoch fits"
+    else:
+        why = (f"SB used {sb['wall']:.0f} s of Traditional's {trad['wall']:.0f} s and the "
+               f"{trad['wall'] - sb['wall']:.0f} s left do not fit another SB epoch")
+    return f"Equal training time: {why}; the equal-epochs runs are the comparison (try more --epochs)."
 
 
 # --- listings ---------------------------------------------------------------------------------------

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 import sb_accel.data
-from sb_accel.cli import _equal_epochs_sentence, _equal_wall_sentence, build_parser, main
+from sb_accel.cli import (_equal_epochs_sentence, _equal_wall_sentence, _no_equal_wall_sentence, build_parser,
+                          main)
 from sb_accel.data import synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "synthetic", "--train-subset", "256", "--test-subset", "64", "--model", "small_cnn", "--width", "4",
-        "--batch-size", "32", "--threads", "1", "--no-progress"]
+TINY = ["--dataset", "synthetic", "--train-subset", "256", "--test-subset", "64", "--model", "small_cnn",
+        "--width", "4", "--batch-size", "32", "--threads", "1", "--no-progress"]
 
 
 def test_version(capsys):
@@ -109,17 +110,21 @@ def test_demo_runs_equal_epochs_and_equal_wall_and_says_what_it_measured(tmp_pat
         wall = summaries["sb-equal-wall"]
         assert wall["epochs"] > 2 and _equal_wall_sentence(trad, wall, wall["epochs"]) in out
     else:
-        assert "no more of them fit into Traditional's" in out
+        assert _no_equal_wall_sentence(trad, sb) in out
 
 
 def test_demo_sentences_are_computed_from_the_numbers():
     trad = {"backprops": 1000, "wall": 100.0, "test_acc": 0.60}
     sb = {"backprops": 550, "wall": 62.0, "test_acc": 0.58}
     assert _equal_epochs_sentence(trad, sb, 3, 1) == (
-        "Equal epochs (3): SB backpropagated 0.55x Traditional's examples (its first 1 epoch train on everything) "
+        "Equal epochs (3): SB backpropagated 0.55x Traditional's examples (its first epoch trains on everything) "
         "in 0.62x its training time and reached 58.00% test accuracy vs Traditional's 60.00% (-2.00 points).")
     longer = {"backprops": 900, "wall": 98.0, "test_acc": 0.615}
     assert _equal_wall_sentence(trad, longer, 5) == (
         "Equal training time: given Traditional's 100 s, SB trained 5 epochs in 98 s and reached 61.50% test "
         "accuracy vs Traditional's 60.00% (+1.50 points): ahead of Traditional at about the same training time.")
     assert "behind Traditional" in _equal_wall_sentence(trad, sb, 5)
+    assert _no_equal_wall_sentence(trad, sb) == (
+        "Equal training time: SB used 62 s of Traditional's 100 s and the 38 s left do not fit another SB epoch; "
+        "the equal-epochs runs are the comparison (try more --epochs).")
+    assert "SB took 120 s, no less than Traditional's 100 s" in _no_equal_wall_sentence(trad, {**sb, "wall": 120.0})

@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from sb_accel.cli import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md"
-TINY = ["--dataset", "synthetic", "--train-subset", "256", "--test-subset", "64", "--model", "small_cnn", "--width", "4",
-        "--batch-size", "32", "--threads", "1", "--no-progress"]
+TINY = ["--dataset", "synthetic", "--train-subset", "256", "--test-subset", "64", "--model", "small_cnn",
+        "--width", "4", "--batch-size", "32", "--threads", "1", "--no-progress"]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -32,7 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .runlog import Run
 
 __all__ = ["TARGET_MULTIPLIERS", "NON_CONFIG_FIELDS", "FINISHED", "UNFINISHED", "DIVERGED", "run_status",
-           "group_status", "describe_status", "check_same_dataset", "epochs_in_budget", "final_eval", "final_error", "final_wall",
+           "group_status", "describe_status", "check_same_dataset", "epochs_in_budget", "final_eval", "final_error",
+           "final_wall",
            "time_to_target", "eval_at_target", "speedup", "mean_std", "RunGroup", "group_runs",
            "TargetResult", "GroupSummary", "summarize_group", "speedup_table", "pareto_frontier"]
 
@@ -97,8 +98,9 @@ def check_same_dataset(runs: Sequence[Run]) -> None:
     if len(by_dataset) > 1:
         listing = "; ".join(f"{name}: {', '.join(dirs)}" for name, dirs in by_dataset.items())
         first = next(iter(by_dataset.values()))
-        raise ValueError(f"the runs are on different datasets ({listing}); test errors and speedups compare only "
-                         f"runs on one test set: report each dataset on its own, e.g. sb-accel report {' '.join(first)}")
+        raise ValueError(f"the runs are on different datasets ({listing}); test errors and speedups compare "
+                         "only runs on one test set: report each dataset on its own, e.g. "
+                         f"sb-accel report {' '.join(first)}")
 
 
 def epochs_in_budget(budget: float, epoch_walls: Sequence[float]) -> int:

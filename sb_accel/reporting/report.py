@@ -158,8 +158,8 @@ class Report:
                         "yes" if i in self.frontier else ("no (diverged)" if group_status(g.runs) == DIVERGED else "")]
                        for i, (g, s) in enumerate(zip(self.groups, self.summaries))]
         return {
-            "runs": format_table(runs_rows, ["run", "configuration", "seed", "epochs", "final error", "train s", "backprops",
-                                             "status"]),
+            "runs": format_table(runs_rows, ["run", "configuration", "seed", "epochs", "final error", "train s",
+                                             "backprops", "status"]),
             "speedup": format_table(speed_rows, ["configuration", "seeds", "final error", "train s"] + target_heads
                                     + ["status"]),
             "phases": phase_table({s.label: {"phases": ph} for s, ph in zip(self.summaries, self.phases)}),
@@ -251,10 +251,11 @@ def build_report(runs: Sequence[Run], baseline: Optional[str] = None,
     skipped = [r for r in runs if not r.evals]
     runs = [r for r in runs if r.evals]
     if not runs:
-        raise ValueError(f"{skipped[0].run_dir}: the run log has no eval event yet (it must finish at least one epoch); "
-                         "nothing to report")
+        raise ValueError(f"{skipped[0].run_dir}: the run log has no eval event yet (it must finish at least one "
+                         "epoch); nothing to report")
     check_same_dataset(runs)
-    notes = [f"{r.run_dir} left out: its log has no eval event yet (it must finish at least one epoch)" for r in skipped]
+    notes = [f"{r.run_dir} left out: its log has no eval event yet (it must finish at least one epoch)"
+             for r in skipped]
     groups = group_runs(runs)
     base, note = choose_baseline(groups, baseline)
     warning = baseline_warning(base)
