@@ -13,6 +13,12 @@ A small functional core (:func:`score_candidates`, :func:`decide`) does one cand
 observed training losses), the batcher, the engine refresher and the counters. The Trainer, the
 drop-in API (:class:`sb_accel.SelectiveBackprop`) and the benchmarks all use the driver, so a
 strategy behaves the same whichever loop runs it.
+
+Under DistributedDataParallel (``group`` given) the driver runs on every rank over that rank's
+candidates and adds three things (docs/DISTRIBUTED.md): the SB loss history is global (every rank
+all-gathers the candidates' losses into it, so all ranks score against one CDF), steps are taken in
+lockstep (:class:`~sb_accel.train.lockstep.LockstepBatches`) and per-example tables are
+synchronised at epoch ends (:class:`~sb_accel.train.tables.ExampleTables`).
 """
 from __future__ import annotations
 
@@ -24,6 +30,9 @@ import torch.nn as nn
 
 from ..engines import EngineRefresher, SelectionEngine
 from ..selection import BackpropBatcher, SelectionPolicy, TrainBatch
+from .distributed import RankGroup
+from .lockstep import LockstepBatches
+from .tables import ExampleTables, innermost_policy
 
 __all__ = ["ScoredCandidates", "Decision", "score_candidates", "decide", "SelectionDriver"]
 
@@ -92,17 +101,35 @@ class SelectionDriver:
             except a ``"partial"`` end-of-epoch remainder).
         refresher: keeps the selection engine up to date with the training model; None for
             policies that never ask for a selection forward.
-        end_of_epoch: ``"carry"``, ``"partial"`` or ``"drop"`` (see :class:`BackpropBatcher`).
+        end_of_epoch: ``"carry"``, ``"partial"`` or ``"drop"`` (see :class:`BackpropBatcher`; under
+            DDP :class:`~sb_accel.train.lockstep.LockstepBatches`).
         num_epochs: length of the run in epochs, for policies that anneal (InfoBatch); None: unknown.
+        group: the ranks under DistributedDataParallel (None: a single process). ``batch_size`` is
+            then this rank's share of the global batch.
+        dataset_size: number of training examples (needed with ``group``: the per-example tables).
+        shared_history: with ``group``, score against the global loss history (all ranks' losses;
+            default) rather than this rank's own (``False``: the ``"local"`` comparison setting).
     """
 
     def __init__(self, policy: SelectionPolicy, batch_size: int, refresher: Optional[EngineRefresher] = None, *,
-                 end_of_epoch: str = "carry", num_epochs: Optional[int] = None) -> None:
+                 end_of_epoch: str = "carry", num_epochs: Optional[int] = None, group: Optional[RankGroup] = None,
+                 dataset_size: Optional[int] = None, shared_history: bool = True) -> None:
         if refresher is None and policy.needs_selection_forward:
             raise ValueError(f"{policy!r} runs selection forwards: the driver needs an engine refresher")
         self.policy = policy
         self.refresher = refresher
         self.batcher = BackpropBatcher(batch_size, end_of_epoch)
+        self.lockstep: Optional[LockstepBatches] = None
+        self.tables: Optional[ExampleTables] = None
+        if group is not None:
+            if dataset_size is None:
+                raise ValueError("a distributed driver needs dataset_size (its per-example tables are global)")
+            self.lockstep = LockstepBatches(group, batch_size, end_of_epoch)
+            self.tables = ExampleTables(policy, dataset_size, group) or None
+            history = getattr(innermost_policy(policy), "history", None)
+            if shared_history and history is not None:
+                history.gather = group.gather_losses
+        self._empty: Optional[TrainBatch] = None  # a zero-example batch, for lockstep partial steps
         self.num_epochs = num_epochs
         self.epoch = 0
         self.epoch_open = False
@@ -127,17 +154,35 @@ class SelectionDriver:
             self.finish_epoch()
         self.epoch = epoch
         self.epoch_open = True
+        if self.tables is not None:
+            self.tables.snapshot()
         self.policy.on_epoch_start(epoch, self.num_epochs if self.num_epochs is not None else epoch + 1)
 
     def end_epoch(self) -> Iterator[TrainBatch]:
-        """The remainder of kept examples as the end-of-epoch rule says (``"partial"``: one batch)."""
-        yield from self.batcher.end_epoch()
+        """The remainder of kept examples as the end-of-epoch rule says (``"partial"``: one batch;
+        under DDP as many lockstep steps as the rank with most left needs)."""
+        if self.lockstep is None:
+            yield from self.batcher.end_epoch()
+        else:
+            yield from self.lockstep.end_epoch(self.batcher.end_epoch(), self._empty)
 
     def finish_epoch(self) -> None:
-        """Close the epoch: the policy's ``on_epoch_end``."""
+        """Close the epoch: the policy's ``on_epoch_end``; under DDP the tables' synchronisation."""
         if self.epoch_open:
             self.policy.on_epoch_end(self.epoch)
+            if self.tables is not None:
+                self.tables.sync()
             self.epoch_open = False
+
+    def pending(self) -> int:
+        """Kept examples not trained on yet (the batcher's remainder, and under DDP the full local
+        batches waiting for the other ranks)."""
+        return self.batcher.pending() + (0 if self.lockstep is None else self.lockstep.pending())
+
+    @property
+    def dropped(self) -> int:
+        """Kept examples discarded by the ``"drop"`` end-of-epoch rule."""
+        return self.batcher.dropped + (0 if self.lockstep is None else self.lockstep.dropped)
 
     # --- one candidate batch ------------------------------------------------------------------
     def score(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> ScoredCandidates:
@@ -150,7 +195,14 @@ class SelectionDriver:
         self.candidates += len(scored.indices)
         self.forwards += scored.forwards
         self.kept += int(decision.keep.sum())
-        yield from self.batcher.add(scored.x, scored.y, scored.indices, decision.keep, decision.weights)
+        batches = self.batcher.add(scored.x, scored.y, scored.indices, decision.keep, decision.weights)
+        if self.lockstep is None:
+            yield from batches
+        else:
+            if self._empty is None:
+                self._empty = TrainBatch(scored.x[:0].clone(), scored.y[:0].clone(), scored.indices[:0].clone(),
+                                         torch.ones(0))
+            yield from self.lockstep.offer(batches)
 
     def select(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> Iterator[TrainBatch]:
         """:meth:`score` then :meth:`submit`."""
@@ -183,14 +235,19 @@ class SelectionDriver:
 
     # --- checkpoint ---------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        return {"policy": self.policy.state_dict(), "batcher": self.batcher.state_dict(), "epoch": self.epoch,
-                "epoch_open": self.epoch_open,
-                "counters": {"candidates": self.candidates, "forwards": self.forwards, "kept": self.kept,
-                             "observed": self.observed}}
+        state = {"policy": self.policy.state_dict(), "batcher": self.batcher.state_dict(), "epoch": self.epoch,
+                 "epoch_open": self.epoch_open,
+                 "counters": {"candidates": self.candidates, "forwards": self.forwards, "kept": self.kept,
+                              "observed": self.observed}}
+        if self.lockstep is not None:
+            state["lockstep"] = self.lockstep.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.policy.load_state_dict(state["policy"])
         self.batcher.load_state_dict(state["batcher"], device)
+        if self.lockstep is not None and "lockstep" in state:
+            self.lockstep.load_state_dict(state["lockstep"], device)
         self.epoch = int(state["epoch"])
         self.epoch_open = bool(state["epoch_open"])
         for key, value in state["counters"].items():

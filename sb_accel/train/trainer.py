@@ -4,6 +4,13 @@ candidate batches (data) -> :class:`SelectionDriver` (selection forwards, policy
 engine refresh) -> train step (forward, backward, optimizer) -> driver.observe, timed phase by phase
 by the :class:`PhaseTimer` and logged through the :class:`RunLogger`. Construction of the parts
 lives in ``factory`` and ``engine_setup``, the run directory and checkpoints in ``checkpoint``.
+
+Started by torchrun (``torchrun --nproc-per-node N -m sb_accel train ...``) the same config trains
+with DistributedDataParallel (``distributed``, docs/DISTRIBUTED.md): ``batch_size`` (and
+``selection_batch_size``) is the global batch, each of the N ranks takes ``batch_size / N`` per
+step (so the learning rate needs no change); each rank selects from its shard of every epoch
+(``data.sampler``) against one global loss history, steps in lockstep with the others, and rank 0
+writes the RunLog and the checkpoint (``ranks``).
 """
 from __future__ import annotations
 
@@ -18,11 +25,13 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, TrainConfig
 from ..data import AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, load_dataset
+from ..data.sampler import DistributedEpochSampler, shard_batches, shard_test_split
 from ..device import resolve_device
 from ..files import atomic_write_json
 from ..reporting.runlog import RunLog
 from ..selection import TrainBatch
 from .checkpoint import CONFIG_NAME, prepare_run_dir, save_checkpoint
+from .distributed import RankGroup, init_distributed, per_rank, wrap_ddp
 from .divergence import DivergenceGuard
 from .driver import ScoredCandidates, SelectionDriver
 from .engine_setup import build_refresher, sample_batches
@@ -30,6 +39,8 @@ from .evaluation import evaluate
 from .factory import build_model, build_optimizer, build_policy, build_schedule
 from .pipeline import SelectionPipeline
 from .progress import Progress
+from .ranks import (DistributedRunLogger, NullRunLog, across_ranks, combine_evaluations, distributed_fields,
+                    gather_rank_states, prepare_run_dir_on_ranks, rank_state)
 from .run_logger import RunLogger
 from .timer import PhaseTimer
 
@@ -39,10 +50,14 @@ __all__ = ["Trainer"]
 RESUMABLE_CHANGES = frozenset({"epochs", "run_dir", "threads", "engine_threads", "log_every_steps", "data_dir",
                                "progress", "eval_every_steps", "checkpoint"})
 _COUNTERS = ("epoch", "step", "progress", "backprops", "last_acc")
+DDP_HISTORY = ("global", "local")  # the SB loss history under DDP: all ranks' losses, or each rank's own
 
 
 class Trainer:
     """Runs one configured training job end to end; ``fit()`` returns the summary event.
+
+    Under torchrun (or in a process group the caller initialised) every rank constructs a Trainer
+    with the same config and calls ``fit()``; every rank returns the same summary.
 
     Args:
         config: the run's configuration.
@@ -54,9 +69,16 @@ class Trainer:
     def __init__(self, config: TrainConfig, data: Optional[ArrayDataset] = None, resume: bool = False,
                  overwrite: bool = False) -> None:
         self.cfg = cfg = config
-        self.device = resolve_device(cfg.device)
+        self.group: Optional[RankGroup] = init_distributed(cfg.device)
+        self.rank = 0 if self.group is None else self.group.rank
+        self.world_size = 1 if self.group is None else self.group.world_size
+        self.device = resolve_device(cfg.device) if self.group is None else self.group.device
+        self.batch_size = per_rank(cfg.batch_size, self.world_size, "batch_size")
+        self.ddp_history = getattr(cfg, "ddp_history", "global")
+        if self.ddp_history not in DDP_HISTORY:
+            raise ConfigError(f"ddp_history: must be 'global' or 'local' (got {self.ddp_history!r})")
         self.run_dir = Path(cfg.run_dir)
-        checkpoint = prepare_run_dir(self.run_dir, resume, overwrite)
+        checkpoint = self._prepare_run_dir(resume, overwrite)
         if checkpoint is not None:
             _check_resumable(checkpoint["config"], cfg, self.run_dir)
         if cfg.threads:
@@ -69,7 +91,14 @@ class Trainer:
         self.data = data
         augment = AUGMENT_PRESETS.get(data.name, Augment()) if cfg.augment == "preset" else Augment()
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.loader = CandidateLoader(data, augment, self.device, seed=cfg.seed, memory_format=self.memory_format)
+        # Under DDP: one permutation for all ranks (the sampler), augmentation and selection draws per rank.
+        rank_seed = cfg.seed if self.group is None else cfg.seed + 1 + self.rank
+        self.loader = CandidateLoader(data, augment, self.device, seed=rank_seed, memory_format=self.memory_format)
+        self.sampler: Optional[DistributedEpochSampler] = None
+        self.eval_data = data
+        if self.group is not None:
+            self.sampler = DistributedEpochSampler(len(data.y_train), self.world_size, self.rank, seed=cfg.seed)
+            self.eval_data = shard_test_split(data, self.world_size, self.rank)
         self.model = build_model(cfg, data.num_classes, data.in_channels).to(self.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(cfg, self.model)
         self.schedule = build_schedule(cfg)
@@ -78,8 +107,10 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         # A host read of the NaN flag per step costs nothing on CPU; on CUDA read it once per interval.
         self.guard = DivergenceGuard(self.device, 1 if self.device.type == "cpu" else cfg.log_every_steps)
-        self.log = RunLogger(RunLog(self.run_dir, truncate_at=checkpoint["log_offset"] if checkpoint else None),
-                             self.device)
+        run_log = (RunLog(self.run_dir, truncate_at=checkpoint["log_offset"] if checkpoint else None)
+                   if self.rank == 0 else NullRunLog())
+        self.log = (RunLogger(run_log, self.device) if self.group is None
+                    else DistributedRunLogger(run_log, self.device, self.group))
 
         self.epoch = 0
         self.step = 0
@@ -89,40 +120,69 @@ class Trainer:
         self.pipeline: Optional[SelectionPipeline] = None
         self.selection_background = 0.0  # seconds the pipeline's worker spent selecting
 
-        policy = build_policy(cfg, len(data.y_train))
+        policy = build_policy(cfg if self.group is None else cfg.replace(batch_size=self.batch_size, seed=rank_seed),
+                              len(data.y_train))
         self.timer.start()
         if checkpoint is not None:  # the weights first: the engine is built (and calibrated) from them
             self._restore_training_state(checkpoint)
+        # DDP broadcasts rank 0's weights now and averages the gradients in every backward.
+        self.train_model = self.model if self.group is None else wrap_ddp(self.model, self.group)
         with self.timer.phase("refresh"):  # building the first engine is a real cost of the method
             refresher = None
             if policy.needs_selection_forward:
-                max_batch = max(cfg.selection_batch_size or cfg.batch_size * policy.candidates_per_batch(e)
-                                for e in range(cfg.epochs))
+                max_batch = max(self._selection_batch(policy.candidates_per_batch(e)) for e in range(cfg.epochs))
                 samples = sample_batches(data, cfg.batch_size, self.device, self.memory_format)
                 refresher = build_refresher(cfg, self.model, samples, self.device, max_batch, self.step)
-        self.driver = SelectionDriver(policy, cfg.batch_size, refresher, end_of_epoch=cfg.end_of_epoch,
-                                      num_epochs=cfg.epochs)
+        self.driver = SelectionDriver(policy, self.batch_size, refresher, end_of_epoch=cfg.end_of_epoch,
+                                      num_epochs=cfg.epochs, group=self.group, dataset_size=len(data.y_train),
+                                      shared_history=self.ddp_history == "global")
         if checkpoint is not None:
-            self.driver.load_state_dict(checkpoint["driver"], self.device)
+            self.driver.load_state_dict(rank_state(checkpoint, self.rank, self.world_size)["driver"], self.device)
             self.log.write("resume", epoch=self.epoch, step=self.step)
         else:
+            ddp = {} if self.group is None else {"world_size": self.world_size, "ddp_history": self.ddp_history,
+                                                 "batch_size_per_rank": self.batch_size}
             self.log.write("config", config=cfg.to_dict(), policy=repr(policy), engine=self._engine_name(),
                            device=str(self.device), torch=torch.__version__, threads=torch.get_num_threads(),
-                           dataset_size=len(data.y_train), parameters=sum(p.numel() for p in self.model.parameters()))
-            atomic_write_json(self.run_dir / CONFIG_NAME, cfg.to_dict())
+                           dataset_size=len(data.y_train), parameters=sum(p.numel() for p in self.model.parameters()),
+                           **ddp)
+            if self.rank == 0:
+                atomic_write_json(self.run_dir / CONFIG_NAME, cfg.to_dict())
         self._log_events(self.driver.after_step(self.model, self.step))  # the engine build event
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Optional[Dict[str, Any]]:
+        """The checkpoint to resume from, if any (under DDP see :func:`prepare_run_dir_on_ranks`)."""
+        if self.group is None:
+            return prepare_run_dir(self.run_dir, resume, overwrite)
+        return prepare_run_dir_on_ranks(self.group, self.run_dir, resume, overwrite)
 
     def _engine_name(self) -> Optional[str]:
         return None if self.driver.engine is None else self.driver.engine.name
 
+    def _selection_batch(self, multiplier: int) -> int:
+        """This rank's candidate-batch size: ``selection_batch_size`` (global) or the batch size
+        times the policy's candidate multiplier, divided over the ranks."""
+        if self.cfg.selection_batch_size:
+            return per_rank(self.cfg.selection_batch_size, self.world_size, "selection_batch_size")
+        return self.batch_size * multiplier
+
     def selection_batch_size(self, epoch: int) -> int:
-        return self.cfg.selection_batch_size or self.cfg.batch_size * self.driver.candidates_per_batch(epoch)
+        return self._selection_batch(self.driver.candidates_per_batch(epoch))
+
+    def _epoch_batches(self, size: int) -> Iterator:
+        """This rank's candidate batches of the next epoch."""
+        if self.sampler is None:
+            return self.loader.epoch(size)
+        return shard_batches(self.loader, self.sampler.epoch(), size)
+
+    def _candidates_per_epoch(self) -> int:
+        return len(self.loader) if self.sampler is None else len(self.sampler)
 
     # --- the loop ----------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
-        n = len(self.loader)
-        bar = Progress(cfg.progress, total=cfg.epochs * n, initial=self.epoch * n)
+        n = self._candidates_per_epoch()
+        bar = Progress(cfg.progress and self.rank == 0, total=cfg.epochs * n, initial=self.epoch * n)
         try:
             while self.epoch < cfg.epochs:
                 self._run_epoch(bar)
@@ -137,8 +197,8 @@ class Trainer:
     def _run_epoch(self, bar: Progress) -> None:
         cfg, driver = self.cfg, self.driver
         driver.start_epoch(self.epoch)
-        n = len(self.loader)
-        batches = self.loader.epoch(self.selection_batch_size(self.epoch))
+        n = self._candidates_per_epoch()
+        batches = self._epoch_batches(self.selection_batch_size(self.epoch))
         if cfg.pipeline:
             self.pipeline = SelectionPipeline(batches, lambda: driver.engine, driver.policy, self.epoch,
                                               cfg.pipeline_depth)
@@ -177,9 +237,11 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            logits = self.model(batch.x)
+            logits = self.train_model(batch.x)
         per_example = F.cross_entropy(logits.float(), batch.y, reduction="none", label_smoothing=cfg.label_smoothing)
-        loss = (per_example * batch.weights.to(per_example.device)).mean()
+        weighted = per_example * batch.weights.to(per_example.device)
+        # A DDP rank with nothing left for a lockstep partial step still joins it with an empty batch.
+        loss = weighted.mean() if len(batch) else weighted.sum()
         self.timer.switch("backward")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -214,6 +276,9 @@ class Trainer:
         return self.pipeline.lock if self.pipeline is not None else contextlib.nullcontext()
 
     def _log_events(self, events) -> None:
+        if isinstance(self.log, DistributedRunLogger):
+            self.log.engine_events(events)
+            return
         for event in events:
             self.log.write(**event)
 
@@ -221,61 +286,100 @@ class Trainer:
         totals = self.timer.totals()
         return sum(totals.values()) - totals["eval"]
 
+    def _totals(self) -> Dict[str, Any]:
+        """Counters, phase times and wall-clock so far; under DDP over all ranks (counters summed,
+        ``phases`` the mean and ``phases_max`` the max over the ranks, ``wall`` the max)."""
+        d = self.driver
+        counts = {"candidates": d.candidates, "forwards": d.forwards, "backprops": self.backprops,
+                  "pending": d.pending(), "dropped": d.dropped}
+        return across_ranks(self.group, counts, self.timer.totals())
+
     def evaluate(self) -> Dict[str, Any]:
         """Test accuracy and loss; logged as an ``eval`` event."""
         with self.timer.phase("eval"):
-            result = evaluate(self.model, self.data, self.cfg.batch_size, self.device, self.memory_format,
+            result = evaluate(self.model, self.eval_data, self.cfg.batch_size, self.device, self.memory_format,
                               self.autocast_dtype)
+            if self.group is not None:  # each rank evaluated its share of the test split
+                result = combine_evaluations(self.group, result, len(self.eval_data.y_test))
         self.last_acc = result["test_acc"]
-        d = self.driver
-        return self.log.write("eval", epoch=self.progress, step=self.step, wall=self._wall(),
-                              test_error=1.0 - result["test_acc"], backprops=self.backprops, forwards=d.forwards,
-                              candidates=d.candidates, phases=self.timer.totals(), **result)
+        t = self._totals()
+        return self.log.write("eval", epoch=self.progress, step=self.step, wall=t["wall"],
+                              test_error=1.0 - result["test_acc"], backprops=t["backprops"], forwards=t["forwards"],
+                              candidates=t["candidates"], phases=t["phases"], **result)
 
     def _end_epoch(self) -> None:
         self.guard.check(self.step, force=True, hint=self._divergence_hint())
+        if self.group is not None:  # one model everywhere: for the engines, the evaluation and the checkpoint
+            self.group.sync_buffers(self.model)
         with self.timer.phase("refresh"):
             self._log_events(self.driver.after_epoch(self.model, self.step))
         if not self.cfg.eval_every_steps or self.step % self.cfg.eval_every_steps:
             self.evaluate()
-        d = self.driver
-        self.log.write("epoch", epoch=self.epoch, step=self.step, wall=self._wall(), candidates=d.candidates,
-                       forwards=d.forwards, backprops=self.backprops, pending=d.batcher.pending(),
-                       selection_background=self.selection_background, phases=self.timer.totals())
+        t = self._totals()
+        self.log.write("epoch", epoch=self.epoch, step=self.step, wall=t["wall"], candidates=t["candidates"],
+                       forwards=t["forwards"], backprops=t["backprops"], pending=t["pending"],
+                       selection_background=self.selection_background, phases=t["phases"], **self._ddp_fields(t))
         if self.cfg.checkpoint:
-            save_checkpoint(self._state(), self.run_dir)
+            state = self._state()
+            if self.rank == 0:
+                save_checkpoint(state, self.run_dir)
+
+    def _ddp_fields(self, totals: Dict[str, Any]) -> Dict[str, Any]:
+        """What a distributed run adds to epoch and summary events (:func:`distributed_fields`)."""
+        return {} if self.group is None else distributed_fields(self.group, self.log, totals)
 
     def _finish(self) -> Dict[str, Any]:
-        phases = self.timer.totals()
         d = self.driver
+        t = self._totals()
         summary = self.log.write(
-            "summary", epochs=self.epoch, step=self.step, test_acc=self.last_acc, wall=self._wall(),
-            wall_total=sum(phases.values()), candidates=d.candidates, forwards=d.forwards,
-            backprops=self.backprops, selectivity=self.backprops / max(d.candidates, 1),
-            untrained_remainder=d.batcher.pending(), phases=phases,
+            "summary", epochs=self.epoch, step=self.step, test_acc=self.last_acc, wall=t["wall"],
+            wall_total=t["wall_total"], candidates=t["candidates"], forwards=t["forwards"],
+            backprops=t["backprops"], selectivity=t["backprops"] / max(t["candidates"], 1),
+            untrained_remainder=t["pending"], phases=t["phases"],
             selection_background=self.selection_background, engine=self._engine_name(),
-            refreshes=0 if d.refresher is None else d.refresher.count)
+            refreshes=0 if d.refresher is None else d.refresher.count, **self._ddp_fields(t))
         d.close()
         self.log.close()
+        if self.group is not None:
+            self.group.close()
         return summary
 
     # --- checkpoint / resume -----------------------------------------------------------------
+    def _rank_state(self) -> Dict[str, Any]:
+        """What differs between ranks (one process: what a checkpoint holds besides the model)."""
+        state = {"backprops": self.backprops, "driver": self.driver.state_dict(),
+                 "loader_rng": self.loader.generator.get_state(), "phases": self.timer.totals(),
+                 "selection_background": self.selection_background}
+        if self.group is not None:
+            state.update(sampler=self.sampler.state_dict(), comm_seconds=dict(self.group.seconds),
+                         comm_calls=dict(self.group.calls))
+        return state
+
     def _state(self) -> Dict[str, Any]:
-        return {"config": self.cfg.to_dict(), **{k: getattr(self, k) for k in _COUNTERS},
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "driver": self.driver.state_dict(),
-                "loader_rng": self.loader.generator.get_state(), "phases": self.timer.totals(),
-                "selection_background": self.selection_background, "log_offset": self.log.log.offset}
+        """The checkpoint (under DDP a collective: every rank's state is gathered to rank 0)."""
+        mine = self._rank_state()
+        state = {"config": self.cfg.to_dict(), **{k: getattr(self, k) for k in _COUNTERS},
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), **mine, "log_offset": self.log.log.offset}
+        if self.group is not None:
+            state.update(world_size=self.world_size, ranks=gather_rank_states(self.group, mine, self.driver.tables))
+        return state
 
     def _restore_training_state(self, state: Dict[str, Any]) -> None:
+        mine = rank_state(state, self.rank, self.world_size)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.loader.generator.set_state(state["loader_rng"])
         for key in _COUNTERS:
             setattr(self, key, state[key])
-        self.selection_background = state["selection_background"]
-        self.timer.load_totals(state["phases"])
+        self.backprops = mine["backprops"]
+        self.loader.generator.set_state(mine["loader_rng"])
+        self.selection_background = mine["selection_background"]
+        self.timer.load_totals(mine["phases"])
+        if self.group is not None:
+            self.sampler.load_state_dict(mine["sampler"])
+            self.group.seconds.update(mine["comm_seconds"])
+            self.group.calls.update(mine["comm_calls"])
 
 
 def _check_resumable(saved: Dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:

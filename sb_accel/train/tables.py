@@ -1,0 +1,113 @@
+"""Per-example tables (Stale-SB's loss cache, InfoBatch's scores) kept identical on every rank.
+
+A policy's *example tables* are its tensors with one row per training example, indexed by the
+global dataset index: the names it lists in an ``example_tables`` attribute, or else every tensor
+attribute whose first dimension is the dataset size (Stale-SB: ``cached_loss``, ``loss_epoch``;
+InfoBatch: ``scores``). Every rank holds whole tables, so after the epoch's reshuffle it can read the
+rows of its new shard locally.
+
+Within an epoch a rank writes only rows of examples it handles (its shard, and its carried-over
+kept examples). At the epoch's end :meth:`ExampleTables.sync` finds the rows this rank changed
+since the epoch started (against a snapshot), all-gathers ``(index, row)`` from every rank and
+writes them everywhere in rank order, so every rank ends the epoch with the same tables. A row two
+ranks changed (only possible for a carried example that is also in another rank's new shard) takes
+the higher rank's value. During an epoch a rank sees the others' writes of earlier epochs only.
+
+Cost (float64 values, int64 index sent as float64): memory ``N * 8 * (tables + tables)`` per rank
+(tables and snapshot); traffic per epoch: each rank receives every changed row, at most
+``N * 8 * (1 + tables)`` bytes. docs/DISTRIBUTED.md has the numbers at CIFAR and ImageNet scale.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+
+from ..selection import SelectionPolicy
+from .distributed import RankGroup
+
+__all__ = ["ExampleTables", "innermost_policy", "fill_shared", "SHARED"]
+
+SHARED = "<same as rank 0>"  # stands for a table in a rank's checkpoint state (see strip/fill)
+
+
+def innermost_policy(policy: SelectionPolicy) -> SelectionPolicy:
+    """The policy inside any wrappers (:class:`~sb_accel.selection.Primed`)."""
+    while isinstance(getattr(policy, "policy", None), SelectionPolicy):
+        policy = policy.policy
+    return policy
+
+
+class ExampleTables:
+    """The example tables of ``policy``, synchronised over ``group`` at epoch ends."""
+
+    def __init__(self, policy: SelectionPolicy, dataset_size: int, group: RankGroup) -> None:
+        self.owner = innermost_policy(policy)
+        self.group = group
+        declared = getattr(self.owner, "example_tables", None)
+        self.names: Tuple[str, ...] = tuple(declared) if declared is not None else tuple(sorted(
+            name for name, value in vars(self.owner).items()
+            if torch.is_tensor(value) and value.dim() == 1 and len(value) == dataset_size))
+        self._snapshot: Dict[str, torch.Tensor] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def tables(self) -> Dict[str, torch.Tensor]:
+        """Name -> the policy's current tensor (looked up each time: a resume replaces them)."""
+        return {name: getattr(self.owner, name) for name in self.names}
+
+    def snapshot(self) -> None:
+        """Remember the tables as they are (call at the epoch's start, when all ranks agree)."""
+        self._snapshot = {name: t.clone() for name, t in self.tables().items()}
+
+    def changed(self) -> torch.Tensor:
+        """Indices of the rows that differ from the snapshot in any table (NaN equals NaN)."""
+        tables = self.tables()
+        if not self._snapshot:
+            return torch.arange(len(next(iter(tables.values()))))
+        mask = torch.zeros(len(next(iter(tables.values()))), dtype=torch.bool)
+        for name, now in tables.items():
+            before = self._snapshot[name]
+            differs = now != before
+            if now.is_floating_point():
+                differs &= ~(torch.isnan(now) & torch.isnan(before))
+            mask |= differs
+        return mask.nonzero().squeeze(1)
+
+    def sync(self) -> int:
+        """All-gather every rank's changed rows and write them on every rank, in rank order.
+        Returns the number of rows received (this rank's included)."""
+        tables = self.tables()
+        idx = self.changed()
+        rows = torch.stack([idx.double()] + [t[idx].double() for t in tables.values()], dim=1)
+        received = self.group.gather_rows(rows)
+        for part in received:
+            where = part[:, 0].long()
+            for column, t in enumerate(tables.values(), start=1):
+                t[where] = part[:, column].to(t.dtype)
+        self.snapshot()
+        return sum(len(p) for p in received)
+
+    # --- checkpoints: the tables are stored once, with rank 0's state ------------------------
+    def strip(self, state: Any) -> Any:
+        """``state`` with every tensor equal to one of the (synchronised) tables replaced by
+        :data:`SHARED`; rank 0's state keeps them, so a checkpoint holds each table once."""
+        tables = list(self.tables().values())
+        if torch.is_tensor(state):
+            same = any(state.shape == t.shape and state.dtype == t.dtype and torch.equal(state, t) for t in tables)
+            return SHARED if same else state
+        if isinstance(state, dict):
+            return {k: self.strip(v) for k, v in state.items()}
+        return state
+
+
+def fill_shared(state: Any, reference: Any) -> Any:
+    """``state`` with every :data:`SHARED` replaced by ``reference``'s value at the same place."""
+    if isinstance(state, str) and state == SHARED:
+        return reference
+    if isinstance(state, dict):
+        return {k: fill_shared(v, reference[k] if isinstance(reference, dict) and k in reference else None)
+                for k, v in state.items()}
+    return state
+
