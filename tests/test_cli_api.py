@@ -18,7 +18,7 @@ def test_cli_errors_exit_nonzero(tmp_path, capsys):
     assert "unknown model" in capsys.readouterr().err
     assert main(["train", "--selectivity", "1.5", "--run-dir", str(tmp_path / "b")]) == 2
     assert "selectivity" in capsys.readouterr().err
-    assert main(["train", "--dataset", "svhn", "--data-dir", str(tmp_path / "none"), "--run-dir", str(tmp_path / "c")]) == 1
+    assert main(["train", "--dataset", "svhn", "--data-dir", str(tmp_path / "none"), "--run-dir", str(tmp_path / "c")]) == 2
     assert "--download" in capsys.readouterr().err
 
 
