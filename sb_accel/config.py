@@ -150,6 +150,16 @@ class TrainConfig:
         need(self.width >= 0, "width", "must be >= 0")
         need(bool(self.run_dir.strip()), "run_dir", "must name a directory")
         need(bool(self.dataset.strip()), "dataset", "must name a dataset or a .npz file")
+        self._validate_engine()
+
+    def _validate_engine(self) -> None:
+        """The engine spec, checked here so that a typo fails before any file or model is made."""
+        from .engines import EngineSpecError, parse_engine_spec  # the registry imports no backend
+
+        try:
+            parse_engine_spec(self.engine, self.precision)
+        except EngineSpecError as exc:
+            raise ConfigError(f"engine/precision: {exc}") from None
 
     # --- derived values ---------------------------------------------------------------------
     @property

@@ -85,6 +85,10 @@ def test_row_5_out_of_range(capsys, tmp_path):
     expect(capsys, 2, r"selectivity: must be in \(0, 1\]", "train", "--selectivity", "1.5",
            "--run-dir", tmp_path / "r")
     expect(capsys, 2, r"strategy: must be one of", "train", "--strategy", "oracle", "--run-dir", tmp_path / "r")
+    expect(capsys, 2, r"unknown engine backend 'onnxruntme'", "train", *TINY, "--engine", "onnxruntme",
+           "--run-dir", tmp_path / "r")
+    expect(capsys, 2, r"engine 'torch' has no precision 'int8'", "train", *TINY, "--precision", "int8",
+           "--engine", "torch", "--run-dir", tmp_path / "r")
 
 
 def test_row_6_unknown_model(capsys, tmp_path):

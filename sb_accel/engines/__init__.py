@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List
 if TYPE_CHECKING:
     from .base import EngineContext, SelectionEngine
     from .cache import artifact_dir, cache_key
-    from .errors import EngineError
+    from .errors import EngineError, EngineSpecError
     from .export import ExportResult, export_loss_model
     from .fp16 import convert_to_fp16
     from .onnxruntime_backend import OnnxRuntimeEngine
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 # public name -> the module (relative to this package) that defines it
 _EXPORTS: Dict[str, str] = {
-    "EngineContext": "base", "SelectionEngine": "base", "EngineError": "errors",
+    "EngineContext": "base", "SelectionEngine": "base", "EngineError": "errors", "EngineSpecError": "errors",
     "create_engine": "registry", "list_engines": "registry", "parse_engine_spec": "registry",
     "register_engine": "registry",
     "TorchEngine": "torch_backend", "per_example_loss": "torch_backend",
@@ -43,7 +43,7 @@ _EXPORTS: Dict[str, str] = {
 }
 
 __all__ = [  # a literal, for linters and type checkers; tests check it equals _EXPORTS
-    "EngineContext", "SelectionEngine", "EngineError", "create_engine", "list_engines", "parse_engine_spec",
+    "EngineContext", "SelectionEngine", "EngineError", "EngineSpecError", "create_engine", "list_engines", "parse_engine_spec",
     "register_engine", "TorchEngine", "per_example_loss", "OnnxRuntimeEngine", "TensorRTEngine",
     "export_loss_model", "ExportResult", "quantize_int8", "QuantizedModel", "QUANT_FORMATS", "convert_to_fp16",
     "EngineRefresher", "RefreshError", "RefreshSchedule", "Validation", "check_engine", "rank_correlation",

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVa
 import torch.nn as nn
 
 from .base import EngineContext, SelectionEngine
-from .errors import EngineError
+from .errors import EngineError, EngineSpecError
 
 __all__ = ["register_engine", "create_engine", "list_engines", "parse_engine_spec", "BUILTIN_BACKENDS"]
 
@@ -58,11 +58,11 @@ def parse_engine_spec(spec: str, precision: Optional[str] = None) -> Tuple[str, 
     if precision is None and "-" in spec:
         spec, precision = spec.rsplit("-", 1)
     if spec not in _backends():
-        raise EngineError(f"unknown engine backend {spec!r}; choose one of: {', '.join(_backends())}")
+        raise EngineSpecError(f"unknown engine backend {spec!r}; choose one of: {', '.join(_backends())}")
     precisions = _precisions(spec)
     precision = precision or precisions[0]
     if precision not in precisions:
-        raise EngineError(f"engine {spec!r} has no precision {precision!r}; choose one of: {', '.join(precisions)}")
+        raise EngineSpecError(f"engine {spec!r} has no precision {precision!r}; choose one of: {', '.join(precisions)}")
     return spec, precision
 
 
