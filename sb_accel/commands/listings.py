@@ -1,0 +1,20 @@
+"""``sb-accel list-models`` and ``list-engines``: print a registry's names."""
+from __future__ import annotations
+
+import argparse
+
+from . import EXIT_OK
+
+__all__ = ["cmd_list_models", "cmd_list_engines"]
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    from ..models import list_models
+    print("\n".join(list_models()))
+    return EXIT_OK
+
+
+def cmd_list_engines(args: argparse.Namespace) -> int:
+    from ..engines import list_engines
+    print("\n".join(list_engines()))
+    return EXIT_OK

@@ -1,0 +1,65 @@
+"""``sb-accel profile``, ``compare`` and ``report``: run a measurement or read training logs, print
+its tables and list the JSON and plots written."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, List
+
+from . import EXIT_OK
+
+__all__ = ["cmd_profile", "cmd_compare", "cmd_report"]
+
+
+
+def _print_files(files: List[Any]) -> None:
+    print("\nwritten:")
+    for path in files:
+        print(f"  {path}")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from ..profile import predict_epoch_costs, profile_models, profile_tables, write_profile
+
+    rows = profile_models(args.models, args.batch_sizes, args.precisions, args.engines, dataset=args.dataset,
+                          data_dir=args.data_dir, device=args.device, repeats=args.repeats, warmup=args.warmup)
+    costs = predict_epoch_costs(rows, args.selectivity, args.epoch_size or None, args.refresh_every_steps)
+    print(profile_tables(rows, costs))
+    _print_files(write_profile(rows, costs, args.out, args.json))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..compare import compare_engines, compare_table, prepare_model, write_compare
+    from ..device import resolve_device
+
+    if not 0.0 < args.selectivity <= 1.0:
+        raise ValueError(f"--selectivity must be in (0, 1], got {args.selectivity}")
+    device = resolve_device(args.device)
+    print("preparing the model ...", flush=True)
+    model, data, origin = prepare_model(args.model, args.dataset, args.data_dir, args.checkpoint, args.train_steps,
+                                        args.batch_size, args.lr, device, args.seed)
+    print(origin, flush=True)
+    rows = compare_engines(model, data, args.engines, args.examples, args.batch_size, args.selectivity,
+                           args.repeats, args.warmup, device, args.seed)
+    print(compare_table(rows))
+    _print_files(write_compare(rows, args.out, args.json, origin))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..reporting import build_report, load_runs
+
+    report = build_report(load_runs(args.run_dirs), args.baseline, args.targets)
+    tables = report.tables()
+    print(f"baseline: {report.baseline.label} (chosen as {report.baseline_note}), final test error "
+          f"{100 * report.baseline_error:.2f}%\n")
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.notes:
+        print()
+    for title, key in (("runs", "runs"), ("speedup to target error", "speedup"),
+                       ("seconds per phase (mean over seeds)", "phases"), ("Pareto frontier", "pareto")):
+        print(f"{title}:\n{tables[key]}\n")
+    files = report.write(args.out, args.json)
+    _print_files([p for paths in files.values() for p in paths])
+    return EXIT_OK
