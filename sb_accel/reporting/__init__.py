@@ -1,8 +1,8 @@
 """RunLog (the one record every report reads) and the reports built on it."""
-from .metrics import (DIVERGED, FINISHED, TARGET_MULTIPLIERS, UNFINISHED, GroupSummary, RunGroup, TargetResult,
-                      check_same_dataset, describe_status, epochs_in_budget, final_error, final_wall, group_runs,
-                      group_status, pareto_frontier, run_status, speedup, speedup_table, summarize_group,
-                      time_to_target)
+from .grouping import (DIVERGED, FINISHED, UNFINISHED, RunGroup, check_same_dataset, describe_status, group_runs,
+                       group_status, run_status)
+from .metrics import (TARGET_MULTIPLIERS, GroupSummary, TargetResult, epochs_in_budget, final_error, final_wall,
+                      pareto_frontier, speedup, speedup_table, summarize_group, time_to_target)
 from .report import Report, baseline_warning, build_report, choose_baseline, collect_run_dirs, load_runs
 from .runlog import Run, RunLog, load_run, read_events
 
