@@ -10,8 +10,9 @@ from sb_accel.engines import EngineError, create_engine, list_engines, parse_eng
 from sb_accel.engines.registry import BUILTIN_BACKENDS, engine_class
 from sb_accel.models import create_model
 
-PUBLIC = ["EngineContext", "EngineError", "SelectionEngine", "create_engine", "list_engines", "parse_engine_spec",
-          "register_engine", "TorchEngine", "per_example_loss", "OnnxRuntimeEngine", "TensorRTEngine",
+PUBLIC = ["EngineContext", "EngineError", "EngineSpecError", "SelectionEngine", "create_engine", "list_engines",
+          "parse_engine_spec", "register_engine", "TorchEngine", "per_example_loss", "TorchGraphEngine",
+          "OnnxRuntimeEngine", "TensorRTEngine",
           "export_loss_model", "ExportResult", "quantize_int8", "QuantizedModel", "QUANT_FORMATS", "convert_to_fp16",
           "EngineRefresher", "RefreshSchedule", "RefreshError", "Validation", "check_engine", "rank_correlation",
           "DEFAULT_MAX_ABS_ERROR", "load_recipe", "cache_key", "artifact_dir"]
@@ -59,6 +60,10 @@ def test_parse_and_list():
     assert parse_engine_spec("onnxruntime-int8") == ("onnxruntime", "int8")
     assert parse_engine_spec("tensorrt") == ("tensorrt", "fp16")  # the first precision is the default
     assert parse_engine_spec("torch", "bf16") == ("torch", "bf16")
+    assert parse_engine_spec("torch-graph-bf16") == ("torch-graph", "bf16")  # a backend name with a '-'
+    assert parse_engine_spec("torch-graph") == ("torch-graph", "fp16")
+    assert parse_engine_spec("torch-graph", "fp32") == ("torch-graph", "fp32")
+    assert {"torch-graph-fp16", "torch-graph-bf16", "torch-graph-fp32"} <= set(list_engines())
     assert "torch-fp32" in list_engines() and "tensorrt-fp8" in list_engines()
     with pytest.raises(EngineError, match="unknown engine backend 'tvm'"):
         parse_engine_spec("tvm-int8")

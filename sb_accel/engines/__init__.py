@@ -1,5 +1,6 @@
-"""Selection engines: torch (FP32/BF16/FP16), ONNX Runtime and TensorRT backends, their build
-recipes and artifact cache, and the refresher that keeps a snapshot engine up to date.
+"""Selection engines: torch (FP32/BF16/FP16; eager, or CUDA graphs over the live model), ONNX Runtime
+and TensorRT backends, their build recipes and artifact cache, and the refresher that keeps a
+snapshot engine up to date.
 
 Every public name is importable from here, but loaded on first use (PEP 562): ``import
 sb_accel.engines`` loads none of its modules, and ONNX, ONNX Runtime and TensorRT are imported
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .schedule import RefreshSchedule
     from .tensorrt_backend import TensorRTEngine
     from .torch_backend import TorchEngine, per_example_loss
+    from .torch_graph import TorchGraphEngine
     from .validation import DEFAULT_MAX_ABS_ERROR, Validation, check_engine, rank_correlation
 
 # public name -> the module (relative to this package) that defines it
@@ -31,7 +33,7 @@ _EXPORTS: Dict[str, str] = {
     "EngineContext": "base", "SelectionEngine": "base", "EngineError": "errors", "EngineSpecError": "errors",
     "create_engine": "registry", "list_engines": "registry", "parse_engine_spec": "registry",
     "register_engine": "registry",
-    "TorchEngine": "torch_backend", "per_example_loss": "torch_backend",
+    "TorchEngine": "torch_backend", "per_example_loss": "torch_backend", "TorchGraphEngine": "torch_graph",
     "OnnxRuntimeEngine": "onnxruntime_backend", "TensorRTEngine": "tensorrt_backend",
     "export_loss_model": "export", "ExportResult": "export",
     "quantize_int8": "quantize", "QuantizedModel": "quantize", "QUANT_FORMATS": "quantize",
@@ -44,7 +46,7 @@ _EXPORTS: Dict[str, str] = {
 
 __all__ = [  # a literal, for linters and type checkers; tests check it equals _EXPORTS
     "EngineContext", "SelectionEngine", "EngineError", "EngineSpecError", "create_engine", "list_engines", "parse_engine_spec",
-    "register_engine", "TorchEngine", "per_example_loss", "OnnxRuntimeEngine", "TensorRTEngine",
+    "register_engine", "TorchEngine", "per_example_loss", "TorchGraphEngine", "OnnxRuntimeEngine", "TensorRTEngine",
     "export_loss_model", "ExportResult", "quantize_int8", "QuantizedModel", "QUANT_FORMATS", "convert_to_fp16",
     "EngineRefresher", "RefreshError", "RefreshSchedule", "Validation", "check_engine", "rank_correlation",
     "DEFAULT_MAX_ABS_ERROR", "load_recipe", "cache_key", "artifact_dir",

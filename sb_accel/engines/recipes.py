@@ -40,8 +40,9 @@ DEFAULTS: Recipe = {
     "int8": {"quant_format": "u8s8", "calibration_method": "minmax", "calibration_rows": 256,
              "recalibrate_every": 100},
     # Selection batch sizes a driver may pad or split candidate batches to (few shapes: fewer
-    # TensorRT profiles, CUDA-graph friendly).
-    "selection": {"bucket_sizes": [128, 256, 512, 1024]},
+    # TensorRT profiles, CUDA-graph friendly); torch-graph captures one CUDA graph per size. compile:
+    # torch-graph's torch.compile mode before capture ("off", "default", "max-autotune-no-cudagraphs").
+    "selection": {"bucket_sizes": [128, 256, 512, 1024], "compile": "off"},
     # TensorRT builder: optimization level, workspace pool (MiB), rebuild every N refreshes
     # (refits in between; 0: only when a refit is refused).
     "tensorrt": {"builder_optimization_level": 3, "workspace_mib": 4096, "rebuild_every": 10},

@@ -20,6 +20,7 @@ __all__ = ["register_engine", "create_engine", "list_engines", "parse_engine_spe
 # backend -> (module, class, precisions; the first precision is the default)
 BUILTIN_BACKENDS: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "torch": (f"{__package__}.torch_backend", "TorchEngine", ("fp32", "bf16", "fp16")),
+    "torch-graph": (f"{__package__}.torch_graph", "TorchGraphEngine", ("fp16", "bf16", "fp32")),
     "onnxruntime": (f"{__package__}.onnxruntime_backend", "OnnxRuntimeEngine", ("fp32", "fp16", "int8")),
     "tensorrt": (f"{__package__}.tensorrt_backend", "TensorRTEngine", ("fp16", "int8", "fp8")),
 }
@@ -54,8 +55,12 @@ def list_engines() -> List[str]:
 
 
 def parse_engine_spec(spec: str, precision: Optional[str] = None) -> Tuple[str, str]:
-    """``"onnxruntime-int8"`` or (``"onnxruntime"``, ``"int8"``) -> ``("onnxruntime", "int8")``."""
-    if precision is None and "-" in spec:
+    """``"onnxruntime-int8"`` or (``"onnxruntime"``, ``"int8"``) -> ``("onnxruntime", "int8")``.
+
+    Backend names may contain ``-`` (``"torch-graph-fp16"``): a spec that is a backend name is
+    taken whole (``"torch-graph"`` -> its default precision), otherwise the last ``-`` splits it.
+    """
+    if precision is None and "-" in spec and spec not in _backends():
         spec, precision = spec.rsplit("-", 1)
     if spec not in _backends():
         raise EngineSpecError(f"unknown engine backend {spec!r}; choose one of: {', '.join(_backends())}")
