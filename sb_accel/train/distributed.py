@@ -185,10 +185,12 @@ def init_distributed(device: str = "auto", timeout: Optional[timedelta] = None) 
         raise ConfigError("torchrun started this process but this PyTorch build has no torch.distributed")
     resolved = resolve_device(device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = dist.get_world_size() if initialised else int(os.environ["WORLD_SIZE"])
     if resolved.type == "cuda":
-        if device.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.startswith("cuda:") and world_size > 1:
             raise ConfigError(f"device: {device!r} under torchrun; use --device cuda (each rank takes cuda:LOCAL_RANK)")
-        resolved = torch.device("cuda", local_rank)
+        if not device.startswith("cuda:"):
+            resolved = torch.device("cuda", local_rank)
         torch.cuda.set_device(resolved)
     if not initialised:
         backend = "nccl" if resolved.type == "cuda" else "gloo"
@@ -207,7 +209,8 @@ def wrap_ddp(model: nn.Module, group: RankGroup) -> DistributedDataParallel:
     ``backward``), with the gradient all-reduce timed into ``group.seconds["grad_allreduce"]``.
 
     The timing is wall-clock from a bucket's launch to its completion callback: meaningful on gloo
-    (CPU); NCCL completes its futures when the work is queued on the stream, so there it reads ~0.
+    (CPU). A NCCL future completes with respect to the CUDA stream, so on GPUs the host-side time it
+    gives is not the transfer time (time GPU steps with CUDA events, or against ``no_sync``).
     """
     ddp = DistributedDataParallel(model, device_ids=[group.device.index] if group.device.type == "cuda" else None)
 
