@@ -83,6 +83,7 @@ class TrainConfig:
     engine_fallback: str = "raise"   # "raise" or "torch"
     pipeline: bool = False           # select the next candidate batches in a background thread
     pipeline_depth: int = 2
+    ddp_history: str = "global"      # under torchrun: one SB loss history over all ranks, or "local" per rank
     engine_threads: int = 0          # CPU threads for the selection engine (0: backend default)
     # device and run
     device: str = "auto"
@@ -139,6 +140,8 @@ class TrainConfig:
         need(self.refresh_validate_every >= 1, "refresh_validate_every", "must be >= 1 (1: check every refresh)")
         need(self.int8_recalibrate_every >= 0, "int8_recalibrate_every", "must be >= 0 (0: only when a check fails)")
         need(self.pipeline_depth >= 1, "pipeline_depth", "must be >= 1")
+        need(self.ddp_history in ("global", "local"), "ddp_history",
+             "must be 'global' (every rank scores against all ranks' losses) or 'local'")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
              "must be auto, cpu, cuda or cuda:N")
         need(self.threads >= 0 and self.engine_threads >= 0, "threads", "must be >= 0")
@@ -162,12 +165,6 @@ class TrainConfig:
             raise ConfigError(f"engine/precision: {exc}") from None
 
     # --- derived values ---------------------------------------------------------------------
-    @property
-    def resolved_prime_epochs(self) -> int:
-        if self.prime_epochs is not None:
-            return self.prime_epochs
-        return 1 if self.strategy in ("sb", "stale-sb") else 0
-
     @property
     def milestone_epochs(self) -> Tuple[float, ...]:
         """Milestones in epochs: values < 1 are fractions of the run."""

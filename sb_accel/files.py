@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
 
-__all__ = ["StorageError", "atomic_write", "atomic_write_json", "fsync_directory"]
+__all__ = ["StorageError", "atomic_write", "atomic_write_json", "fsync_directory", "storage_error"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -45,7 +45,7 @@ def atomic_write(path: PathLike, content: Union[bytes, Callable[[BinaryIO], None
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise _storage_error(path, exc) from exc
+        raise storage_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             if isinstance(content, (bytes, bytearray, memoryview)):
@@ -61,7 +61,7 @@ def atomic_write(path: PathLike, content: Union[bytes, Callable[[BinaryIO], None
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError) and not isinstance(exc, StorageError):
-            raise _storage_error(path, exc) from exc
+            raise storage_error(path, exc) from exc
         raise
     fsync_directory(path.parent)
     return path
@@ -73,7 +73,8 @@ def atomic_write_json(path: PathLike, value: Any, **dump_options: Any) -> Path:
     return atomic_write(path, text.encode("utf-8"))
 
 
-def _storage_error(path: Path, exc: OSError) -> StorageError:
+def storage_error(path: Path, exc: OSError) -> StorageError:
+    """A :class:`StorageError` for a failed write of ``path``: what failed and what to do."""
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free some space on that disk or choose another directory; the previous file is unchanged"

@@ -92,7 +92,7 @@ def test_config_validation_and_toml(tmp_path):
     path.write_text('strategy = "stale-sb"\nstale_n = 2\nepochs = 4\n')
     cfg = TrainConfig.from_toml(path, {"epochs": 5})
     assert (cfg.strategy, cfg.stale_n, cfg.epochs) == ("stale-sb", 2, 5)
-    assert cfg.resolved_prime_epochs == 1 and cfg.milestone_epochs == pytest.approx((1.5, 3.0, 4.0))
+    assert cfg.prime_epochs is None and cfg.milestone_epochs == pytest.approx((1.5, 3.0, 4.0))
     path.write_text("lr_typo = 1\n")
     with pytest.raises(ConfigError, match="unknown config keys"):
         TrainConfig.from_toml(path)

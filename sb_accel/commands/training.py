@@ -86,6 +86,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..data import check_run_fits, load_dataset
     from ..reporting import epochs_in_budget, load_run
     from ..reporting.tables import phase_table, summary_table
+    from ..selection import priming_epochs
     from ..train import Trainer
 
     if args.epochs < 1 or args.train_subset < 0:
@@ -109,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cfg = base.replace(strategy=strategy, run_dir=f"{args.out}/{strategy}")
         summaries[strategy] = run(strategy, cfg, f"{args.epochs} epochs")
     trad, sb = summaries["traditional"], summaries["sb"]
-    lines = [_equal_epochs_sentence(trad, sb, args.epochs, base.replace(strategy="sb").resolved_prime_epochs)]
+    lines = [_equal_epochs_sentence(trad, sb, args.epochs, priming_epochs("sb", base.prime_epochs))]
     if args.equal_wall:
         epochs = epochs_in_budget(trad["wall"], [e["wall"] for e in load_run(f"{args.out}/sb").evals])
         if epochs > args.epochs:

@@ -18,12 +18,15 @@ measurement choice and must not change time-to-accuracy).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
+
+from ..files import storage_error
 
 __all__ = ["RunLog", "read_events", "Run", "load_run", "LOG_NAME", "PHASES"]
 
@@ -58,9 +61,16 @@ class RunLog:
 
     def write(self, event: str, **fields: Any) -> Dict[str, Any]:
         record = {"event": event, "time": time.time(), **fields}
-        self._file.write(json.dumps(_finite(record), default=_jsonable, allow_nan=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = json.dumps(_finite(record), default=_jsonable, allow_nan=False) + "\n"
+        start = self._file.tell()
+        try:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:  # e.g. a full disk: drop the torn line, say which file and what to do
+            with contextlib.suppress(OSError):
+                self._file.truncate(start)
+            raise storage_error(self.path, exc) from exc
         return record
 
     def close(self) -> None:

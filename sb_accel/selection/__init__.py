@@ -5,7 +5,8 @@ Importing this package registers every strategy (:func:`create_strategy`, :func:
 from .base import Primed, SelectionPolicy
 from .batcher import BackpropBatcher, TrainBatch
 from .history import LossHistory
-from .registry import StrategyInfo, StrategyOptions, create_strategy, list_strategies, register_strategy, strategy_info
+from .registry import (StrategyInfo, StrategyOptions, create_strategy, list_strategies, priming_epochs,
+                       register_strategy, strategy_info)
 # Each policy module registers its strategy; the order here is the order of list_strategies().
 from .traditional import Traditional  # noqa: I001
 from .selective_backprop import SelectiveBackprop, beta_for_selectivity, keep_probability
@@ -16,4 +17,4 @@ from .infobatch import InfoBatch
 __all__ = ["SelectionPolicy", "Traditional", "Primed", "SelectiveBackprop", "StaleSB", "Kath18",
            "InfoBatch", "LossHistory", "BackpropBatcher", "TrainBatch", "beta_for_selectivity",
            "keep_probability", "variance_reduction", "StrategyOptions", "StrategyInfo", "create_strategy",
-           "list_strategies", "register_strategy", "strategy_info"]
+           "list_strategies", "priming_epochs", "register_strategy", "strategy_info"]

@@ -78,7 +78,8 @@ class Kath18(SelectionPolicy):
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         scores = losses.detach().to("cpu", torch.float64)
         if not torch.isfinite(scores).all():
-            raise FloatingPointError("Kath18 got NaN/inf selection losses: the model has diverged")
+            raise FloatingPointError("Kath18 got NaN/inf selection losses: the model has diverged "
+                                     "(lower --lr or add --warmup-epochs)")
         n = scores.numel()
         keep = torch.zeros(n, dtype=torch.bool)
         take = min(self.batch_size, n)

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 from .base import Primed, SelectionPolicy
 
 __all__ = ["StrategyOptions", "StrategyInfo", "register_strategy", "create_strategy", "list_strategies",
-           "strategy_info"]
+           "strategy_info", "priming_epochs"]
 
 
 @dataclass(frozen=True)
@@ -100,5 +100,10 @@ def create_strategy(name: str, options: StrategyOptions = StrategyOptions(), *, 
         raise ValueError(f"strategy {name!r} keeps a value per training example: pass dataset_size "
                          "(the number of training examples) and the examples' dataset indices")
     policy = info.factory(options, dataset_size, batch_size)
-    prime = info.prime_epochs if options.prime_epochs is None else options.prime_epochs
+    prime = priming_epochs(name, options.prime_epochs)
     return Primed(policy, prime) if prime > 0 else policy
+
+
+def priming_epochs(name: str, requested: Optional[int] = None) -> int:
+    """Epochs of full-data training before ``name`` selects: ``requested``, or the strategy's default."""
+    return strategy_info(name).prime_epochs if requested is None else requested

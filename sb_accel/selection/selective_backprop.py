@@ -102,6 +102,6 @@ def _check_finite(losses: torch.Tensor) -> None:
     if not torch.isfinite(losses).all():
         bad = int((~torch.isfinite(losses)).sum())
         raise FloatingPointError(
-            f"{bad} of {losses.numel()} selection losses are NaN/inf: the model has diverged or the "
-            "engine produced garbage. Lower the learning rate, or validate the engine "
-            "(sb-accel compare) and fall back to --engine torch.")
+            f"{bad} of {losses.numel()} selection losses are NaN/inf: the model has diverged (lower --lr "
+            "or add --warmup-epochs) or the engine produced garbage (check it with sb-accel compare, or "
+            "select with --engine torch).")

@@ -7,6 +7,7 @@ reads as one uninterrupted run.
 """
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -14,15 +15,19 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, TrainConfig
 from ..files import atomic_write
 from ..reporting.runlog import LOG_NAME
 
-__all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint", "prepare_run_dir"]
+__all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint", "prepare_run_dir",
+           "check_resumable", "RESUMABLE_CHANGES"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
 FORMAT = 2  # version of the checkpoint layout
+# Settings that may differ between a run and its resumption without changing its meaning.
+RESUMABLE_CHANGES = frozenset({"epochs", "run_dir", "threads", "engine_threads", "log_every_steps", "data_dir",
+                               "progress", "eval_every_steps", "checkpoint"})
 
 
 class CheckpointError(RuntimeError):
@@ -36,7 +41,11 @@ def save_checkpoint(state: Dict[str, Any], run_dir: str | Path) -> Path:
     if bad:
         raise CheckpointError(f"not writing a checkpoint: model tensors {bad[:3]} hold NaN/inf; "
                               f"the last good checkpoint in {run_dir} is kept")
-    return atomic_write(Path(run_dir) / CHECKPOINT_NAME, lambda f: torch.save({"format": FORMAT, **state}, f))
+    # Serialised in memory first: torch's zip writer turns a full disk into an opaque RuntimeError,
+    # while atomic_write reports it as the StorageError it is.
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    return atomic_write(Path(run_dir) / CHECKPOINT_NAME, buffer.getbuffer())
 
 
 def load_checkpoint(run_dir: str | Path) -> Optional[Dict[str, Any]]:
@@ -66,6 +75,8 @@ def prepare_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Optio
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run_dir: {run_dir} is a file, not a directory; choose another --run-dir")
+    for torn in run_dir.glob(".*.tmp"):  # a write that a crash (kill -9, power loss) cut short
+        torn.unlink(missing_ok=True)
     if resume:
         checkpoint = load_checkpoint(run_dir)
         if checkpoint is None:
@@ -79,3 +90,12 @@ def prepare_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Optio
         for name in (LOG_NAME, CHECKPOINT_NAME, CONFIG_NAME):
             (run_dir / name).unlink(missing_ok=True)
     return None
+
+
+def check_resumable(saved: Dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse a resumption whose config changes the run's meaning (only RESUMABLE_CHANGES may differ)."""
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        raise ConfigError(f"cannot resume {run_dir}: config differs from the checkpoint in {changed} "
+                          f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume)")

@@ -6,9 +6,14 @@ within ``check_every`` steps and never overwrites the last good checkpoint.
 """
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
-__all__ = ["Diverged", "DivergenceGuard"]
+import torch
+import torch.nn as nn
+
+from .checkpoint import CHECKPOINT_NAME
+
+__all__ = ["Diverged", "DivergenceGuard", "check_finite_weights", "divergence_hint"]
 
 
 class Diverged(FloatingPointError):
@@ -39,3 +44,18 @@ class DivergenceGuard:
             first = int(self._first_step)
             raise Diverged(f"the training loss became NaN/inf at optimizer step {first} (checked at step {step}): "
                            f"the run diverged. {hint}".rstrip())
+
+
+def divergence_hint(lr: float, run_dir: Path) -> str:
+    """What to try after a divergence, and whether a good checkpoint is there to resume from."""
+    saved = (f"the last good checkpoint in {run_dir} is kept (continue with --resume --lr ...)"
+             if (Path(run_dir) / CHECKPOINT_NAME).exists() else "no checkpoint was written yet")
+    return f"Lower --lr (now {lr}), add --warmup-epochs, or try --amp off; {saved}."
+
+
+def check_finite_weights(model: nn.Module, step: int, hint: str = "") -> None:
+    """Raise :class:`Diverged` if a parameter or buffer holds NaN/inf (finite losses can hide a
+    BatchNorm running variance that overflowed); checked before every checkpoint."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise Diverged(f"model tensors {bad[:3]} hold NaN/inf at optimizer step {step}: the run diverged. {hint}".rstrip())

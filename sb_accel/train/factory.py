@@ -1,6 +1,9 @@
 """Builds the pieces a run is composed of from its TrainConfig (policy, model, optimizer, LR schedule)."""
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -9,7 +12,7 @@ from ..models import create_model
 from ..selection import SelectionPolicy, StrategyOptions, create_strategy
 from .schedule import LRSchedule
 
-__all__ = ["build_policy", "build_model", "build_optimizer", "build_schedule"]
+__all__ = ["build_policy", "build_model", "build_optimizer", "build_schedule", "seed_everything"]
 
 
 def build_policy(cfg: TrainConfig, dataset_size: int) -> SelectionPolicy:
@@ -35,3 +38,10 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 
 def build_schedule(cfg: TrainConfig) -> LRSchedule:
     return LRSchedule(cfg.lr_schedule, cfg.lr, float(cfg.epochs), cfg.milestone_epochs, cfg.gamma, cfg.warmup_epochs)
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators (the run's own generators are seeded separately)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -5,11 +5,15 @@ none per step); selectivity per interval comes from the driver's cumulative coun
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
 
+from ..config import TrainConfig
+from ..files import atomic_write_json
 from ..reporting.runlog import RunLog
+from .checkpoint import CONFIG_NAME
 from .driver import SelectionDriver
 
 __all__ = ["RunLogger"]
@@ -45,6 +49,19 @@ class RunLogger:
 
     def write(self, event: str, **fields: Any) -> Dict[str, Any]:
         return self.log.write(event, **fields)
+
+    def start(self, cfg: TrainConfig, run_dir: Optional[Path], **fields: Any) -> None:
+        """The ``config`` event (the resolved config, versions, threads) and, given ``run_dir``, its
+        ``config.json`` (what ``--resume`` starts from)."""
+        self.log.write("config", config=cfg.to_dict(), torch=torch.__version__, threads=torch.get_num_threads(),
+                       **fields)
+        if run_dir is not None:
+            atomic_write_json(run_dir / CONFIG_NAME, cfg.to_dict())
+
+    def engine_events(self, events: List[Dict[str, Any]]) -> None:
+        """Log the events an engine refresher returned (build, refresh, fallback)."""
+        for event in events:
+            self.write(**event)
 
     def close(self) -> None:
         self.log.close()

@@ -5,52 +5,41 @@ engine refresh) -> train step (forward, backward, optimizer) -> driver.observe, 
 by the :class:`PhaseTimer` and logged through the :class:`RunLogger`. Construction of the parts
 lives in ``factory`` and ``engine_setup``, the run directory and checkpoints in ``checkpoint``.
 
-Started by torchrun (``torchrun --nproc-per-node N -m sb_accel train ...``) the same config trains
-with DistributedDataParallel (``distributed``, docs/DISTRIBUTED.md): ``batch_size`` (and
-``selection_batch_size``) is the global batch, each of the N ranks takes ``batch_size / N`` per
-step (so the learning rate needs no change); each rank selects from its shard of every epoch
-(``data.sampler``) against one global loss history, steps in lockstep with the others, and rank 0
-writes the RunLog and the checkpoint (``ranks``).
+Under torchrun the same config trains with DistributedDataParallel: ``batch_size`` is the global
+batch, ranks select from their shards against one loss history and step in lockstep, and rank 0
+writes the log and the checkpoint (``distributed``, ``ranks``, docs/DISTRIBUTED.md).
 """
 from __future__ import annotations
 
 import contextlib
-import random
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, TrainConfig
-from ..data import AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, load_dataset
-from ..data.sampler import DistributedEpochSampler, shard_batches, shard_test_split
+from ..config import TrainConfig
+from ..data import ArrayDataset
 from ..device import resolve_device
-from ..files import atomic_write_json
 from ..reporting.runlog import RunLog
 from ..selection import TrainBatch
-from .checkpoint import CONFIG_NAME, prepare_run_dir, save_checkpoint
+from .candidates import candidate_batch_size, candidate_source, training_data
+from .checkpoint import check_resumable, prepare_run_dir, save_checkpoint
 from .distributed import RankGroup, init_distributed, per_rank, wrap_ddp
-from .divergence import DivergenceGuard
+from .divergence import DivergenceGuard, check_finite_weights, divergence_hint
 from .driver import ScoredCandidates, SelectionDriver
 from .engine_setup import build_refresher, sample_batches
 from .evaluation import evaluate
-from .factory import build_model, build_optimizer, build_policy, build_schedule
+from .factory import build_model, build_optimizer, build_policy, build_schedule, seed_everything
 from .pipeline import SelectionPipeline
 from .progress import Progress
 from .ranks import (DistributedRunLogger, NullRunLog, across_ranks, combine_evaluations, distributed_fields,
-                    gather_rank_states, prepare_run_dir_on_ranks, rank_state)
+                    prepare_run_dir_on_ranks, rank_state)
 from .run_logger import RunLogger
+from .run_state import checkpoint_state, restore_training_state
 from .timer import PhaseTimer
 
 __all__ = ["Trainer"]
-
-# Settings that may differ between a run and its resumption without changing its meaning.
-RESUMABLE_CHANGES = frozenset({"epochs", "run_dir", "threads", "engine_threads", "log_every_steps", "data_dir",
-                               "progress", "eval_every_steps", "checkpoint"})
-_COUNTERS = ("epoch", "step", "progress", "backprops", "last_acc")
-DDP_HISTORY = ("global", "local")  # the SB loss history under DDP: all ranks' losses, or each rank's own
 
 
 class Trainer:
@@ -74,31 +63,22 @@ class Trainer:
         self.world_size = 1 if self.group is None else self.group.world_size
         self.device = resolve_device(cfg.device) if self.group is None else self.group.device
         self.batch_size = per_rank(cfg.batch_size, self.world_size, "batch_size")
-        self.ddp_history = getattr(cfg, "ddp_history", "global")
-        if self.ddp_history not in DDP_HISTORY:
-            raise ConfigError(f"ddp_history: must be 'global' or 'local' (got {self.ddp_history!r})")
+        self.ddp_history = cfg.ddp_history
         self.run_dir = Path(cfg.run_dir)
-        checkpoint = self._prepare_run_dir(resume, overwrite)
+        checkpoint = (prepare_run_dir(self.run_dir, resume, overwrite) if self.group is None
+                      else prepare_run_dir_on_ranks(self.group, self.run_dir, resume, overwrite))
         if checkpoint is not None:
-            _check_resumable(checkpoint["config"], cfg, self.run_dir)
+            check_resumable(checkpoint["config"], cfg, self.run_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
 
-        data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
-        if cfg.train_subset or cfg.test_subset:
-            data = data.subset(cfg.train_subset or None, cfg.test_subset or None, seed=cfg.seed)
-        self.data = data
-        augment = AUGMENT_PRESETS.get(data.name, Augment()) if cfg.augment == "preset" else Augment()
+        self.data = data = training_data(cfg, data)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         # Under DDP: one permutation for all ranks (the sampler), augmentation and selection draws per rank.
         rank_seed = cfg.seed if self.group is None else cfg.seed + 1 + self.rank
-        self.loader = CandidateLoader(data, augment, self.device, seed=rank_seed, memory_format=self.memory_format)
-        self.sampler: Optional[DistributedEpochSampler] = None
-        self.eval_data = data
-        if self.group is not None:
-            self.sampler = DistributedEpochSampler(len(data.y_train), self.world_size, self.rank, seed=cfg.seed)
-            self.eval_data = shard_test_split(data, self.world_size, self.rank)
+        self.source, self.eval_data = candidate_source(cfg, data, self.device, self.memory_format, rank_seed,
+                                                       self.group)
         self.model = build_model(cfg, data.num_classes, data.in_channels).to(self.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(cfg, self.model)
         self.schedule = build_schedule(cfg)
@@ -107,10 +87,6 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         # A host read of the NaN flag per step costs nothing on CPU; on CUDA read it once per interval.
         self.guard = DivergenceGuard(self.device, 1 if self.device.type == "cpu" else cfg.log_every_steps)
-        run_log = (RunLog(self.run_dir, truncate_at=checkpoint["log_offset"] if checkpoint else None)
-                   if self.rank == 0 else NullRunLog())
-        self.log = (RunLogger(run_log, self.device) if self.group is None
-                    else DistributedRunLogger(run_log, self.device, self.group))
 
         self.epoch = 0
         self.step = 0
@@ -124,64 +100,48 @@ class Trainer:
                               len(data.y_train))
         self.timer.start()
         if checkpoint is not None:  # the weights first: the engine is built (and calibrated) from them
-            self._restore_training_state(checkpoint)
+            restore_training_state(self, checkpoint)
         # DDP broadcasts rank 0's weights now and averages the gradients in every backward.
         self.train_model = self.model if self.group is None else wrap_ddp(self.model, self.group)
         with self.timer.phase("refresh"):  # building the first engine is a real cost of the method
             refresher = None
             if policy.needs_selection_forward:
-                max_batch = max(self._selection_batch(policy.candidates_per_batch(e)) for e in range(cfg.epochs))
+                max_batch = max(candidate_batch_size(cfg, self.world_size, policy.candidates_per_batch(e))
+                                for e in range(cfg.epochs))
                 samples = sample_batches(data, cfg.batch_size, self.device, self.memory_format)
                 refresher = build_refresher(cfg, self.model, samples, self.device, max_batch, self.step)
         self.driver = SelectionDriver(policy, self.batch_size, refresher, end_of_epoch=cfg.end_of_epoch,
                                       num_epochs=cfg.epochs, group=self.group, dataset_size=len(data.y_train),
                                       shared_history=self.ddp_history == "global")
+        # The run directory is written only now that everything is built: a failed set-up leaves nothing.
+        run_log = (RunLog(self.run_dir, truncate_at=checkpoint["log_offset"] if checkpoint else None)
+                   if self.rank == 0 else NullRunLog())
+        self.log = (RunLogger(run_log, self.device) if self.group is None
+                    else DistributedRunLogger(run_log, self.device, self.group))
         if checkpoint is not None:
             self.driver.load_state_dict(rank_state(checkpoint, self.rank, self.world_size)["driver"], self.device)
             self.log.write("resume", epoch=self.epoch, step=self.step)
         else:
             ddp = {} if self.group is None else {"world_size": self.world_size, "ddp_history": self.ddp_history,
                                                  "batch_size_per_rank": self.batch_size}
-            self.log.write("config", config=cfg.to_dict(), policy=repr(policy), engine=self._engine_name(),
-                           device=str(self.device), torch=torch.__version__, threads=torch.get_num_threads(),
-                           dataset_size=len(data.y_train), parameters=sum(p.numel() for p in self.model.parameters()),
-                           **ddp)
-            if self.rank == 0:
-                atomic_write_json(self.run_dir / CONFIG_NAME, cfg.to_dict())
-        self._log_events(self.driver.after_step(self.model, self.step))  # the engine build event
-
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Optional[Dict[str, Any]]:
-        """The checkpoint to resume from, if any (under DDP see :func:`prepare_run_dir_on_ranks`)."""
-        if self.group is None:
-            return prepare_run_dir(self.run_dir, resume, overwrite)
-        return prepare_run_dir_on_ranks(self.group, self.run_dir, resume, overwrite)
+            self.log.start(cfg, self.run_dir if self.rank == 0 else None, policy=repr(policy),
+                           engine=self._engine_name(), device=str(self.device), dataset_size=len(data.y_train),
+                           parameters=sum(p.numel() for p in self.model.parameters()), **ddp)
+        self.log.engine_events(self.driver.after_step(self.model, self.step))  # the engine build event
+        if checkpoint is None:  # so that --resume works from the first step on
+            self._save_checkpoint()
 
     def _engine_name(self) -> Optional[str]:
         return None if self.driver.engine is None else self.driver.engine.name
 
-    def _selection_batch(self, multiplier: int) -> int:
-        """This rank's candidate-batch size: ``selection_batch_size`` (global) or the batch size
-        times the policy's candidate multiplier, divided over the ranks."""
-        if self.cfg.selection_batch_size:
-            return per_rank(self.cfg.selection_batch_size, self.world_size, "selection_batch_size")
-        return self.batch_size * multiplier
-
     def selection_batch_size(self, epoch: int) -> int:
-        return self._selection_batch(self.driver.candidates_per_batch(epoch))
-
-    def _epoch_batches(self, size: int) -> Iterator:
-        """This rank's candidate batches of the next epoch."""
-        if self.sampler is None:
-            return self.loader.epoch(size)
-        return shard_batches(self.loader, self.sampler.epoch(), size)
-
-    def _candidates_per_epoch(self) -> int:
-        return len(self.loader) if self.sampler is None else len(self.sampler)
+        """This rank's candidate-batch size in ``epoch``."""
+        return candidate_batch_size(self.cfg, self.world_size, self.driver.candidates_per_batch(epoch))
 
     # --- the loop ----------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
-        n = self._candidates_per_epoch()
+        n = len(self.source)
         bar = Progress(cfg.progress and self.rank == 0, total=cfg.epochs * n, initial=self.epoch * n)
         try:
             while self.epoch < cfg.epochs:
@@ -190,6 +150,9 @@ class Trainer:
                 self._end_epoch()
                 bar.epoch_done(self.epoch, cfg.epochs, acc=f"{self.last_acc:.4f}", steps=self.step,
                                kept=f"{self.backprops / max(self.driver.candidates, 1):.2f}")
+        except FloatingPointError as exc:  # divergence, seen in the training or the selection losses
+            self.log.write("diverged", epoch=self.epoch, step=self.step, error=str(exc))
+            raise
         finally:
             bar.close()
         return self._finish()
@@ -197,8 +160,8 @@ class Trainer:
     def _run_epoch(self, bar: Progress) -> None:
         cfg, driver = self.cfg, self.driver
         driver.start_epoch(self.epoch)
-        n = self._candidates_per_epoch()
-        batches = self._epoch_batches(self.selection_batch_size(self.epoch))
+        n = len(self.source)
+        batches = self.source.epoch(self.selection_batch_size(self.epoch))
         if cfg.pipeline:
             self.pipeline = SelectionPipeline(batches, lambda: driver.engine, driver.policy, self.epoch,
                                               cfg.pipeline_depth)
@@ -256,31 +219,18 @@ class Trainer:
         self.log.add_loss(loss, len(batch))
         self.timer.switch("refresh")
         with self._engine_lock():
-            self._log_events(self.driver.after_step(self.model, self.step))
+            self.log.engine_events(self.driver.after_step(self.model, self.step))
         self.timer.switch("other")
-        self.guard.check(self.step, hint=self._divergence_hint())
+        self.guard.check(self.step, hint=divergence_hint(self.cfg.lr, self.run_dir))
         if self.step % cfg.log_every_steps == 0:
             self.log.interval(self.driver, epoch=self.epoch, step=self.step, wall=self._wall(), lr=lr,
                               backprops=self.backprops, staleness=self.driver.staleness(self.step))
         if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0:
             self.evaluate()
 
-    def _divergence_hint(self) -> str:
-        saved = (f"the last good checkpoint in {self.run_dir} is kept" if (self.run_dir / "checkpoint.pt").exists()
-                 else "no checkpoint was written yet")
-        return (f"Lower --lr (now {self.cfg.lr}), add --warmup-epochs, or try --amp off; {saved} "
-                "(continue it with --resume --lr ...).")
-
     def _engine_lock(self):
         """Engine changes must not race the pipeline's worker."""
         return self.pipeline.lock if self.pipeline is not None else contextlib.nullcontext()
-
-    def _log_events(self, events) -> None:
-        if isinstance(self.log, DistributedRunLogger):
-            self.log.engine_events(events)
-            return
-        for event in events:
-            self.log.write(**event)
 
     def _wall(self) -> float:
         totals = self.timer.totals()
@@ -308,19 +258,23 @@ class Trainer:
                               candidates=t["candidates"], phases=t["phases"], **result)
 
     def _end_epoch(self) -> None:
-        self.guard.check(self.step, force=True, hint=self._divergence_hint())
+        self.guard.check(self.step, force=True, hint=divergence_hint(self.cfg.lr, self.run_dir))
         if self.group is not None:  # one model everywhere: for the engines, the evaluation and the checkpoint
             self.group.sync_buffers(self.model)
         with self.timer.phase("refresh"):
-            self._log_events(self.driver.after_epoch(self.model, self.step))
+            self.log.engine_events(self.driver.after_epoch(self.model, self.step))
         if not self.cfg.eval_every_steps or self.step % self.cfg.eval_every_steps:
             self.evaluate()
         t = self._totals()
         self.log.write("epoch", epoch=self.epoch, step=self.step, wall=t["wall"], candidates=t["candidates"],
                        forwards=t["forwards"], backprops=t["backprops"], pending=t["pending"],
                        selection_background=self.selection_background, phases=t["phases"], **self._ddp_fields(t))
+        self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
         if self.cfg.checkpoint:
-            state = self._state()
+            check_finite_weights(self.model, self.step, divergence_hint(self.cfg.lr, self.run_dir))
+            state = checkpoint_state(self)  # under DDP a collective: every rank takes part
             if self.rank == 0:
                 save_checkpoint(state, self.run_dir)
 
@@ -343,54 +297,3 @@ class Trainer:
         if self.group is not None:
             self.group.close()
         return summary
-
-    # --- checkpoint / resume -----------------------------------------------------------------
-    def _rank_state(self) -> Dict[str, Any]:
-        """What differs between ranks (one process: what a checkpoint holds besides the model)."""
-        state = {"backprops": self.backprops, "driver": self.driver.state_dict(),
-                 "loader_rng": self.loader.generator.get_state(), "phases": self.timer.totals(),
-                 "selection_background": self.selection_background}
-        if self.group is not None:
-            state.update(sampler=self.sampler.state_dict(), comm_seconds=dict(self.group.seconds),
-                         comm_calls=dict(self.group.calls))
-        return state
-
-    def _state(self) -> Dict[str, Any]:
-        """The checkpoint (under DDP a collective: every rank's state is gathered to rank 0)."""
-        mine = self._rank_state()
-        state = {"config": self.cfg.to_dict(), **{k: getattr(self, k) for k in _COUNTERS},
-                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), **mine, "log_offset": self.log.log.offset}
-        if self.group is not None:
-            state.update(world_size=self.world_size, ranks=gather_rank_states(self.group, mine, self.driver.tables))
-        return state
-
-    def _restore_training_state(self, state: Dict[str, Any]) -> None:
-        mine = rank_state(state, self.rank, self.world_size)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        for key in _COUNTERS:
-            setattr(self, key, state[key])
-        self.backprops = mine["backprops"]
-        self.loader.generator.set_state(mine["loader_rng"])
-        self.selection_background = mine["selection_background"]
-        self.timer.load_totals(mine["phases"])
-        if self.group is not None:
-            self.sampler.load_state_dict(mine["sampler"])
-            self.group.seconds.update(mine["comm_seconds"])
-            self.group.calls.update(mine["comm_calls"])
-
-
-def _check_resumable(saved: Dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
-    now = cfg.to_dict()
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
-    if changed:
-        raise ConfigError(f"cannot resume {run_dir}: config differs from the checkpoint in {changed} "
-                          f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume)")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

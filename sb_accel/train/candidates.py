@@ -1,0 +1,73 @@
+"""Where a rank's candidate batches come from: the whole shuffled training set (one process), or
+this rank's slice of one shared permutation (DDP, :class:`DistributedEpochSampler`)."""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import torch
+
+from ..config import TrainConfig
+from ..data import AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, check_run_fits, load_dataset
+from ..data.loader import Candidate
+from ..data.sampler import DistributedEpochSampler, shard_batches, shard_test_split
+from .distributed import RankGroup, per_rank
+
+__all__ = ["CandidateSource", "training_data", "candidate_source", "candidate_batch_size"]
+
+
+def training_data(cfg: TrainConfig, data: Optional[ArrayDataset] = None) -> ArrayDataset:
+    """The run's dataset (``data``, or loaded by name), cut to its subsets; refuses a batch larger
+    than the training split."""
+    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    if cfg.train_subset or cfg.test_subset:
+        data = data.subset(cfg.train_subset or None, cfg.test_subset or None, seed=cfg.seed)
+    check_run_fits(cfg.batch_size, len(data.y_train))
+    return data
+
+
+class CandidateSource:
+    """Candidate batches ``(x, y, indices)`` of successive epochs, with their random state."""
+
+    def __init__(self, loader: CandidateLoader, sampler: Optional[DistributedEpochSampler] = None) -> None:
+        self.loader = loader
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        """Candidates per epoch on this rank."""
+        return len(self.loader) if self.sampler is None else len(self.sampler)
+
+    def epoch(self, batch_size: int) -> Iterator[Candidate]:
+        """This rank's candidate batches of the next epoch."""
+        if self.sampler is None:
+            return self.loader.epoch(batch_size)
+        return shard_batches(self.loader, self.sampler.epoch(), batch_size)
+
+    def state_dict(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {"loader_rng": self.loader.generator.get_state()}
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.loader.generator.set_state(state["loader_rng"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+
+
+def candidate_source(cfg: TrainConfig, data: ArrayDataset, device: torch.device, memory_format: torch.memory_format,
+                     seed: int, group: Optional[RankGroup] = None) -> Tuple[CandidateSource, ArrayDataset]:
+    """This rank's candidate source (augmented on ``device``) and its share of the test split."""
+    augment = AUGMENT_PRESETS.get(data.name, Augment()) if cfg.augment == "preset" else Augment()
+    loader = CandidateLoader(data, augment, device, seed=seed, memory_format=memory_format)
+    if group is None:
+        return CandidateSource(loader), data
+    sampler = DistributedEpochSampler(len(data.y_train), group.world_size, group.rank, seed=cfg.seed)
+    return CandidateSource(loader, sampler), shard_test_split(data, group.world_size, group.rank)
+
+
+def candidate_batch_size(cfg: TrainConfig, world_size: int, multiplier: int) -> int:
+    """This rank's candidate-batch size: ``selection_batch_size`` (global) or the batch size times the
+    policy's candidate multiplier (Kath18 pre-samples 3x), divided over the ranks."""
+    if cfg.selection_batch_size:
+        return per_rank(cfg.selection_batch_size, world_size, "selection_batch_size")
+    return per_rank(cfg.batch_size, world_size, "batch_size") * multiplier
