@@ -2,8 +2,9 @@
 
     python benchmarks/bookkeeping_overhead.py [--model small_cnn] [--batch 128] [--history 1024]
 
-Times, in one process so the numbers are ratios on the same machine state: (a) SB's
-``select`` (history update + CDF + draw) plus ``BackpropBatcher.add`` for one candidate batch, and
+Times, in one process so the numbers are ratios on the same machine state: (a) what the
+``SelectionDriver`` does for one scored candidate batch besides the engine forward (SB's ``select``:
+history update + CDF + draw; counters; ``BackpropBatcher``), and
 (b) one training step (forward, backward, SGD) of the model at the same batch size. Prints both
 and their ratio; the issue's target is bookkeeping < 1% of a training step.
 """
@@ -18,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from sb_accel.models import create_model
-from sb_accel.selection import BackpropBatcher, SelectiveBackprop
+from sb_accel.engines import EngineRefresher, TorchEngine
+from sb_accel.selection import StrategyOptions, create_strategy
+from sb_accel.train.driver import ScoredCandidates, SelectionDriver
 
 
 def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
@@ -41,19 +44,22 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    policy = SelectiveBackprop(selectivity=0.33, history=args.history)
-    batcher = BackpropBatcher(args.batch)
+    model = create_model(args.model)
+    # What the Trainer runs per candidate batch besides the engine forward: the driver's policy
+    # decision (history update, CDF, Bernoulli draws), counters and backprop batcher.
+    policy = create_strategy("sb", StrategyOptions(selectivity=0.33, history=args.history, prime_epochs=0),
+                             batch_size=args.batch)
+    driver = SelectionDriver(policy, args.batch, EngineRefresher(TorchEngine(model)))
+    driver.start_epoch(1)
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
     idx = torch.arange(args.batch)
 
     def bookkeeping() -> None:
-        losses = torch.rand(args.batch)
-        keep = policy.select(losses, idx, epoch=1)
-        for _ in batcher.add(x, y, idx, keep):
+        scored = ScoredCandidates(x, y, idx, torch.rand(args.batch), forwards=args.batch)
+        for _ in driver.submit(scored):
             pass
 
-    model = create_model(args.model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def train_step() -> None:

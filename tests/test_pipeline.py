@@ -5,7 +5,7 @@ import torch
 
 from sb_accel.engines import TorchEngine
 from sb_accel.reporting import load_run
-from sb_accel.selection import SelectiveBackprop, Traditional
+from sb_accel.selection import SelectiveBackpropPolicy, Traditional
 from sb_accel.train import Trainer
 from sb_accel.train.pipeline import SelectionPipeline
 from sb_accel.train.driver import score_candidates
@@ -32,7 +32,7 @@ def batches(n=5, size=8):
 
 def test_pipeline_scores_in_worker_and_preserves_order():
     engine = _Engine()
-    pipe = SelectionPipeline(batches(), lambda: engine, SelectiveBackprop(), epoch=1, depth=2)
+    pipe = SelectionPipeline(batches(), lambda: engine, SelectiveBackpropPolicy(), epoch=1, depth=2)
     out = list(pipe)
     pipe.close()
     assert [int(s.indices[0]) for s in out] == [0, 8, 16, 24, 32]
@@ -45,11 +45,11 @@ def test_pipeline_reraises_worker_errors_and_closes_early():
         yield from batches(2)
         raise RuntimeError("disk gone")
 
-    pipe = SelectionPipeline(broken(), _Engine, SelectiveBackprop(), epoch=1)
+    pipe = SelectionPipeline(broken(), _Engine, SelectiveBackpropPolicy(), epoch=1)
     with pytest.raises(RuntimeError, match="disk gone"):
         list(pipe)
     pipe.close()
-    early = SelectionPipeline(batches(100), _Engine, SelectiveBackprop(), epoch=1, depth=1)
+    early = SelectionPipeline(batches(100), _Engine, SelectiveBackpropPolicy(), epoch=1, depth=1)
     next(iter(early))
     early.close()  # must not hang with the worker blocked on a full queue
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sb_accel.selection import (InfoBatch, Kath18, Primed, SelectiveBackprop, StaleSB, Traditional,
+from sb_accel.selection import (InfoBatch, Kath18, Primed, SelectiveBackpropPolicy, StaleSB, Traditional,
                                 beta_for_selectivity, keep_probability, variance_reduction)
 
 
@@ -11,7 +11,7 @@ def iid_losses(n, seed=0):
 
 @pytest.mark.parametrize("selectivity", [0.25, 0.33, 0.5])
 def test_sb_selectivity_matches_one_over_beta_plus_one(selectivity):
-    policy = SelectiveBackprop(selectivity=selectivity, seed=1)
+    policy = SelectiveBackpropPolicy(selectivity=selectivity, seed=1)
     assert policy.beta == pytest.approx(1 / selectivity - 1)
     kept = total = 0
     for i in range(200):
@@ -24,7 +24,7 @@ def test_sb_selectivity_matches_one_over_beta_plus_one(selectivity):
 
 
 def test_higher_loss_is_kept_more_often():
-    policy = SelectiveBackprop(selectivity=0.33, seed=2)
+    policy = SelectiveBackpropPolicy(selectivity=0.33, seed=2)
     counts = torch.zeros(10)
     for i in range(300):
         losses = torch.linspace(0.1, 1.0, 10)[torch.randperm(10, generator=torch.Generator().manual_seed(i))]
@@ -41,15 +41,15 @@ def test_keep_probability_formula_and_floor():
     with pytest.raises(ValueError):
         beta_for_selectivity(0.0)
     with pytest.raises(ValueError):
-        SelectiveBackprop(selectivity=1.5)
+        SelectiveBackpropPolicy(selectivity=1.5)
 
 
 def test_sb_is_reproducible_and_checkpointable():
-    a, b = SelectiveBackprop(seed=5), SelectiveBackprop(seed=5)
+    a, b = SelectiveBackpropPolicy(seed=5), SelectiveBackpropPolicy(seed=5)
     losses = iid_losses(64)
     assert torch.equal(a.select(losses, torch.arange(64), 1), b.select(losses, torch.arange(64), 1))
     state = a.state_dict()
-    c = SelectiveBackprop(seed=99)
+    c = SelectiveBackpropPolicy(seed=99)
     c.load_state_dict(state)
     nxt = iid_losses(64, seed=1)
     assert torch.equal(a.select(nxt, torch.arange(64), 1), c.select(nxt, torch.arange(64), 1))
@@ -57,7 +57,7 @@ def test_sb_is_reproducible_and_checkpointable():
 
 def test_sb_rejects_nan_losses():
     with pytest.raises(FloatingPointError, match="NaN"):
-        SelectiveBackprop().select(torch.tensor([1.0, float("nan")]), torch.arange(2), 1)
+        SelectiveBackpropPolicy().select(torch.tensor([1.0, float("nan")]), torch.arange(2), 1)
 
 
 def test_stale_sb_reuses_and_refreshes_per_example():
@@ -84,7 +84,7 @@ def test_stale_sb_reuses_and_refreshes_per_example():
 
 def test_stale_sb_n1_is_sb():
     idx = torch.arange(32)
-    stale, sb = StaleSB(32, n=1, seed=3), SelectiveBackprop(seed=3)
+    stale, sb = StaleSB(32, n=1, seed=3), SelectiveBackpropPolicy(seed=3)
     for epoch in range(3):
         assert stale.requires_forward(idx, epoch).all()
         losses = iid_losses(32, seed=epoch)
@@ -131,7 +131,7 @@ def test_infobatch_prunes_below_mean_and_rescales():
 
 
 def test_priming_trains_everything_then_defers():
-    policy = Primed(SelectiveBackprop(seed=0), epochs=1)
+    policy = Primed(SelectiveBackpropPolicy(seed=0), epochs=1)
     idx = torch.arange(16)
     assert not policy.requires_forward(idx, 0).any()
     assert policy.select(torch.full((16,), float("nan")), idx, 0).all()

@@ -9,12 +9,12 @@ from .registry import (StrategyInfo, StrategyOptions, create_strategy, list_stra
                        register_strategy, strategy_info)
 # Each policy module registers its strategy; the order here is the order of list_strategies().
 from .traditional import Traditional  # noqa: I001
-from .selective_backprop import SelectiveBackprop, beta_for_selectivity, keep_probability
+from .selective_backprop import SelectiveBackpropPolicy, beta_for_selectivity, keep_probability
 from .stale import StaleSB
 from .kath18 import Kath18, variance_reduction
 from .infobatch import InfoBatch
 
-__all__ = ["SelectionPolicy", "Traditional", "Primed", "SelectiveBackprop", "StaleSB", "Kath18",
+__all__ = ["SelectionPolicy", "Traditional", "Primed", "SelectiveBackpropPolicy", "StaleSB", "Kath18",
            "InfoBatch", "LossHistory", "BackpropBatcher", "TrainBatch", "beta_for_selectivity",
            "keep_probability", "variance_reduction", "StrategyOptions", "StrategyInfo", "create_strategy",
            "list_strategies", "priming_epochs", "register_strategy", "strategy_info"]

@@ -42,7 +42,7 @@ class StrategyOptions:
         return cls(**{k: v for k, v in values.items() if k in names})
 
     def sb_arguments(self) -> Dict[str, object]:
-        """Keyword arguments of :class:`~sb_accel.selection.SelectiveBackprop` and its subclasses."""
+        """Keyword arguments of :class:`~sb_accel.selection.SelectiveBackpropPolicy` and its subclasses."""
         return dict(selectivity=self.selectivity, beta=self.beta, history=self.history, floor=self.floor,
                     history_mode=self.history_mode, seed=self.seed)
 

@@ -19,7 +19,7 @@ from .base import SelectionPolicy
 from .history import LossHistory
 from .registry import StrategyOptions, register_strategy
 
-__all__ = ["SelectiveBackprop", "beta_for_selectivity", "keep_probability"]
+__all__ = ["SelectiveBackpropPolicy", "beta_for_selectivity", "keep_probability"]
 
 
 def beta_for_selectivity(selectivity: float) -> float:
@@ -34,7 +34,7 @@ def keep_probability(percentiles: torch.Tensor, beta: float, floor: float = 0.0)
     return percentiles.pow(beta).clamp_min(floor)
 
 
-class SelectiveBackprop(SelectionPolicy):
+class SelectiveBackpropPolicy(SelectionPolicy):
     """Keep each example with probability ``CDF_R(loss) ** beta`` (Bernoulli, seeded).
 
     Args:
@@ -89,13 +89,13 @@ class SelectiveBackprop(SelectionPolicy):
         self.generator.set_state(state["generator"])
 
     def __repr__(self) -> str:
-        return (f"SelectiveBackprop(beta={self.beta:.4g}, history={self.history.size}, "
+        return (f"SelectiveBackpropPolicy(beta={self.beta:.4g}, history={self.history.size}, "
                 f"floor={self.floor}, mode={self.history.mode!r})")
 
 
 @register_strategy("sb", prime_epochs=1)
-def _build(options: StrategyOptions, dataset_size: Optional[int], batch_size: int) -> SelectiveBackprop:
-    return SelectiveBackprop(**options.sb_arguments())
+def _build(options: StrategyOptions, dataset_size: Optional[int], batch_size: int) -> SelectiveBackpropPolicy:
+    return SelectiveBackpropPolicy(**options.sb_arguments())
 
 
 def _check_finite(losses: torch.Tensor) -> None:

@@ -13,18 +13,18 @@ from typing import Optional
 import torch
 
 from .registry import StrategyOptions, register_strategy
-from .selective_backprop import SelectiveBackprop
+from .selective_backprop import SelectiveBackpropPolicy
 
 __all__ = ["StaleSB"]
 
 
-class StaleSB(SelectiveBackprop):
+class StaleSB(SelectiveBackpropPolicy):
     """SB with a per-example loss cache of at most ``n`` epochs' age.
 
     Args:
         n: maximum age (in epochs) of a loss that may be reused; 1 means never reuse.
         dataset_size: number of training examples (the cache is indexed by dataset index).
-        Other arguments as :class:`SelectiveBackprop`.
+        Other arguments as :class:`SelectiveBackpropPolicy`.
     """
 
     name = "stale-sb"
