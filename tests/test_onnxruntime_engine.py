@@ -135,12 +135,65 @@ def test_refresh_takes_new_weights(trained, cifar, tmp_path, precision):
     engine.refresh(model)
     after = engine.losses(xt, yt)
     expected = TorchEngine(model).losses(xt, yt)
-    assert (after - before).abs().max() > 1e-2
+    assert (after - before).abs().max() > 1e-2 and engine.refresh_kind == "cheap"
     if precision != "int8":
         tolerance = 1e-4 if precision == "fp32" else 0.05
-        assert (after - expected).abs().max() < tolerance and engine.refresh_kind == "full"
+        assert (after - expected).abs().max() < tolerance
     else:
-        assert rank_correlation(after, expected) >= 0.95 and engine.refresh_kind == "cheap"
+        assert rank_correlation(after, expected) >= 0.95
+    engine.refresh(model, full=True)  # from scratch: the same weights, the same losses
+    assert engine.refresh_kind == "full"
+    if precision != "int8":  # (INT8 recalibrates: other activation scales)
+        torch.testing.assert_close(engine.losses(xt, yt), after)
+
+
+@pytest.mark.filterwarnings("ignore:onnxruntime-fp16")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_refresh_modes_give_the_losses_of_a_graph_holding_the_new_weights(trained, cifar, tmp_path, precision):
+    """"session": a new session per refresh (INT8 over ORT's optimized graph); "inplace": one session
+    whose weight buffers are overwritten. Both must equal a session over a graph that holds the new
+    weights, and the in-place one must keep its session object."""
+    model = copy.deepcopy(trained)
+    x, y, xt, yt = cifar
+    engines = {mode: create_engine(f"onnxruntime-{precision}", model, _context(cifar, tmp_path, refresh_mode=mode))
+               for mode in ("session", "inplace")}
+    assert engines["session"].preoptimized == (precision == "int8") and not engines["inplace"].preoptimized
+    sessions = {mode: e.session for mode, e in engines.items()}
+    _train(model, x, y, steps=30, seed=3)
+    for engine in engines.values():
+        engine.refresh(model)
+        assert engine.refresh_kind == "cheap"
+    assert engines["inplace"].session is sessions["inplace"]  # the same session object: no new session
+    assert engines["session"].session is not sessions["session"]
+    # the reference: the graph with the refreshed weights written in, opened by a fresh session with
+    # the engine's optimization level (in place, FP32/FP16 run unoptimized: other kernels, other rounding)
+    import onnxruntime as ort
+
+    from sb_accel.engines.ort_session import run_onnx, session_options
+
+    graph = engines["session"].onnx_model.SerializeToString()
+    for mode, engine in engines.items():
+        options = session_options(2)
+        if mode == "inplace" and precision != "int8":
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        fresh = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        expected = torch.from_numpy(run_onnx(fresh, xt, yt))
+        got = engine.losses(xt, yt)
+        if precision == "fp16":
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=0, msg=mode)
+        else:  # FP32 to 1e-5; INT8 (integer kernels) exactly, whether prepacked or not
+            assert (got - expected).abs().max() <= (1e-5 if precision == "fp32" else 0.0), mode
+        if precision == "fp32":
+            torch.testing.assert_close(got, TorchEngine(model).losses(xt, yt), atol=1e-4, rtol=0)
+    if precision == "int8":  # both modes re-quantized the same way
+        inits = [{i.name: onnx.numpy_helper.to_array(i) for i in e.onnx_model.graph.initializer} for e in engines.values()]
+        assert inits[0].keys() == inits[1].keys()
+        assert all(np.array_equal(inits[0][k], inits[1][k]) for k in inits[0])
+
+
+def test_inplace_refresh_is_refused_where_it_cannot_work(trained, cifar, tmp_path):
+    with pytest.raises(EngineError, match="refresh_mode must be one of"):
+        create_engine("onnxruntime-fp32", trained, _context(cifar, tmp_path, refresh_mode="lazy"))
 
 
 def test_int8_recalibrates_on_schedule(trained, cifar, tmp_path):

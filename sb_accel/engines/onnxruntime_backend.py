@@ -1,32 +1,36 @@
 """ONNX Runtime selection engine: FP32, FP16 or INT8 (static QDQ) loss graphs on CPU or CUDA.
 
-Build and refresh are :class:`~sb_accel.engines.onnx_engine.OnnxEngine`'s; this module opens and
-runs sessions. Refresh never re-exports: FP32 and FP16 weights are written into the graph by
-``state_dict`` name (always exact: a ``"full"`` refresh); INT8 weights are re-quantized in numpy
-keeping the activation scales (``"cheap"``), with a full recalibration every ``recalibrate_every``
-refreshes. Either way a new session is opened and swapped in one assignment, so a ``losses`` call
-running in another thread finishes on the old session. On CIFAR ResNet-18 (2 CPU threads) a
-refresh costs ~0.2 s in FP32 (0.06 s serialising the graph, 0.1 s opening the session; ORT's
-``add_initializer`` overrides would save only the serialisation) and ~0.08 s as a cheap INT8
-re-quantization, against ~1.5 s for a checked re-export alone and ~3-4 s for a recalibration.
+Build and the refresh schedule are :class:`~sb_accel.engines.onnx_engine.OnnxEngine`'s; this
+module opens and runs sessions. Refresh never re-exports, and the session reads its weights from
+numpy buffers (``add_initializer``, :mod:`.ort_weights`), so no graph is rewritten or serialised:
+
+* ``"cheap"`` (every refresh but the scheduled full ones): FP32/FP16 weights by ``state_dict``
+  name (exact), INT8 weights re-quantized in numpy with the kept activation scales; then, with
+  ``refresh_mode = "session"`` (default), a new session over the same graph (INT8: over ORT's own
+  optimized graph, opened with optimizations off) swapped in one assignment, so a ``losses`` call
+  running in another thread finishes on the old session; with ``"inplace"``, the values copied into
+  the buffers of the one session of the run (slower per batch: see :mod:`.ort_weights`).
+* ``"full"``: every ``recalibrate_every`` refreshes, or forced: INT8 recalibrated, any precision
+  served from scratch.
+
+small_cnn, batch 128, 2 threads (benchmarks/selection_throughput.py --model small_cnn): a cheap INT8
+refresh costs ~4-5 ms (8 ms when every refresh rewrote and re-serialised the graph and opened a
+fully optimizing session), an FP32 one ~5-6 ms (7 ms), a recalibration ~0.22 s. CIFAR ResNet-18:
+INT8 u8s8 ~135 ms/batch, FP32 ~490, FP16 ~500 (the CPU provider gains nothing from FP16), torch
+FP32 channels_last ~720. A full INT8 recalibration runs ORT's calibrator, whose session uses ORT's
+default thread pool, not ``threads``.
 
 Recipe keys used (:mod:`~sb_accel.engines.recipes`; ``context.options`` overrides them):
 ``exporter``, ``opset``, ``quant_format`` (``"u8s8"``: fastest on x86 CPUs, or
 ``"s8s8-symmetric"``), ``calibration_method``, ``calibration_rows``, ``recalibrate_every`` (0: only
-when the refresher's check of a cheap refresh fails; 1: every refresh; on small_cnn a cheap refresh
-costs 10 ms and a recalibration 224 ms, benchmarks/selection_throughput.py --model small_cnn, 2
-threads). Option ``provider``: ``"auto"`` (CUDA when the training device is CUDA and ORT has it,
-else CPU), ``"cpu"`` or ``"cuda"``.
-
-Measured on CIFAR ResNet-18, batch 128, 2 AVX-512-VNNI cores (benchmarks/selection_throughput.py):
-INT8 u8s8 ~135 ms/batch, FP32 ~490, FP16 ~500 (the CPU provider gains nothing from FP16), torch
-FP32 channels_last ~720. A full INT8 recalibration runs ORT's calibrator, whose session uses ORT's
-default thread pool, not ``threads``.
+when the refresher's check of a cheap refresh fails; 1: every refresh), ``refresh_mode``. Option
+``provider``: ``"auto"`` (CUDA when the training device is CUDA and ORT has it, else CPU), ``"cpu"``
+or ``"cuda"`` (copies the initializers to the GPU per session: ``"inplace"`` is refused there).
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -34,9 +38,10 @@ import torch
 
 from .base import EngineContext
 from .errors import EngineError
-from .graph import INPUT_NAMES, OUTPUT_NAME
+from .graph import INPUT_NAMES, OUTPUT_NAME, assign_initializers
 from .onnx_engine import OnnxEngine
 from .ort_session import run_onnx, session_options
+from .ort_weights import REFRESH_MODES, SessionWeights, initializer_arrays, optimized_graph, preoptimized_matches
 
 __all__ = ["OnnxRuntimeEngine"]
 
@@ -47,13 +52,15 @@ class OnnxRuntimeEngine(OnnxEngine):
     """Per-example losses from an ONNX Runtime session over the exported loss graph.
 
     Attributes:
-        refresh_kind: ``"full"`` (weights exact, or INT8 recalibrated) or ``"cheap"`` (INT8
-            weights re-quantized with the previous activation scales) for the last refresh.
+        refresh_kind: ``"cheap"`` (new weights written, INT8 re-quantized with the previous
+            activation scales) or ``"full"`` (served from scratch; INT8 recalibrated) for the last refresh.
+        refresh_mode: ``"session"`` or ``"inplace"`` (module docstring).
+        preoptimized: True while INT8 sessions are opened over ORT's optimized graph.
     """
 
     backend = "onnxruntime"
     precisions = ("fp32", "fp16", "int8")
-    cheap_precisions = ("int8",)
+    cheap_precisions = precisions
     full_every_key = "recalibrate_every"
 
     # --- runtime ------------------------------------------------------------------------------
@@ -65,35 +72,130 @@ class OnnxRuntimeEngine(OnnxEngine):
                               "(or 'sb-accel[gpu]' for CUDA)") from exc
         self._providers, self._stream, self.device = _choose_providers(
             ort, str(context.options.get("provider", "auto")), self.device)
+        self.refresh_mode = str(context.setting("refresh_mode"))
+        if self.refresh_mode not in REFRESH_MODES:
+            raise EngineError(f"onnxruntime refresh_mode must be one of {REFRESH_MODES}, got {self.refresh_mode!r}")
+        if self.refresh_mode == "inplace" and self._stream is not None:
+            raise EngineError("refresh_mode 'inplace' needs ONNX Runtime's CPU provider (the CUDA provider copies "
+                              "the weights to the GPU when a session opens); use 'session'")
+        self._served: Optional[Tuple[Any, SessionWeights]] = None
+        self._graph_stale = False  # the served weights are newer than the graph proto's
+        self.preoptimized = False
         if self.precision == "fp16" and self._stream is None:
             warnings.warn("onnxruntime-fp16 on the CPU provider is no faster than FP32 (measured on CIFAR ResNet-18) "
                           "and less exact; use onnxruntime-int8 (fastest on CPU) or onnxruntime-fp32", stacklevel=5)
 
-    def _load(self, graph: onnx.ModelProto) -> None:
+    def _refreshed_names(self) -> List[str]:
+        """The initializers a cheap refresh writes."""
+        return self._quantized.refreshed_names if self._quantized is not None else list(self._weights)
+
+    def _open(self, data: bytes, weights: Optional[SessionWeights], optimized: bool = False,
+              hook: Optional[Callable[[Any], None]] = None) -> Any:
+        """A session over the serialised graph ``data`` reading ``weights``; ``optimized``: the graph is
+        already ORT-optimized (open it with optimizations off)."""
         import onnxruntime as ort
 
+        options = session_options(self.threads)
+        if self.refresh_mode == "inplace":  # nothing may copy or transform the buffers at creation
+            options.add_session_config_entry("session.disable_prepacking", "1")
+            if self._quantized is None:  # Conv+BN fusion and NCHWc reordering copy FP32/FP16 weights
+                optimized = True
+        if optimized:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if weights is not None:
+            weights.attach(options)
+        if hook is not None:
+            hook(options)
         try:
-            session = ort.InferenceSession(graph.SerializeToString(), session_options(self.threads),
-                                           providers=self._providers)
+            return ort.InferenceSession(data, options, providers=self._providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise EngineError(f"onnxruntime could not open the {self.precision} loss graph: {exc}") from exc
-        self._session = session  # one assignment: a concurrent losses() keeps the session it read
+
+    def _load(self, graph: onnx.ModelProto) -> None:
+        """Serve ``graph`` from scratch (its own weights)."""
+        self._data = graph.SerializeToString()
+        self._graph_stale = False
+        weights = SessionWeights(initializer_arrays(graph, self._refreshed_names()))
+        self.preoptimized = (self.refresh_mode == "session" and self._quantized is not None and self._stream is None
+                             and self._preoptimize(weights))
+        self._serve(weights if self.refresh_mode == "inplace" or self.preoptimized else None)
+
+    def _preoptimize(self, weights: SessionWeights) -> bool:
+        """Serve ORT's optimized form of the graph if it still takes every refreshed weight from the
+        buffers: checked against sessions over graphs holding *changed* weights (an optimization that
+        had derived a constant from a weight would disagree). False: keep the plain graph."""
+        plain = self._data
+        optimized = optimized_graph(plain, lambda hook: self._open(plain, None, hook=hook), self.artifacts)
+        if set(weights.arrays) - {i.name for i in optimized.graph.initializer} - self._quantized.bias_scales:
+            return False  # an optimization consumed a weight we refresh
+        data = optimized.SerializeToString()
+        rows = {INPUT_NAMES[0]: self._calibration[0][0][:8], INPUT_NAMES[1]: self._calibration[0][1][:8]}
+
+        def reference(values: Dict[str, np.ndarray]) -> np.ndarray:
+            graph = onnx.ModelProto()
+            graph.CopyFrom(self._graph)
+            assign_initializers(graph, values)
+            return self._open(graph.SerializeToString(), None).run([OUTPUT_NAME], rows)[0]
+
+        def candidate(values: Dict[str, np.ndarray]) -> np.ndarray:
+            return self._open(data, SessionWeights(values), optimized=True).run([OUTPUT_NAME], rows)[0]
+
+        if not preoptimized_matches(reference, candidate, weights.arrays):
+            return False
+        self._data = data
+        return True
+
+    def _serve(self, weights: Optional[SessionWeights]) -> None:
+        """Open a session over ``self._data`` (reading ``weights`` where given) and swap it in."""
+        session = self._open(self._data, weights, self.preoptimized)
+        self._served = (session, weights)  # one assignment: a concurrent losses() keeps what it read
 
     def _reload(self, graph: onnx.ModelProto) -> bool:
-        self._load(graph)  # a session is opened on the new graph either way
+        self._load(graph)
+        return True
+
+    def _refresh_cheap(self, arrays: dict) -> bool:
+        if self._quantized is not None:
+            values = self._quantized.quantized_arrays(arrays)
+        else:
+            values = initializer_arrays(self._graph, self._weights, arrays)
+        weights = self._served[1]
+        if self.refresh_mode == "inplace":
+            weights.write(values)
+            self._graph_stale = True
+        elif self.preoptimized:
+            self._serve(SessionWeights(values))
+            self._graph_stale = True
+        else:  # ORT's optimizations read weights from the graph, not from attached buffers
+            assign_initializers(self._graph, values)
+            self._data = self._graph.SerializeToString()
+            self._serve(None)
         return True
 
     def _refresh_full(self, arrays: dict) -> None:
         if self.precision == "int8":
             super()._refresh_full(arrays)  # recalibrate
         else:  # FP32/FP16 weights by name are already exact; no re-conversion
-            self._write_weights(arrays)
+            assign_initializers(self._graph, arrays, self._weights)
             self._load(self._graph)
+
+    @property
+    def onnx_model(self) -> onnx.ModelProto:
+        """The graph being served, with the weights of the last refresh."""
+        if self._graph_stale:
+            assign_initializers(self._graph, self._served[1].arrays)
+            self._graph_stale = False
+        return self._graph
+
+    @property
+    def session(self) -> Any:
+        """The ``InferenceSession`` serving now."""
+        return self._served[0]
 
     # --- SelectionEngine ----------------------------------------------------------------------
     @torch.no_grad()
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        session = self._session  # one read: a concurrent refresh swaps the attribute, not the session
+        session = self._served[0]  # one read: a concurrent refresh swaps the attribute, not the session
         if self._stream is None:
             return torch.from_numpy(run_onnx(session, x, y)).to(x.device)
         return self._losses_cuda(session, x, y)
@@ -115,7 +217,7 @@ class OnnxRuntimeEngine(OnnxEngine):
         return out.to(origin)
 
     def close(self) -> None:
-        self._session = None
+        self._served = None
 
 
 def _choose_providers(ort: Any, provider: str, device: torch.device) -> Tuple[list, Optional[torch.cuda.Stream],

@@ -43,9 +43,14 @@ DEFAULTS: Recipe = {
     # TensorRT profiles, CUDA-graph friendly); torch-graph captures one CUDA graph per size. compile:
     # torch-graph's torch.compile mode before capture ("off", "default", "max-autotune-no-cudagraphs").
     "selection": {"bucket_sizes": [128, 256, 512, 1024], "compile": "off"},
+    # ONNX Runtime: how a refresh reaches the session. "session": a new session over the same graph
+    # reading the new weights (INT8: over ORT's optimized graph); "inplace": one session whose weight
+    # buffers are overwritten (prepacking, and for FP32/FP16 all graph optimizations, off: slower
+    # per batch, see sb_accel/engines/ort_weights.py).
+    "onnxruntime": {"refresh_mode": "session"},
     # TensorRT builder: optimization level, workspace pool (MiB), rebuild every N refreshes
     # (refits in between; 0: only when a refit is refused).
-    "tensorrt": {"builder_optimization_level": 3, "workspace_mib": 4096, "rebuild_every": 10},
+    "tensorrt": {"builder_optimization_level": 3, "workspace_mib": 4096, "rebuild_every": 0},
 }
 
 # recipe key -> its section (keys are unique across sections, so options can stay flat)

@@ -91,6 +91,16 @@ class QuantizedModel:
         happened to return the old activation ranges.
 
         Raises:
+            EngineError: see :meth:`quantized_arrays`.
+        """
+        assign_initializers(self.model, self.quantized_arrays(arrays))
+
+    def quantized_arrays(self, arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """What :meth:`requantize_weights` writes, as numpy arrays by initializer name (each in its
+        initializer's dtype and shape), without touching the graph: for a runtime that takes
+        initializers from buffers (ONNX Runtime's ``add_initializer``).
+
+        Raises:
             EngineError: the graph has weight-derived tensors this path cannot map, or the new
                 weights lack a tensor the graph needs.
         """
@@ -104,25 +114,39 @@ class QuantizedModel:
             raise EngineError(f"the new weights have no {exc.args[0]!r}: the model changed since quantization"
                               ) from None
         inits = {i.name: i for i in self.model.graph.initializer}
-        scales: Dict[str, np.ndarray] = {}
+        out: Dict[str, np.ndarray] = {}
         for w in self.weights:
+            if tensors[w.source].shape != tuple(inits[w.quantized].dims):
+                raise EngineError(f"weight {w.source!r} has shape {tensors[w.source].shape}, the engine was built "
+                                  f"with {tuple(inits[w.quantized].dims)}")
             q, scale = _quantize_weight(tensors[w.source], w.axis)
-            _put(inits[w.quantized], q)
-            _put(inits[w.scale], scale.reshape(numpy_helper.to_array(inits[w.scale]).shape))
-            scales[w.scale] = scale
+            out[w.quantized] = q
+            out[w.scale] = scale.reshape(tuple(inits[w.scale].dims))
         for b in self.biases:
             x_scale = numpy_helper.to_array(inits[b.input_scale]).astype(np.float32)
-            w_scale = scales.get(b.weight_scale, numpy_helper.to_array(inits[b.weight_scale]))
-            bias_scale = (x_scale * w_scale).astype(np.float32)
+            w_scale = out[b.weight_scale] if b.weight_scale in out else numpy_helper.to_array(inits[b.weight_scale])
+            bias_scale = (x_scale * w_scale.reshape(-1)).astype(np.float32)
             q = np.round(tensors[b.source].astype(np.float64) / bias_scale.astype(np.float64))
             info = np.iinfo(np.int32)
-            _put(inits[b.quantized], np.clip(q, info.min, info.max).astype(np.int32))
-            _put(inits[b.scale], bias_scale.reshape(-1))
-        assign_initializers(self.model, tensors, self.floats)
+            out[b.quantized] = np.clip(q, info.min, info.max).astype(np.int32)
+            out[b.scale] = bias_scale.reshape(tuple(inits[b.scale].dims))
+        for name in self.floats:
+            if name not in tensors:
+                raise EngineError(f"the new weights have no {name!r}: the model changed since quantization")
+            out[name] = np.ascontiguousarray(tensors[name], dtype=np.float32)
+        return out
 
+    @property
+    def refreshed_names(self) -> List[str]:
+        """The initializers :meth:`quantized_arrays` returns."""
+        return ([n for w in self.weights for n in (w.quantized, w.scale)]
+                + [n for b in self.biases for n in (b.quantized, b.scale)] + list(self.floats))
 
-def _put(init: onnx.TensorProto, value: np.ndarray) -> None:
-    init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), init.name))
+    @property
+    def bias_scales(self) -> Set[str]:
+        """Initializers of int32 bias scales: ONNX Runtime's QLinearConv fusion drops them (the
+        kernel uses input scale x weight scale), so an optimized graph need not hold them."""
+        return {b.scale for b in self.biases}
 
 
 def _quantize_weight(w: np.ndarray, axis: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
