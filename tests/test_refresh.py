@@ -104,6 +104,17 @@ def test_sync_refresh_events_count_cheap_and_full():
     assert float(refresher.engine.losses(torch.zeros(1), torch.zeros(1))[0]) == 2.0
     (epoch_event,) = refresher.after_epoch(model, 3)
     assert epoch_event["reason"] == "epoch" and epoch_event["count"] == 2
+    assert "detail" not in event and "detail" not in epoch_event
+
+
+def test_refresh_detail_goes_into_the_event():
+    """An engine explains an unusual refresh (e.g. a refused TensorRT refit) through refresh_detail."""
+    model = _scalar_model(1.0)
+    engine = _TwoPhase(model)
+    refresher = EngineRefresher(engine, RefreshSchedule(every_steps=1))
+    engine.refresh_detail = "TensorRT refused the refit (missing weights: ['fc.weight']); rebuilt instead"
+    (event,) = refresher.after_step(model, 1)
+    assert event["detail"] == engine.refresh_detail
 
 
 def test_live_engine_is_never_refreshed(cnn):

@@ -1,10 +1,13 @@
-"""TensorRT engine: clear error without TensorRT/CUDA; on a GPU, accuracy and refit (skipped elsewhere)."""
+"""TensorRT engine: clear error without TensorRT/CUDA, the input preparation (CPU); on a GPU, accuracy on
+channels_last batches and refit (skipped elsewhere; never executed yet: no TensorRT on the lent GPUs)."""
 import copy
 
 import pytest
 import torch
 
 from sb_accel.engines import EngineContext, EngineError, TorchEngine, create_engine, rank_correlation
+from sb_accel.engines.recipes import DEFAULTS
+from sb_accel.engines.tensorrt_backend import prepare_inputs
 from sb_accel.models import create_model
 
 
@@ -33,6 +36,22 @@ def test_unavailable_tensorrt_names_the_extra_and_alternatives(tmp_path):
     assert "onnxruntime" in message and "bf16" in message
 
 
+def test_inputs_are_made_contiguous_nchw_in_the_engine_dtypes():
+    """set_tensor_address hands TensorRT a bare pointer: a channels_last batch must be copied to NCHW."""
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([1, 0, 3, 2], dtype=torch.int32)
+    assert not x.is_contiguous()
+    tensors = prepare_inputs(x, y, torch.device("cpu"), {"images": torch.float16, "labels": torch.int64})
+    images, labels = tensors["images"], tensors["labels"]
+    assert list(tensors) == ["images", "labels"]
+    assert images.is_contiguous() and images.stride() == (192, 64, 8, 1) and images.dtype == torch.float16
+    assert torch.equal(images.float(), x.half().float()) and labels.dtype == torch.int64 and torch.equal(labels, y.long())
+
+
+def test_no_periodic_rebuild_by_default():
+    assert DEFAULTS["tensorrt"]["rebuild_every"] == 0  # refits only; a rebuild when a refit is refused
+
+
 # --- GPU ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gpu():
@@ -51,8 +70,9 @@ def test_tensorrt_losses_match_torch(gpu, tmp_path, precision, max_error):
     engine = create_engine(f"tensorrt-{precision}", model, context)
     x, y = context.sample_batches[1]
     expected = TorchEngine(model).losses(x, y)
-    got = engine.losses(x, y)
+    got = engine.losses(x.contiguous(memory_format=torch.channels_last), y)  # the Trainer's layout
     assert got.device.type == "cuda" and got.dtype == torch.float32
+    assert torch.equal(engine.losses(x.contiguous(), y), got)
     assert (got - expected).abs().max() < max_error
     assert rank_correlation(got, expected) > 0.9
     assert engine.timing_cache_path.is_file() and engine.timing_cache_path.parent.parent == tmp_path
@@ -63,7 +83,7 @@ def test_tensorrt_losses_match_torch(gpu, tmp_path, precision, max_error):
 def test_tensorrt_refit_takes_new_weights(gpu, tmp_path, precision):
     torch.manual_seed(0)
     model = create_model("small_cnn").to(gpu)
-    context = _context(tmp_path, "cuda", rebuild_every=0)
+    context = _context(tmp_path, "cuda")
     engine = create_engine(f"tensorrt-{precision}", model, context)
     x, y = context.sample_batches[1]
     before = engine.losses(x, y)
@@ -77,8 +97,10 @@ def test_tensorrt_refit_takes_new_weights(gpu, tmp_path, precision):
     expected = TorchEngine(updated).losses(x, y)
     assert not torch.equal(after, before)
     assert (after - expected).abs().max() < tolerance
-    if precision == "fp16":  # FP16 weights are refittable: no rebuild with rebuild_every=0
-        assert engine.refresh_kind == "cheap"
+    if precision == "fp16":  # FP16 weights are refittable: no rebuild (rebuild_every defaults to 0)
+        assert engine.refresh_kind == "cheap" and engine.refresh_detail == ""
+    else:  # whether Q/DQ weights refit is what this test finds out; a refused refit says why
+        assert engine.refresh_kind == "cheap" or "refused" in engine.refresh_detail
     engine.refresh(model, full=True)  # back to the old weights through a rebuild
     assert engine.refresh_kind == "full"
     assert (engine.losses(x, y) - TorchEngine(model).losses(x, y)).abs().max() < tolerance

@@ -72,9 +72,14 @@ class SelectionEngine(abc.ABC):
     snapshot up to date with the live training model; ``snapshot_step`` is the optimizer step of the
     weights it holds (set by whoever refreshes it), so staleness can be logged.
 
-    ``refresh_kind`` says what the last refresh was: ``"full"`` (exact weights; INT8 recalibrated;
-    engine rebuilt) or ``"cheap"`` (an approximate fast path: INT8 weights re-quantized with the
-    kept activation scales, a TensorRT refit). Backends without a cheap path leave it ``"full"``.
+    ``refresh_kind`` says what the last refresh was: ``"full"`` (served from scratch: INT8
+    recalibrated, engine rebuilt, session reopened from the graph) or ``"cheap"`` (the fast path:
+    weights written into what is served: INT8 re-quantized with the kept activation scales, FP32/FP16
+    weights by name, a TensorRT refit). Backends without a cheap path leave it ``"full"``; the
+    refresher validates every full refresh and every N-th cheap one.
+
+    ``refresh_detail`` says why the last refresh went as it did when that is news (a refused
+    TensorRT refit and the weights it reported missing); the refresher logs it with the event.
 
     ``precisions`` lists what the backend builds (the registry's table must agree).
     """
@@ -84,6 +89,7 @@ class SelectionEngine(abc.ABC):
     precision: str = ""
     snapshot_step: int = 0
     refresh_kind: str = "full"
+    refresh_detail: str = ""
 
     @property
     def name(self) -> str:

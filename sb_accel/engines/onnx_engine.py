@@ -155,6 +155,7 @@ class OnnxEngine(SelectionEngine):
     def refresh(self, model: nn.Module, full: bool = False) -> None:
         arrays = state_dict_arrays(model)
         self._refreshes += 1
+        self.refresh_detail = ""
         due = full or (self.full_every > 0 and self._refreshes % self.full_every == 0)
         cheap = self.precision in self.cheap_precisions and not due and self._refresh_cheap(arrays)
         if not cheap:

@@ -185,7 +185,8 @@ class EngineRefresher:
         return {"event": "refresh", "step": step, "reason": reason, "engine": self.engine.name,
                 "seconds": seconds, "count": self.count, "kind": kind, "cheap_count": self.cheap_count,
                 "full_count": self.full_count, "mode": mode, "snapshot_step": self.engine.snapshot_step,
-                "staleness": self.staleness(step), "validated": bool(check), **check}
+                "staleness": self.staleness(step), "validated": bool(check), **check,
+                **({"detail": self.engine.refresh_detail} if self.engine.refresh_detail else {})}
 
     def _fail(self, exc: EngineError, model: nn.Module, step: int, reason: str, seconds: float) -> dict:
         event, engine = _fail_or_fall_back(exc, model, step, reason, seconds, self.engine.name, self.fallback)

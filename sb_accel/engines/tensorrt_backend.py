@@ -20,13 +20,22 @@ timing. A cheap refresh writes the new weights into the ONNX graph (re-quantizin
 numpy with the kept activation scales; FP8 is recalibrated, ModelOpt has no weights-only path) and
 refits through ``OnnxParserRefitter``, which also recomputes what the parser derived from the ONNX
 weights (BatchNorm scales). If the refit is refused (whether Q/DQ weights are refittable is not
-documented for every version) or every ``rebuild_every`` refreshes, the engine is recalibrated and
-rebuilt. Refit and rebuild change the engine in place: refresh it only when no ``losses`` call is
-running (the background refresher refreshes a standby engine).
+documented for every version: the weights TensorRT reports missing and the parser's errors go into
+:attr:`refresh_detail` and the refresh event), the engine is recalibrated and rebuilt; a periodic
+rebuild only with ``rebuild_every > 0`` (default 0: a refit is exact for FP16, and a rebuild costs
+a tactic search). Refit and rebuild change the engine in place, after waiting for queued
+executions: refresh it only when no ``losses`` call is running (the background refresher
+refreshes a standby engine).
 
 Inference runs on torch-owned CUDA tensors (``set_input_shape``, ``set_tensor_address``,
-``execute_async_v3``) on a dedicated ``torch.cuda.Stream`` ordered after torch's current stream;
-no pycuda (its context handling conflicts with torch's).
+``execute_async_v3``) on a dedicated ``torch.cuda.Stream``: inputs are cast and made contiguous on
+torch's current stream (:func:`prepare_inputs`; channels_last batches are copied to NCHW), the
+engine stream then waits for torch's, executes, and torch's stream waits for the engine's before
+the losses are used; tensors the engine stream reads are ``record_stream`` -ed so torch's allocator
+does not hand them out early. No pycuda (its context handling conflicts with torch's).
+
+Not executed anywhere yet: no GPU with TensorRT was available to this project (the lent GPUs cannot
+install it); the GPU tests in tests/test_tensorrt.py are written to run where it is.
 
 Recipe keys used (``context.options`` overrides them): ``rebuild_every``, ``workspace_mib``,
 ``builder_optimization_level``, ``calibration_method``, ``calibration_rows``, ``exporter``, ``opset``.
@@ -35,7 +44,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 import onnx
@@ -47,7 +56,7 @@ from .errors import EngineError
 from .graph import INPUT_NAMES, OUTPUT_NAME, assign_initializers, float_tail_nodes
 from .onnx_engine import OnnxEngine
 
-__all__ = ["TensorRTEngine", "INSTALL_HINT"]
+__all__ = ["TensorRTEngine", "INSTALL_HINT", "prepare_inputs"]
 
 INSTALL_HINT = ("install it with: pip install 'sb-accel[tensorrt]' (the wheels fetch NVIDIA's libraries at install "
                 "time and need an NVIDIA GPU with a recent driver). Alternatives: '--engine onnxruntime "
@@ -130,17 +139,28 @@ class TensorRTEngine(OnnxEngine):
         if engine is None:
             raise EngineError("TensorRT could not deserialize the engine it just built")
         self._dtypes = {name: _torch_dtype(trt, engine.get_tensor_dtype(name)) for name in (*INPUT_NAMES, OUTPUT_NAME)}
-        self._engine, self._context = engine, engine.create_execution_context()
+        context = engine.create_execution_context()
+        self.close()  # the old engine goes only after its queued executions
+        self._engine, self._context = engine, context
 
     def _reload(self, graph: onnx.ModelProto) -> bool:
-        """Refit the engine's weights from ``graph``; False if TensorRT refuses."""
+        """Refit the engine's weights from ``graph``; False if TensorRT refuses, with
+        :attr:`refresh_detail` naming the weights it reported missing and the parser's errors."""
         trt = self._trt
         refitter = trt.Refitter(self._engine, self._logger)
         parser_refitter = trt.OnnxParserRefitter(refitter, self._logger)
-        if not parser_refitter.refit_from_bytes(graph.SerializeToString()):
+        parsed = parser_refitter.refit_from_bytes(graph.SerializeToString())
+        missing: List[str] = list(refitter.get_missing_weights())
+        if not parsed or missing:
+            errors = [str(parser_refitter.get_error(i)) for i in range(getattr(parser_refitter, "num_errors", 0))]
+            self.refresh_detail = (f"TensorRT refused the refit (missing weights: {missing[:10]}, "
+                                   f"parser errors: {errors[:3]}); rebuilt instead")
             return False
         self._stream.synchronize()  # no execution of the old weights may still be running
-        return bool(refitter.refit_cuda_engine())
+        if not refitter.refit_cuda_engine():
+            self.refresh_detail = "TensorRT refit_cuda_engine() failed (see the TensorRT log); rebuilt instead"
+            return False
+        return True
 
     # --- FP8 graphs ---------------------------------------------------------------------------
     def _make_graph(self) -> onnx.ModelProto:
@@ -171,25 +191,32 @@ class TensorRTEngine(OnnxEngine):
     # --- SelectionEngine ----------------------------------------------------------------------
     @torch.no_grad()
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(y), dtype=torch.float32, device=self.device)
+        step = self.max_batch  # the optimization profile ends at max_batch
+        starts = range(0, len(y), step)
         current = torch.cuda.current_stream(self.device)
-        self._stream.wait_stream(current)  # x and y are produced on torch's stream
-        for start in range(0, len(y), self.max_batch):  # the profile ends at max_batch
-            self._run(x[start:start + self.max_batch], y[start:start + self.max_batch],
-                      out[start:start + self.max_batch])
-        current.wait_stream(self._stream)
+        # Casts and copies on torch's stream first, then the engine stream waits for all of it.
+        chunks = [prepare_inputs(x[s:s + step], y[s:s + step], self.device, self._dtypes) for s in starts]
+        out = torch.empty(len(y), dtype=torch.float32, device=self.device)
+        self._stream.wait_stream(current)
+        for start, tensors in zip(starts, chunks):
+            self._run(tensors, out[start:start + step])
+        current.wait_stream(self._stream)  # the losses are read on torch's stream
         return out.to(x.device)
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
-        tensors = {INPUT_NAMES[0]: x.to(self.device, self._dtypes[INPUT_NAMES[0]]).contiguous(),
-                   INPUT_NAMES[1]: y.to(self.device, self._dtypes[INPUT_NAMES[1]]).contiguous()}
+    def _run(self, tensors: Dict[str, torch.Tensor], out: torch.Tensor) -> None:
         dtype = self._dtypes[OUTPUT_NAME]
         result = out if dtype == torch.float32 else torch.empty_like(out, dtype=dtype)
         context = self._context
         for name, tensor in tensors.items():
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
-        context.set_tensor_address(OUTPUT_NAME, result.data_ptr())
+            if not context.set_input_shape(name, tuple(tensor.shape)):
+                raise EngineError(f"TensorRT refused the shape {tuple(tensor.shape)} of {name!r} (the engine's "
+                                  f"profile covers batches 1..{self.max_batch})")
+        unresolved = context.infer_shapes()
+        if unresolved:
+            raise EngineError(f"TensorRT lacks shape information for {list(unresolved)}")
+        for name, tensor in (*tensors.items(), (OUTPUT_NAME, result)):
+            if not context.set_tensor_address(name, tensor.data_ptr()):
+                raise EngineError(f"TensorRT refused the address of {name!r}")
         if not context.execute_async_v3(self._stream.cuda_stream):
             raise EngineError("TensorRT execution failed (see the TensorRT log above)")
         for tensor in (*tensors.values(), result):
@@ -199,8 +226,20 @@ class TensorRTEngine(OnnxEngine):
                 out.copy_(result)
 
     def close(self) -> None:
+        """Drop the engine and its context, after the executions queued on them."""
+        if getattr(self, "_context", None) is not None:
+            self._stream.synchronize()
         self._context = None
         self._engine = None
+
+
+def prepare_inputs(x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                   dtypes: Dict[str, torch.dtype]) -> Dict[str, torch.Tensor]:
+    """The engine's input tensors from a batch: on ``device``, in the engine's dtypes, and
+    contiguous in NCHW order (``set_tensor_address`` passes a bare pointer: TensorRT reads a
+    channels_last batch as if it were NCHW unless it is copied first). Runs on the current stream."""
+    return {INPUT_NAMES[0]: x.to(device, dtypes[INPUT_NAMES[0]]).contiguous(),
+            INPUT_NAMES[1]: y.to(device, dtypes[INPUT_NAMES[1]]).contiguous()}
 
 
 def _fp8_quantizer(device: torch.device) -> Any:
