@@ -116,8 +116,7 @@ class SelectiveBackprop:
         examples across epochs; given, an index seen before in this epoch starts the next epoch
         (the remainder of the old one is yielded first under ``end_of_epoch="partial"``).
         """
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+        _check_batch(x, y, values=self.driver is None)  # label values once: reading them syncs a GPU
         driver = self.driver or self._setup(x, y)
         if indices is None:
             if self.info.needs_dataset_size:
@@ -211,3 +210,18 @@ class SelectiveBackprop:
             if self._seen is None:
                 self._seen = set()
             self._seen.update(indices.tolist())
+
+
+def _check_batch(x: torch.Tensor, y: torch.Tensor, values: bool = True) -> None:
+    """Shape and label errors named here rather than deep inside a forward pass."""
+    if not torch.is_tensor(x) or not torch.is_tensor(y):
+        raise TypeError(f"select(x, y) takes tensors, got {type(x).__name__} and {type(y).__name__}")
+    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(f"y must be a 1-D tensor of integer class indices, got shape {tuple(y.shape)} and "
+                         f"dtype {y.dtype} (one-hot or soft labels: pass y.argmax(1))")
+    if x.dim() < 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x must hold one example per label along dim 0: x {tuple(x.shape)}, y {tuple(y.shape)}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"x must be a floating-point tensor (normalised inputs), got {x.dtype}")
+    if values and len(y) and int(y.min()) < 0:
+        raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")

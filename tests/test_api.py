@@ -45,6 +45,17 @@ def test_api_rejects_bad_engine_and_missing_indices_at_once():
         next(sb.select(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))))
 
 
+def test_api_names_shape_and_label_errors():
+    x = torch.randn(8, 3, 16, 16)
+    for bad_y, message in ((torch.rand(8, 10), "1-D tensor of integer"), (torch.full((8,), -1), ">= 0"),
+                           (torch.zeros(7, dtype=torch.long), "one example per label")):
+        with pytest.raises(ValueError, match=message):
+            next(sb_accel.SelectiveBackprop(create_model("small_cnn", width=4)).select(x, bad_y))
+    sb = sb_accel.SelectiveBackprop(create_model("small_cnn", width=4))
+    with pytest.raises(ValueError, match="floating-point"):
+        next(sb.select(x.to(torch.uint8), torch.zeros(8, dtype=torch.long)))
+
+
 def test_api_insists_on_training_losses_for_strategies_that_learn_from_them():
     model = create_model("small_cnn", width=4)
     sb = sb_accel.SelectiveBackprop(model, strategy="infobatch", dataset_size=32, batch_size=8, epochs=4)
