@@ -154,9 +154,10 @@ class SelectiveBackprop:
         return self._collect(events)
 
     def new_epoch(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Close the current epoch and open the next; yields the remainder batch under
-        ``end_of_epoch="partial"`` (train on it like the others). Call it, and exhaust it, at
-        each epoch boundary unless the indices passed to :meth:`select` tell it."""
+        """Close the current epoch and open the next; yields what the epoch left to train on (the
+        last selection batch of a strategy that gathers its forwards, e.g. Stale-SB, and the
+        remainder under ``end_of_epoch="partial"``). Call it, and exhaust it, at each epoch
+        boundary the indices passed to :meth:`select` do not tell, and once after the last epoch."""
         if self.driver is None:
             return
         for batch in self.driver.end_epoch():

@@ -120,14 +120,19 @@ def test_api_and_trainer_keep_the_same_examples(tmp_path, synthetic, monkeypatch
     sb = sb_accel.SelectiveBackprop(model, cfg.selectivity, strategy=strategy, batch_size=cfg.batch_size,
                                     dataset_size=len(synthetic.y_train), epochs=cfg.epochs, stale_n=2, seed=cfg.seed)
     records.append(kept_by_api)
+
+    def train(batches):
+        for xb, yb in batches:
+            loss = sb.loss(F.cross_entropy(model(xb), yb, reduction="none"))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sb.step()
+
     for _ in range(cfg.epochs):
         for x, y, idx in loader.epoch(cfg.batch_size * (3 if strategy == "kath18" else 1)):
-            for xb, yb in sb.select(x, y, idx):
-                loss = sb.loss(F.cross_entropy(model(xb), yb, reduction="none"))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sb.step()
+            train(sb.select(x, y, idx))  # a new epoch is noticed from the indices
+    train(sb.new_epoch())  # after the last epoch: what the epoch left (Stale-SB's last selection batch)
     assert len(kept_by_api) == len(kept_by_trainer) > 0
     assert kept_by_api == kept_by_trainer
     if strategy != "traditional":

@@ -109,16 +109,24 @@ class SelectionDriver:
         dataset_size: number of training examples (needed with ``group``: the per-example tables).
         shared_history: with ``group``, score against the global loss history (all ranks' losses;
             default) rather than this rank's own (``False``: the ``"local"`` comparison setting).
+        forward_batch_size: when a policy asks for selection forwards on only part of a candidate
+            batch (Stale-SB: the stale examples), those candidates are gathered into selection
+            batches of this size (0: the candidate batch size), so the engine never runs on a ragged
+            or tiny batch and the selection cost scales with the forwards made. The remainder is
+            scored at the epoch's end.
     """
 
     def __init__(self, policy: SelectionPolicy, batch_size: int, refresher: Optional[EngineRefresher] = None, *,
                  end_of_epoch: str = "carry", num_epochs: Optional[int] = None, group: Optional[RankGroup] = None,
-                 dataset_size: Optional[int] = None, shared_history: bool = True) -> None:
+                 dataset_size: Optional[int] = None, shared_history: bool = True,
+                 forward_batch_size: int = 0) -> None:
         if refresher is None and policy.needs_selection_forward:
             raise ValueError(f"{policy!r} runs selection forwards: the driver needs an engine refresher")
         self.policy = policy
         self.refresher = refresher
         self.batcher = BackpropBatcher(batch_size, end_of_epoch)
+        self.forward_batch_size = forward_batch_size
+        self._awaiting_forward: Optional[BackpropBatcher] = None  # the selection batcher (created lazily)
         self.lockstep: Optional[LockstepBatches] = None
         self.tables: Optional[ExampleTables] = None
         if group is not None:
@@ -161,6 +169,9 @@ class SelectionDriver:
     def end_epoch(self) -> Iterator[TrainBatch]:
         """The remainder of kept examples as the end-of-epoch rule says (``"partial"``: one batch;
         under DDP as many lockstep steps as the rank with most left needs)."""
+        if self._awaiting_forward is not None:  # the last, smaller selection batch of the epoch
+            for group in self._awaiting_forward.end_epoch():
+                yield from self._score_and_submit(group)
         if self.lockstep is None:
             yield from self.batcher.end_epoch()
         else:
@@ -205,8 +216,25 @@ class SelectionDriver:
             yield from self.lockstep.offer(batches)
 
     def select(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> Iterator[TrainBatch]:
-        """:meth:`score` then :meth:`submit`."""
-        return self.submit(self.score(x, y, indices))
+        """:meth:`score` then :meth:`submit`; candidates of a partial forward set go through the
+        selection batcher (see ``forward_batch_size``)."""
+        need = self.policy.requires_forward(indices, self.epoch)
+        forwards = int(need.sum())
+        if forwards in (0, len(indices)):
+            yield from self.submit(self.score(x, y, indices))
+            return
+        cached = (~need).nonzero().squeeze(1)
+        nan = torch.full((len(cached),), float("nan"))
+        yield from self.submit(ScoredCandidates(*_rows(x, y, indices, cached), nan, 0))
+        if self._awaiting_forward is None:
+            self._awaiting_forward = BackpropBatcher(self.forward_batch_size or len(indices), "partial")
+        rows = need.nonzero().squeeze(1)
+        for group in self._awaiting_forward.add(*_rows(x, y, indices, rows), torch.ones(len(rows), dtype=torch.bool)):
+            yield from self._score_and_submit(group)
+
+    def _score_and_submit(self, group: TrainBatch) -> Iterator[TrainBatch]:
+        losses = self.engine.losses(group.x, group.y).float().cpu()
+        yield from self.submit(ScoredCandidates(group.x, group.y, group.indices, losses, len(group)))
 
     def observe(self, batch: TrainBatch, losses: torch.Tensor) -> None:
         """Hand the training-forward losses of ``batch`` to the policy."""
@@ -252,3 +280,9 @@ class SelectionDriver:
         self.epoch_open = bool(state["epoch_open"])
         for key, value in state["counters"].items():
             setattr(self, key, int(value))
+
+
+def _rows(x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor):
+    """``x, y, indices`` restricted to ``rows`` (CPU row numbers)."""
+    on_device = rows.to(x.device)
+    return x[on_device], y[on_device], indices[rows.to(indices.device)]

@@ -2,8 +2,8 @@
 
 candidate batches (data) -> :class:`SelectionDriver` (selection forwards, policy, backprop batcher,
 engine refresh) -> train step (forward, backward, optimizer) -> driver.observe, timed phase by phase
-by the :class:`PhaseTimer` and logged through the :class:`RunLogger`. Construction of the parts
-lives in ``factory`` and ``engine_setup``, the run directory and checkpoints in ``checkpoint``.
+by the :class:`PhaseTimer` and logged through the :class:`RunLogger` (parts built in ``factory``,
+``engine_setup``, ``candidates``; run directory and checkpoints in ``checkpoint``, ``run_state``).
 
 Under torchrun the same config trains with DistributedDataParallel: ``batch_size`` is the global
 batch, ranks select from their shards against one loss history and step in lockstep, and rank 0
@@ -27,7 +27,7 @@ from .candidates import candidate_batch_size, candidate_source, training_data
 from .checkpoint import check_resumable, prepare_run_dir, save_checkpoint
 from .distributed import RankGroup, init_distributed, per_rank, wrap_ddp
 from .divergence import DivergenceGuard, check_finite_weights, divergence_hint
-from .driver import ScoredCandidates, SelectionDriver
+from .driver import SelectionDriver
 from .engine_setup import build_refresher, sample_batches
 from .evaluation import evaluate
 from .factory import build_model, build_optimizer, build_policy, build_schedule, seed_everything
@@ -112,7 +112,8 @@ class Trainer:
                 refresher = build_refresher(cfg, self.model, samples, self.device, max_batch, self.step)
         self.driver = SelectionDriver(policy, self.batch_size, refresher, end_of_epoch=cfg.end_of_epoch,
                                       num_epochs=cfg.epochs, group=self.group, dataset_size=len(data.y_train),
-                                      shared_history=self.ddp_history == "global")
+                                      shared_history=self.ddp_history == "global",
+                                      forward_batch_size=candidate_batch_size(cfg, self.world_size, 1))
         # The run directory is written only now that everything is built: a failed set-up leaves nothing.
         run_log = (RunLog(self.run_dir, truncate_at=checkpoint["log_offset"] if checkpoint else None)
                    if self.rank == 0 else NullRunLog())
@@ -138,7 +139,6 @@ class Trainer:
         """This rank's candidate-batch size in ``epoch``."""
         return candidate_batch_size(self.cfg, self.world_size, self.driver.candidates_per_batch(epoch))
 
-    # --- the loop ----------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
         n = len(self.source)
@@ -161,36 +161,37 @@ class Trainer:
         cfg, driver = self.cfg, self.driver
         driver.start_epoch(self.epoch)
         n = len(self.source)
-        batches = self.source.epoch(self.selection_batch_size(self.epoch))
-        if cfg.pipeline:
+        batches: Iterator = self.source.epoch(self.selection_batch_size(self.epoch))
+        if cfg.pipeline:  # the worker yields ScoredCandidates instead of (x, y, indices)
             self.pipeline = SelectionPipeline(batches, lambda: driver.engine, driver.policy, self.epoch,
                                               cfg.pipeline_depth)
-            scored_batches: Iterator[ScoredCandidates] = iter(self.pipeline)
+            batches = iter(self.pipeline)
         try:
             while True:
-                if cfg.pipeline:
-                    self.timer.switch("selection")  # only the time spent waiting for the worker
-                    scored = next(scored_batches, None)
-                else:
-                    self.timer.switch("data")
-                    candidate = next(batches, None)
-                    self.timer.switch("selection")
-                    scored = None if candidate is None else driver.score(*candidate)
-                if scored is None:
+                self.timer.switch("selection" if cfg.pipeline else "data")  # pipeline: waiting for the worker
+                candidate = next(batches, None)
+                if candidate is None:
                     break
-                for batch in driver.submit(scored):
-                    self._train_step(batch)
-                self.progress += len(scored.indices) / n
-                bar.update(len(scored.indices))
+                self.timer.switch("selection")
+                self._train_on(driver.submit(candidate) if cfg.pipeline else driver.select(*candidate))
+                count = len(candidate.indices if cfg.pipeline else candidate[2])
+                self.progress += count / n
+                bar.update(count)
         finally:
             if self.pipeline is not None:
                 self.pipeline.close()
                 self.selection_background += self.pipeline.busy_seconds
                 self.pipeline = None
-        for batch in driver.end_epoch():
-            self._train_step(batch)
+        self.timer.switch("selection")
+        self._train_on(driver.end_epoch())
         driver.finish_epoch()
         self.timer.switch("other")
+
+    def _train_on(self, batches: Iterator[TrainBatch]) -> None:
+        """Train on each batch the driver yields (its work between them is timed as selection)."""
+        for batch in batches:
+            self._train_step(batch)
+            self.timer.switch("selection")
 
     def _train_step(self, batch: TrainBatch) -> None:
         cfg = self.cfg

@@ -1,0 +1,55 @@
+"""The selection driver on its own: lifecycle hooks and the selection batcher."""
+import torch
+
+from sb_accel.engines import EngineRefresher, SelectionEngine
+from sb_accel.selection import StaleSB
+from sb_accel.train import SelectionDriver
+
+
+class _RecordingEngine(SelectionEngine):
+    """Loss = the first input feature; records every batch size it is called with."""
+
+    backend, precision = "test", "fp32"
+
+    def __init__(self):
+        self.sizes = []
+
+    @property
+    def is_live(self):
+        return True
+
+    def losses(self, x, y):
+        self.sizes.append(len(y))
+        return x[:, 0].float()
+
+    def refresh(self, model, full=False):
+        pass
+
+
+def test_stale_forwards_are_gathered_into_full_selection_batches():
+    """Stale-SB asks for forwards on part of each candidate batch: the engine still sees only full
+    selection batches (and one smaller batch at the epoch's end), and forwards == stale examples."""
+    n, size = 96, 16
+    policy = StaleSB(n, n=2, selectivity=0.5)
+    engine = _RecordingEngine()
+    driver = SelectionDriver(policy, batch_size=8, refresher=EngineRefresher(engine), forward_batch_size=size)
+    x = torch.rand(n, 4)
+    y = torch.zeros(n, dtype=torch.long)
+    stale_by_epoch = []
+    for epoch in range(3):
+        engine.sizes.clear()
+        driver.start_epoch(epoch)
+        stale = 0
+        for idx in torch.randperm(n, generator=torch.Generator().manual_seed(epoch)).split(size):
+            stale += int(policy.requires_forward(idx, epoch).sum())
+            for batch in driver.select(x[idx], y[idx], idx):
+                driver.observe(batch, batch.x[:, 0])
+        for batch in driver.end_epoch():
+            driver.observe(batch, batch.x[:, 0])
+        driver.finish_epoch()
+        stale_by_epoch.append(stale)
+        assert sum(engine.sizes) == stale
+        assert all(s == size for s in engine.sizes[:-1]) and (not engine.sizes or engine.sizes[-1] <= size)
+    # epoch 1 reuses every loss of epoch 0; in epoch 2 only the examples not trained on in epoch 1 are stale
+    assert stale_by_epoch[0] == n and stale_by_epoch[1] == 0 and 0 < stale_by_epoch[2] < n
+    assert driver.forwards == sum(stale_by_epoch)
