@@ -113,7 +113,7 @@ class SelectionDriver:
             batch (Stale-SB: the stale examples), those candidates are gathered into selection
             batches of this size (0: the candidate batch size), so the engine never runs on a ragged
             or tiny batch and the selection cost scales with the forwards made. The remainder is
-            scored at the epoch's end.
+            scored at the epoch's end. Not under DDP (ranks would make different collective calls).
     """
 
     def __init__(self, policy: SelectionPolicy, batch_size: int, refresher: Optional[EngineRefresher] = None, *,
@@ -220,7 +220,9 @@ class SelectionDriver:
         selection batcher (see ``forward_batch_size``)."""
         need = self.policy.requires_forward(indices, self.epoch)
         forwards = int(need.sum())
-        if forwards in (0, len(indices)):
+        # Under DDP every rank must make the same calls (the history gather and the lockstep are
+        # collectives), so forwards are not regrouped there.
+        if forwards in (0, len(indices)) or self.lockstep is not None:
             yield from self.submit(self.score(x, y, indices))
             return
         cached = (~need).nonzero().squeeze(1)
