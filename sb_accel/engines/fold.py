@@ -59,8 +59,8 @@ class _FoldedConv(Derivation):
         scale = a[self.gamma] / np.sqrt(a[self.var] + np.float32(self.eps))
         bias = a[self.bias] if self.bias else np.zeros_like(a[self.beta])
         weight = a[self.weight] * scale.reshape(-1, *([1] * (a[self.weight].ndim - 1)))
-        return {self.out_weight: weight.astype(np.float32),
-                self.out_bias: (a[self.beta] + (bias - a[self.mean]) * scale).astype(np.float32)}
+        return {self.out_weight: weight.astype(np.float32, copy=False),
+                self.out_bias: (a[self.beta] + (bias - a[self.mean]) * scale).astype(np.float32, copy=False)}
 
 
 @dataclass(frozen=True)

@@ -155,21 +155,24 @@ class OnnxRuntimeEngine(OnnxEngine):
         return True
 
     def _refresh_cheap(self, arrays: dict) -> bool:
+        if self.refresh_mode == "session" and not self.preoptimized:
+            # ORT's optimizations read the weights from the graph, not from attached buffers
+            if self._quantized is not None:
+                self._quantized.requantize_weights(arrays)
+            else:
+                assign_initializers(self._graph, arrays, self._weights)
+            self._data = self._graph.SerializeToString()
+            self._serve(None)
+            return True
         if self._quantized is not None:
             values = self._quantized.quantized_arrays(arrays)
         else:
             values = initializer_arrays(self._graph, self._weights, arrays)
-        weights = self._served[1]
         if self.refresh_mode == "inplace":
-            weights.write(values)
-            self._graph_stale = True
-        elif self.preoptimized:
+            self._served[1].write(values)
+        else:
             self._serve(SessionWeights(values))
-            self._graph_stale = True
-        else:  # ORT's optimizations read weights from the graph, not from attached buffers
-            assign_initializers(self._graph, values)
-            self._data = self._graph.SerializeToString()
-            self._serve(None)
+        self._graph_stale = True
         return True
 
     def _refresh_full(self, arrays: dict) -> None:

@@ -123,7 +123,7 @@ class QuantizedModel:
             out[w.quantized] = q
             out[w.scale] = scale.reshape(tuple(inits[w.scale].dims))
         for b in self.biases:
-            x_scale = numpy_helper.to_array(inits[b.input_scale]).astype(np.float32)
+            x_scale = self._activation_scale(inits, b.input_scale)
             w_scale = out[b.weight_scale] if b.weight_scale in out else numpy_helper.to_array(inits[b.weight_scale])
             bias_scale = (x_scale * w_scale.reshape(-1)).astype(np.float32)
             q = np.round(tensors[b.source].astype(np.float64) / bias_scale.astype(np.float64))
@@ -135,6 +135,14 @@ class QuantizedModel:
                 raise EngineError(f"the new weights have no {name!r}: the model changed since quantization")
             out[name] = np.ascontiguousarray(tensors[name], dtype=np.float32)
         return out
+
+    def _activation_scale(self, inits: Mapping[str, onnx.TensorProto], name: str) -> np.ndarray:
+        """An activation scale as float32, read from the graph once (only a recalibration, which
+        makes a new plan, changes it)."""
+        cache = self.__dict__.setdefault("_activation_scales", {})
+        if name not in cache:
+            cache[name] = numpy_helper.to_array(inits[name]).astype(np.float32)
+        return cache[name]
 
     @property
     def refreshed_names(self) -> List[str]:
@@ -151,15 +159,17 @@ class QuantizedModel:
 
 def _quantize_weight(w: np.ndarray, axis: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
     """Symmetric int8: scale = max|w| / 127 per channel (1 where a channel is all zero)."""
-    w = w.astype(np.float32)
+    w = w.astype(np.float32, copy=False)
     reduce = tuple(i for i in range(w.ndim) if i != axis) if axis is not None else None
-    absmax = np.abs(w).max(axis=reduce, keepdims=True)
+    absmax = np.maximum(w.max(axis=reduce, keepdims=True), -w.min(axis=reduce, keepdims=True))
     # (max - min) / (qmax - qmin) over [-absmax, absmax] and [-127, 127], in float64 as ORT does,
     # so the stored float32 scale is bit-identical to quantize_static's.
     scale = (absmax.astype(np.float64) * 2 / (2 * _INT8_MAX)).astype(np.float32)
-    scale = np.where(scale < np.finfo(np.float32).tiny, np.float32(1.0), scale)
-    q = np.clip(np.round(w / scale), -_INT8_MAX - 1, _INT8_MAX).astype(np.int8)
-    return q, scale.reshape(-1) if axis is not None else scale.reshape(())
+    scale[scale < np.finfo(np.float32).tiny] = 1.0
+    q = w / scale  # one temporary, rounded and clipped in place (a refresh runs every step)
+    np.rint(q, out=q)
+    np.clip(q, -_INT8_MAX - 1, _INT8_MAX, out=q)
+    return q.astype(np.int8), scale.reshape(-1) if axis is not None else scale.reshape(())
 
 
 def _refresh_plan(model: onnx.ModelProto, weight_names: Set[str]
