@@ -55,7 +55,7 @@ class TrainConfig:
     kath18_multiplier: int = 3
     infobatch_ratio: float = 0.5
     infobatch_anneal: float = 0.125
-    selection_batch_size: int = 0  # 0: batch_size x the policy's candidate multiplier
+    selection_batch_size: int = 0  # 0: automatic (CUDA: 1024; CPU: batch_size x the policy's candidate multiplier)
     end_of_epoch: str = "carry"
     # optimisation
     epochs: int = 10
@@ -70,8 +70,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     # selection engine
-    engine: str = "torch"
-    precision: str = "fp32"
+    engine: str = "auto"             # auto: torch-graph fp16 on CUDA, torch fp32 on CPU (engine_setup.resolve_engine)
+    precision: str = "auto"          # auto: the engine's default precision
     # Stale snapshots hurt SB (delayed feedback: the snapshot keeps choosing what the live model
     # has since learned). CIFAR-10 20k subset, 6 epochs, INT8 selection refreshed every 1/2/5/50
     # steps: 60.6/58.8/55.1/44.1% vs 60.5% live. A cheap INT8 refresh (10 ms) makes 1 affordable.
@@ -159,8 +159,10 @@ class TrainConfig:
         """The engine spec, checked here so that a typo fails before any file or model is made."""
         from .engines import EngineSpecError, parse_engine_spec  # the registry imports no backend
 
+        if self.engine == "auto":
+            return  # resolved per device when the run starts
         try:
-            parse_engine_spec(self.engine, self.precision)
+            parse_engine_spec(self.engine, None if self.precision == "auto" else self.precision)
         except EngineSpecError as exc:
             raise ConfigError(f"engine/precision: {exc}") from None
 

@@ -53,3 +53,21 @@ def test_stale_forwards_are_gathered_into_full_selection_batches():
     # epoch 1 reuses every loss of epoch 0; in epoch 2 only the examples not trained on in epoch 1 are stale
     assert stale_by_epoch[0] == n and stale_by_epoch[1] == 0 and 0 < stale_by_epoch[2] < n
     assert driver.forwards == sum(stale_by_epoch)
+
+
+def test_auto_engine_and_selection_batch_per_device():
+    """--engine auto: torch-graph fp16 on CUDA, torch fp32 on CPU; the CUDA selection batch is 1024 for
+    per-example policies, and Kath18's pre-sample stays 3x the training batch (pure: no GPU needed)."""
+    from sb_accel.config import TrainConfig
+    from sb_accel.train.candidates import candidate_batch_size
+    from sb_accel.train.engine_setup import resolve_engine
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_engine("auto", "auto", cuda) == ("torch-graph", "fp16")
+    assert resolve_engine("auto", "auto", cpu) == ("torch", "fp32")
+    assert resolve_engine("auto", "bf16", cuda) == ("torch-graph", "bf16")
+    assert resolve_engine("onnxruntime", "auto", cpu) == ("onnxruntime", None)
+    cfg = TrainConfig(batch_size=128)
+    assert candidate_batch_size(cfg, 1, 1, cuda) == 1024 and candidate_batch_size(cfg, 2, 1, cuda) == 512
+    assert candidate_batch_size(cfg, 1, 3, cuda) == 384 and candidate_batch_size(cfg, 1, 1, cpu) == 128
+    assert candidate_batch_size(cfg.replace(selection_batch_size=256), 1, 1, cuda) == 256

@@ -151,6 +151,10 @@ class SelectionDriver:
         """The engine serving selection now (a refresh or fallback may swap it)."""
         return None if self.refresher is None else self.refresher.engine
 
+    @property
+    def engine_name(self) -> Optional[str]:
+        return None if self.refresher is None else self.refresher.engine.name
+
     def candidates_per_batch(self, epoch: Optional[int] = None) -> int:
         """Candidate-batch size the policy wants in ``epoch``, in training batches."""
         return self.policy.candidates_per_batch(self.epoch if epoch is None else epoch)

@@ -106,14 +106,13 @@ class Trainer:
         with self.timer.phase("refresh"):  # building the first engine is a real cost of the method
             refresher = None
             if policy.needs_selection_forward:
-                max_batch = max(candidate_batch_size(cfg, self.world_size, policy.candidates_per_batch(e))
-                                for e in range(cfg.epochs))
+                max_batch = max(self._candidate_batch(policy.candidates_per_batch(e)) for e in range(cfg.epochs))
                 samples = sample_batches(data, cfg.batch_size, self.device, self.memory_format)
                 refresher = build_refresher(cfg, self.model, samples, self.device, max_batch, self.step)
         self.driver = SelectionDriver(policy, self.batch_size, refresher, end_of_epoch=cfg.end_of_epoch,
                                       num_epochs=cfg.epochs, group=self.group, dataset_size=len(data.y_train),
                                       shared_history=self.ddp_history == "global",
-                                      forward_batch_size=candidate_batch_size(cfg, self.world_size, 1))
+                                      forward_batch_size=self._candidate_batch(1))
         # The run directory is written only now that everything is built: a failed set-up leaves nothing.
         run_log = (RunLog(self.run_dir, truncate_at=checkpoint["log_offset"] if checkpoint else None)
                    if self.rank == 0 else NullRunLog())
@@ -126,18 +125,18 @@ class Trainer:
             ddp = {} if self.group is None else {"world_size": self.world_size, "ddp_history": self.ddp_history,
                                                  "batch_size_per_rank": self.batch_size}
             self.log.start(cfg, self.run_dir if self.rank == 0 else None, policy=repr(policy),
-                           engine=self._engine_name(), device=str(self.device), dataset_size=len(data.y_train),
+                           engine=self.driver.engine_name, device=str(self.device), dataset_size=len(data.y_train),
                            parameters=sum(p.numel() for p in self.model.parameters()), **ddp)
         self.log.engine_events(self.driver.after_step(self.model, self.step))  # the engine build event
         if checkpoint is None:  # so that --resume works from the first step on
             self._save_checkpoint()
 
-    def _engine_name(self) -> Optional[str]:
-        return None if self.driver.engine is None else self.driver.engine.name
+    def _candidate_batch(self, multiplier: int) -> int:
+        return candidate_batch_size(self.cfg, self.world_size, multiplier, self.device)
 
     def selection_batch_size(self, epoch: int) -> int:
         """This rank's candidate-batch size in ``epoch``."""
-        return candidate_batch_size(self.cfg, self.world_size, self.driver.candidates_per_batch(epoch))
+        return self._candidate_batch(self.driver.candidates_per_batch(epoch))
 
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
@@ -291,7 +290,7 @@ class Trainer:
             wall_total=t["wall_total"], candidates=t["candidates"], forwards=t["forwards"],
             backprops=t["backprops"], selectivity=t["backprops"] / max(t["candidates"], 1),
             untrained_remainder=t["pending"], phases=t["phases"],
-            selection_background=self.selection_background, engine=self._engine_name(),
+            selection_background=self.selection_background, engine=self.driver.engine_name,
             refreshes=0 if d.refresher is None else d.refresher.count, **self._ddp_fields(t))
         d.close()
         self.log.close()
