@@ -14,7 +14,13 @@ In one process, so the numbers are ratios on the same machine state:
    ``--selectivity`` (keep probability ``CDF(loss) ** beta`` over a 1024-loss history, the same
    uniform draws for every engine; the row ``torch-fp32 (redraw)`` uses fresh draws on the FP32
    losses: the overlap that randomness alone allows);
-5. times a refresh after a few more training steps: full and cheap where the engine has both.
+5. times a refresh after a few more training steps (median of ``--refresh-repeats``; full and
+   cheap where the engine has both) and a training step at ``--batch`` (forward, backward, SGD), and
+   puts them side by side: refresh as a share of the training step, and what selection plus one
+   refresh cost per training step at refresh-every-step (``1 / selectivity`` selection batches per
+   training batch of the same size).
+
+An engine spec may carry its own options: ``onnxruntime-int8@refresh_mode=inplace``.
 
 Prints a table and writes ``selection_throughput_<model>_b<batch>_<device>.json`` (+ ``.png``/``.svg``).
 Exits with 1 if an engine's max |loss difference| exceeds the refresher's validation tolerance
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import platform
 import sys
@@ -33,20 +40,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import onnxruntime
 import torch
+from throughput_report import BASELINE, plot, table  # this directory is on sys.path when the script runs
 import torch.nn as nn
 import torch.nn.functional as F
 
 from sb_accel.data import ArrayDataset, load_dataset
 from sb_accel.engines import DEFAULT_MAX_ABS_ERROR, EngineContext, SelectionEngine, rank_correlation
 from sb_accel.models import create_model
-from sb_accel.measure import build_engine, real_batch, refresh_costs, spread
-from sb_accel.reporting.plots import save_figure
+from sb_accel.measure import build_engine, real_batch, refresh_costs, spread, synchronized_seconds
 from sb_accel.reporting.report import write_json
-from sb_accel.reporting.tables import format_table
 from sb_accel.selection import LossHistory, beta_for_selectivity, keep_probability
 
 CPU_ENGINES = ("torch-fp32", "torch-bf16", "onnxruntime-fp32", "onnxruntime-int8", "onnxruntime-fp16")
-BASELINE = "torch-fp32"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None, engines: Sequence[str] = CPU_ENGINES,
@@ -63,6 +68,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, engines: Sequence[str] = CP
     parser.add_argument("--train-steps", type=int, default=300, help="SGD steps on CIFAR-10 before measuring")
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--eval-examples", type=int, default=1024, help="examples for loss agreement")
+    parser.add_argument("--refresh-repeats", type=int, default=5, help="refreshes timed per engine (median)")
     parser.add_argument("--selectivity", type=float, default=0.33)
     parser.add_argument("--contiguous", action="store_true",
                         help="NCHW model and batches (default: channels_last, as the Trainer)")
@@ -81,6 +87,29 @@ def _options(pairs: Sequence[str]) -> Dict[str, Any]:
             raise SystemExit(f"--option wants KEY=VALUE, got {pair!r}")
         options[key] = int(value) if value.lstrip("-").isdigit() else value
     return options
+
+
+def _engine_specs(text: str) -> Dict[str, Tuple[str, Dict[str, Any]]]:
+    """``"a,b@key=value"`` -> {label: (engine spec, its own options)}."""
+    specs = {}
+    for label in (s.strip() for s in text.split(",") if s.strip()):
+        spec, *pairs = label.split("@")
+        specs[label] = (spec, _options(pairs))
+    return specs
+
+
+def train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                       repeats: int, warmup: int) -> List[float]:
+    """Seconds of each training step (forward, backward, SGD) on a copy of ``model`` and one batch."""
+    model = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return [synchronized_seconds(step, device) for _ in range(warmup + repeats)][warmup:]
 
 
 def trained_model(args: argparse.Namespace, data: ArrayDataset, device: torch.device,
@@ -169,15 +198,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                             cache_dir=str(Path(args.out) / "engines"), max_batch=args.batch,
                             options=_options(args.option))
 
-    specs = [s.strip() for s in args.engines.split(",") if s.strip()]
+    specs = _engine_specs(args.engines)
     if BASELINE not in specs:
-        specs.insert(0, BASELINE)
-    builds = {spec: build_engine(spec, model, context) for spec in specs}
+        specs = {BASELINE: (BASELINE, {}), **specs}
+    builds = {label: build_engine(spec, model, dataclasses.replace(context, options={**context.options, **options}))
+              for label, (spec, options) in specs.items()}
     engines = {spec: b.engine for spec, b in builds.items() if b.engine is not None}
     for spec, b in builds.items():
         print(f"{spec:18s} {'built in %.2f s' % b.build_s if b.engine is not None else b.status}")
 
     times = time_round_robin(engines, x, y, device, args.repeats, args.warmup)
+    step_ms = spread(train_step_seconds(model, x, y, device, args.repeats, args.warmup), 1e3)["median"]
     beta = beta_for_selectivity(args.selectivity)
     draws, redraws = (torch.rand(args.eval_examples, generator=torch.Generator().manual_seed(args.seed + i),
                                  dtype=torch.float64) for i in (1, 2))
@@ -201,8 +232,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                        spearman=rank_correlation(losses, reference), jaccard=jaccard(keep, reference_keep),
                        kept_fraction=float(keep.double().mean()))
             row["agrees"] = row["max_abs_error"] <= DEFAULT_MAX_ABS_ERROR[b.engine.precision]
-            row.update(refresh_costs(b.engine, updated, device) if not b.engine.is_live else
+            row.update(refresh_costs(b.engine, updated, device, args.refresh_repeats) if not b.engine.is_live else
                        {"refresh_s": 0.0, "refresh_full_s": None, "refresh_cheap_s": None})
+            row.update(train_step_ms=step_ms, refresh_over_step=row["refresh_s"] * 1e3 / step_ms,
+                       per_step_ms=ms["median"] / args.selectivity + row["refresh_s"] * 1e3)
             b.engine.close()
         rows.append(row)
     rows.append({"engine": f"{BASELINE} (redraw)", "status": "ok",
@@ -213,53 +246,6 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                             "cpu_count": os.cpu_count(), "threads": args.threads,
                             "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                             "memory_format": "contiguous" if args.contiguous else "channels_last"}}
-
-
-def table(result: Dict[str, Any]) -> str:
-    def num(value: Optional[float], fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
-    rows = []
-    for r in result["rows"]:
-        if r["status"] != "ok":
-            rows.append([r["engine"], r["status"][:60]] + [""] * 10)
-            continue
-        spread_ms = (f"{r['ms_per_batch']:.1f} ({r['ms_p25']:.0f}-{r['ms_p75']:.0f})"
-                     if "ms_per_batch" in r else "-")
-        rows.append([r["engine"], num(r.get("build_s"), ".2f"), spread_ms, num(r.get("examples_per_s"), ".0f"),
-                     num(r.get("speedup"), ".2f") + ("x" if "speedup" in r else ""),
-                     num(r.get("refresh_full_s"), ".3f"), num(r.get("refresh_cheap_s"), ".3f"),
-                     num(r.get("max_abs_error"), ".2g"), num(r.get("spearman"), ".4f"), num(r.get("jaccard"), ".3f"),
-                     num(r.get("kept_fraction"), ".3f"), {True: "yes", False: "NO"}.get(r.get("agrees"), "")])
-    headers = ["engine", "build s", "ms/batch (p25-p75)", "examples/s", f"vs {BASELINE}", "refresh full s",
-               "refresh cheap s", "max|dloss|", "spearman", "jaccard", "kept", "agrees"]
-    return format_table(rows, headers)
-
-
-def plot(result: Dict[str, Any], stem: Path) -> List[Path]:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        print("matplotlib is not installed: no plot")
-        return []
-    rows = [r for r in result["rows"] if "speedup" in r]
-    names = [r["engine"] for r in rows]
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
-    speed, agree = fig.subplots(1, 2)
-    speed.barh(names, [r["speedup"] for r in rows], color="C0")
-    speed.axvline(1.0, color="k", lw=0.8)
-    speed.set_xlabel(f"selection throughput vs {BASELINE}")
-    agree.barh(names, [r["spearman"] for r in rows], color="C1", label="Spearman")
-    agree.barh(names, [r["jaccard"] for r in rows], color="C2", height=0.4, label="kept-set Jaccard")
-    redraw = next(r["jaccard"] for r in result["rows"] if r["engine"].endswith("(redraw)"))
-    agree.axvline(redraw, color="k", ls="--", lw=0.8, label="Jaccard of two FP32 draws")
-    agree.set_xlim(0, 1.0)
-    agree.set_xlabel("agreement with FP32 losses")
-    agree.legend(loc="upper left", fontsize="small", framealpha=0.9)
-    cfg = result["config"]
-    fig.suptitle(f"{cfg['model']}, batch {cfg['batch']}, {result['environment']['threads']} threads, "
-                 f"{cfg['train_steps']} training steps")
-    return save_figure(fig, stem)
 
 
 def main(argv: Optional[Sequence[str]] = None, engines: Sequence[str] = CPU_ENGINES, device: str = "cpu") -> int:

@@ -20,7 +20,8 @@ from .reporting.runlog import PHASES
 from .train.timer import PhaseTimer
 
 __all__ = ["synchronized_seconds", "spread", "spread_fields", "seconds_cell", "time_phases", "selection_seconds",
-           "EngineBuild", "build_engine", "check_engine_specs", "refresh_costs", "real_batch"]
+           "fit_call_cost", "call_costs", "default_call_sizes", "EngineBuild", "build_engine", "check_engine_specs",
+           "refresh_costs", "real_batch"]
 
 
 def synchronized_seconds(fn: Callable[[], Any], device: torch.device) -> float:
@@ -83,6 +84,43 @@ def selection_seconds(engine: SelectionEngine, batches: Sequence[Tuple[torch.Ten
     return seconds, torch.cat(scored)
 
 
+def fit_call_cost(sizes: Sequence[int], seconds: Sequence[float]) -> Tuple[float, float]:
+    """Least-squares fit of ``cost(n) = a + b * n`` to the seconds of selection calls of ``n``
+    examples: ``a`` is the fixed cost of a call (kernel launches, Python, the host copy of the
+    losses), ``b`` the cost per example. On a GPU below ~256 examples a call is launch bound, so a
+    per-batch time measured at one size mispredicts every other size; the fit does not.
+
+    Raises:
+        ValueError: fewer than two distinct sizes, or lengths that differ.
+    """
+    if len(sizes) != len(seconds) or len(set(sizes)) < 2:
+        raise ValueError(f"fitting a + b n needs >= 2 distinct sizes with one time each, got {list(sizes)} "
+                         f"and {len(seconds)} times")
+    n = np.asarray(sizes, dtype=np.float64)
+    design = np.stack([np.ones_like(n), n], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design, np.asarray(seconds, dtype=np.float64), rcond=None)
+    return float(a), float(b)
+
+
+def default_call_sizes(device: torch.device) -> Tuple[int, ...]:
+    """Selection call sizes to fit: 32..1024 on a GPU (the launch-bound range and the selection
+    batch the GPU preset uses), 16..128 on a CPU (where large calls take long and barely differ)."""
+    return (32, 64, 128, 256, 512, 1024) if device.type == "cuda" else (16, 32, 64, 128)
+
+
+def call_costs(engine: SelectionEngine, x: torch.Tensor, y: torch.Tensor, sizes: Sequence[int],
+               device: torch.device, repeats: int, warmup: int) -> Dict[str, Any]:
+    """Median seconds of one ``engine.losses`` call (host copy of the losses included) on the first
+    ``n`` rows of ``x, y`` for each ``n`` of ``sizes`` (warm-up calls first at each size: a first
+    call at a new shape pays cuDNN's plan search), and the fit of :func:`fit_call_cost`:
+    ``call_overhead_ms`` (a) and ``per_example_us`` (b)."""
+    medians = [float(np.median(selection_seconds(engine, [(x[:n], y[:n])], device, repeats, warmup)[0]))
+               for n in sizes]
+    a, b = fit_call_cost(sizes, medians)
+    return {"call_sizes": list(sizes), "call_ms": [m * 1e3 for m in medians], "call_overhead_ms": a * 1e3,
+            "per_example_us": b * 1e6}
+
+
 @dataclass
 class EngineBuild:
     """An engine built for measurement, or why it could not be."""
@@ -117,16 +155,18 @@ def check_engine_specs(specs: Sequence[str]) -> None:
             raise ValueError(str(exc)) from None
 
 
-def refresh_costs(engine: SelectionEngine, model: nn.Module, device: torch.device) -> Dict[str, Optional[float]]:
+def refresh_costs(engine: SelectionEngine, model: nn.Module, device: torch.device,
+                  repeats: int = 1) -> Dict[str, Optional[float]]:
     """Seconds of ``engine.refresh(model)``, what training pays per refresh on the default schedule
-    (``refresh_s``), and of the engine's full and cheap refreshes where it tells them apart
-    (``None`` for a cheap refresh the engine does not have; all ``None`` for a live engine, which
-    is never refreshed).
+    (``refresh_s``, the median of ``repeats``), and of the engine's full and cheap refreshes where it
+    tells them apart (``None`` for a cheap refresh the engine does not have; all ``None`` for a live
+    engine, which is never refreshed).
     """
     costs: Dict[str, Optional[float]] = {"refresh_s": None, "refresh_full_s": None, "refresh_cheap_s": None}
     if engine.is_live:
         return costs
-    seconds = costs["refresh_s"] = synchronized_seconds(lambda: engine.refresh(model), device)
+    seconds = costs["refresh_s"] = float(np.median(
+        [synchronized_seconds(lambda: engine.refresh(model), device) for _ in range(max(1, repeats))]))
     costs[f"refresh_{engine.refresh_kind}_s"] = seconds
     if engine.refresh_kind == "cheap":
         costs["refresh_full_s"] = synchronized_seconds(lambda: engine.refresh(model, full=True), device)

@@ -5,8 +5,12 @@ For every model x batch size, on real data:
 
 * per training precision (FP32, and BF16/FP16 autocast): the selection forward on the torch engine
   of that precision (eval, no grad), the training forward, the backward and the optimizer step;
-* per other selection engine (ONNX Runtime, TensorRT...): build time, refresh cost and the
-  selection forward; engines that cannot be built here are reported as unavailable.
+* per other selection engine (ONNX Runtime, TensorRT, torch-graph...): build time, refresh cost
+  and the selection forward; engines that cannot be built here are reported as unavailable;
+* per selection engine, the cost of one call at several sizes (``call_sizes``) fitted as
+  ``a + b * n`` (:func:`~sb_accel.measure.fit_call_cost`): the fixed cost of a call and the cost
+  per example. On a GPU a call below ~256 examples is launch bound (~2.4 ms whatever its size on
+  an H100), so the time of one batch size mispredicts the others.
 
 Each time is the median over ``repeats`` after ``warmup`` untimed repeats, with the quartiles as
 spread; the :class:`~sb_accel.train.timer.PhaseTimer` uses CUDA events on a GPU.
@@ -15,10 +19,13 @@ The cost model (one steady-state epoch of ``N`` examples at batch ``B`` and sele
 SB's first, priming epoch costs as much as Traditional's)::
 
     Traditional:  N/B * step                       step = train forward + backward + optimizer
-    SB (engine):  N/B * selection(engine) + s * N/B * step + (s * N/B / K + 1) * refresh(engine)
+    SB (engine):  selection(engine) + s * N/B * step + (s * N/B / K + 1) * refresh(engine)
+    selection:    N/S * a + N * b                  (fit over call sizes; S = the selection batch)
+                  N/B * selection forward at B     (without a fit)
 
 with a refresh every ``K`` optimizer steps and one at the epoch end (``K = 0``: only the latter).
-A refresh is costed at the engine's usual one (cheap where it has a cheap path).
+A refresh is costed at the engine's usual one (cheap where it has a cheap path); a negative fitted
+``a`` (noise) counts as 0.
 """
 from __future__ import annotations
 
@@ -32,9 +39,9 @@ import torch.nn.functional as F
 from .config import TrainConfig
 from .data import ArrayDataset, load_dataset
 from .device import resolve_device
-from .engines import EngineContext, SelectionEngine, create_engine, list_engines
-from .measure import (build_engine, check_engine_specs, real_batch, refresh_costs, seconds_cell, selection_seconds,
-                      spread_fields, time_phases)
+from .engines import EngineContext, SelectionEngine, create_engine, list_engines, parse_engine_spec
+from .measure import (build_engine, call_costs, check_engine_specs, default_call_sizes, real_batch, refresh_costs,
+                      seconds_cell, selection_seconds, spread_fields, time_phases)
 from .models import create_model, list_models
 from .reporting.plots import plot_profile
 from .reporting.report import write_json
@@ -53,8 +60,8 @@ def default_precisions(device: torch.device) -> List[str]:
 
 
 def default_engines() -> List[str]:
-    """Every registered selection engine except torch's (profiled with the training precisions)."""
-    return [s for s in list_engines() if not s.startswith("torch-")]
+    """Every registered selection engine except eager torch's (profiled with the training precisions)."""
+    return [s for s in list_engines() if parse_engine_spec(s)[0] != "torch"]
 
 
 def _train_step_timing(model: nn.Module, selector: SelectionEngine, precision: str, x: torch.Tensor,
@@ -103,7 +110,7 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
                    precisions: Optional[Sequence[str]] = None, engines: Optional[Sequence[str]] = None,
                    dataset: str = "cifar10", data: Optional[ArrayDataset] = None, data_dir: Optional[str] = None,
                    device: str = "auto", repeats: int = 5, warmup: int = 2, channels_last: bool = True,
-                   cache_dir: str = "engines/cache") -> List[Dict[str, Any]]:
+                   cache_dir: str = "engines/cache", call_sizes: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
     """Time training steps and selection forwards; one row (dict) per model x batch x precision or engine.
 
     Args:
@@ -116,13 +123,16 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
         repeats, warmup: timed and untimed repetitions of each measurement.
         channels_last: NHWC model and batches, as the Trainer's default.
         cache_dir: the engines' cache directory.
+        call_sizes: selection call sizes the per-call fit is measured at (default
+            :func:`~sb_accel.measure.default_call_sizes`; sizes above the training set are dropped).
 
     Rows of ``kind == "train"`` have ``selection_ms`` (the torch engine of that precision),
     ``train_forward_ms``, ``backward_ms``, ``optimizer_ms`` (medians; ``*_p25``/``*_p75`` quartiles),
     ``backward_over_forward`` and ``selection_over_backward``. Rows of ``kind == "engine"`` have
     ``status`` (``"ok"`` or ``"unavailable: why"``), ``build_s``, the refresh costs of
     :func:`refresh_costs`, ``selection_ms`` and ``selection_over_backward`` (vs the FP32 backward,
-    or the first precision's).
+    or the first precision's). Measured rows of both kinds carry their selection engine's per-call
+    fit: ``call_sizes``, ``call_ms``, ``call_overhead_ms`` (a) and ``per_example_us`` (b).
     """
     dev = resolve_device(device)
     precisions = list(precisions or default_precisions(dev))
@@ -130,7 +140,8 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
     _check_inputs(models, batch_sizes, precisions, engines, repeats, warmup)
     data = data or load_dataset(dataset, data_dir)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    max_batch = max(batch_sizes)
+    sizes = [n for n in (call_sizes or default_call_sizes(dev)) if n <= len(data.y_train)]
+    max_batch = max([*batch_sizes, *sizes])
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     rows: List[Dict[str, Any]] = []
     for name in models:
@@ -140,6 +151,11 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
         context = EngineContext(device=dev, sample_batches=[sample], max_batch=max_batch, cache_dir=cache_dir)
         builds = [build_engine(spec, model, context) for spec in engines]
         refreshes = [refresh_costs(b.engine, model, dev) if b.engine else {} for b in builds]
+        calls = {}  # engine name -> its per-call fit
+        if len(set(sizes)) >= 2:
+            selectors = [(p, create_engine(f"torch-{p}", model, context)) for p in precisions]
+            for name, engine in selectors + [(b.spec, b.engine) for b in builds if b.engine is not None]:
+                calls[name] = call_costs(engine, *sample, sizes, dev, repeats, warmup)
         try:
             for batch in batch_sizes:
                 x, y = sample[0][:batch], sample[1][:batch]
@@ -149,7 +165,7 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
                 for precision in precisions:
                     selector = create_engine(f"torch-{precision}", model, context)
                     t = _train_step_timing(model, selector, precision, x, y, dev, repeats, warmup)
-                    row = {**base, "kind": "train", "name": precision, "status": "ok"}
+                    row = {**base, "kind": "train", "name": precision, "status": "ok", **calls.get(precision, {})}
                     for phase in ("selection", "train_forward", "backward", "optimizer"):
                         row.update(spread_fields(phase, t[phase]))
                     row["backward_over_forward"] = row["backward_ms"] / row["train_forward_ms"]
@@ -159,7 +175,7 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
                 reference = backward_ms.get("fp32", backward_ms[precisions[0]])
                 for build, refresh in zip(builds, refreshes):
                     row = {**base, "kind": "engine", "name": build.spec, "status": build.status,
-                           "build_s": build.build_s, **refresh}
+                           "build_s": build.build_s, **refresh, **calls.get(build.spec, {})}
                     if build.engine is not None:
                         seconds, _ = selection_seconds(build.engine, [(x, y)], dev, repeats, warmup)
                         row.update(spread_fields("selection", seconds))
@@ -172,11 +188,23 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
     return rows
 
 
+def selection_epoch_seconds(row: Dict[str, Any], examples: float, selection_batch: int) -> float:
+    """Seconds to score ``examples`` candidates in calls of ``selection_batch`` with the engine of
+    ``row``: ``calls * a + examples * b`` from its per-call fit, else the time of one forward at the
+    row's batch size times the number of such batches."""
+    if row.get("per_example_us") is not None:
+        return (examples / selection_batch * max(row["call_overhead_ms"], 0.0) / 1e3
+                + examples * row["per_example_us"] / 1e6)
+    return examples / row["batch"] * row["selection_ms"] / 1e3
+
+
 def predict_epoch_costs(rows: Sequence[Dict[str, Any]], selectivity: float = 0.33,
-                        dataset_size: Optional[int] = None, refresh_every_steps: int = 1) -> List[Dict[str, Any]]:
+                        dataset_size: Optional[int] = None, refresh_every_steps: int = 1,
+                        selection_batch: Optional[int] = None) -> List[Dict[str, Any]]:
     """Predicted seconds per steady-state epoch of Traditional, SB and SB with each engine (module
     docstring's cost model), per model x batch x training precision, from :func:`profile_models` rows.
-    ``dataset_size`` defaults to the size of the training split the rows were measured on."""
+    ``dataset_size`` defaults to the size of the training split the rows were measured on;
+    ``selection_batch`` (candidates per selection call) to the training batch size."""
     if not 0.0 < selectivity <= 1.0:
         raise ValueError(f"selectivity must be in (0, 1], got {selectivity}")
     if refresh_every_steps < 0:
@@ -188,13 +216,14 @@ def predict_epoch_costs(rows: Sequence[Dict[str, Any]], selectivity: float = 0.3
         step_s = (train["train_forward_ms"] + train["backward_ms"] + train["optimizer_ms"]) / 1e3
         same = [r for r in rows if r["kind"] == "engine" and r["status"] == "ok"
                 and (r["model"], r["batch"]) == (train["model"], train["batch"])]
-        options = [("traditional", 0.0, 1.0, 0.0), (f"sb torch-{train['name']}", train["selection_ms"], selectivity, 0.0)]
+        calls = selection_batch or train["batch"]
+        options = [("traditional", 0.0, 1.0, 0.0),
+                   (f"sb torch-{train['name']}", selection_epoch_seconds(train, size, calls), selectivity, 0.0)]
         refreshes = (selectivity * batches / refresh_every_steps if refresh_every_steps else 0.0) + 1.0
-        options += [(f"sb {r['name']}", r["selection_ms"], selectivity, refreshes * (r["refresh_s"] or 0.0))
-                    for r in same]  # a live engine (refresh_s None) is never refreshed
+        options += [(f"sb {r['name']}", selection_epoch_seconds(r, size, calls), selectivity,
+                     refreshes * (r["refresh_s"] or 0.0)) for r in same]  # a live engine (refresh_s None): never
         traditional_s = batches * step_s
-        for strategy, selection_ms, share, refresh_s in options:
-            selection_s = batches * selection_ms / 1e3
+        for strategy, selection_s, share, refresh_s in options:
             train_s = share * batches * step_s
             total = selection_s + train_s + refresh_s
             out.append({"model": train["model"], "batch": train["batch"], "precision": train["name"],
@@ -222,17 +251,23 @@ def _ms(row: Dict[str, Any], key: str) -> str:
     return f"{row[f'{key}_ms']:.2f} ±{_half_iqr(row, key):.2f}{noisy}"
 
 
+def _fit(row: Dict[str, Any], key: str, fmt: str) -> str:
+    return "-" if row.get(key) is None else format(row[key], fmt)
+
+
 def profile_tables(rows: Sequence[Dict[str, Any]], costs: Sequence[Dict[str, Any]]) -> str:
     """The timing table (medians ± half the interquartile range), unavailable engines, and the
     predicted per-epoch costs, as terminal text."""
     timing = [[r["model"], r["batch"], r["name"] if r["kind"] == "train" else f"select {r['name']}",
                _ms(r, "selection"), _ms(r, "train_forward"), _ms(r, "backward"), _ms(r, "optimizer"),
                r.get("backward_over_forward"), r.get("selection_over_backward"), seconds_cell(r.get("build_s")),
-               seconds_cell(r.get("refresh_s"))]
+               seconds_cell(r.get("refresh_s")), _fit(r, "call_overhead_ms", ".2f"), _fit(r, "per_example_us", ".1f")]
               for r in rows if r["status"] == "ok"]
-    parts = [f"device: {rows[0]['device']}; ms per batch, median ±half-IQR" if rows else "no measurements",
+    parts = [f"device: {rows[0]['device']}; ms per batch, median ±half-IQR; a selection call of n examples "
+             "costs a + b n (least squares over the call sizes)" if rows else "no measurements",
              format_table(timing, ["model", "batch", "precision / engine", "selection fwd", "train fwd", "backward",
-                                   "optimizer", "bwd/fwd", "sel/bwd", "build s", "refresh s"])]
+                                   "optimizer", "bwd/fwd", "sel/bwd", "build s", "refresh s", "call ms (a)",
+                                   "us/example (b)"])]
     if any("*" in cell for row in timing for cell in row[3:7]):
         parts.append(f"* varies by more than {NOISY_SPREAD:.0%} between repeats: is another process using the "
                      "CPU/GPU? Rerun on a quiet machine or with more --repeats.")

@@ -31,6 +31,8 @@ def test_profile_cli_on_a_tiny_setting(tmp_path, capsys):
         assert r["backward_over_forward"] == r["backward_ms"] / r["train_forward_ms"]
     engines = [r for r in data["rows"] if r["kind"] == "engine"]
     assert [r["name"] for r in engines] == default_engines()  # every other registered engine, once
+    assert "torch-graph-fp16" in default_engines() and "torch-fp32" not in default_engines()
+    assert all(r["per_example_us"] is not None for r in train + [r for r in engines if r["status"] == "ok"])
     assert all(r["selection_ms"] > 0 for r in engines if r["status"] == "ok")
     # the costs predict every measured option and nothing that could not be measured here
     assert {c["strategy"] for c in data["costs"]} == ({"traditional", "sb torch-fp32", "sb torch-bf16"}
@@ -75,6 +77,49 @@ def test_cost_model_on_hand_computed_numbers():
         predict_epoch_costs(rows, 0.0)
     with pytest.raises(ValueError, match="refresh_every_steps"):
         predict_epoch_costs(rows, 0.5, refresh_every_steps=-1)
+
+
+def test_call_cost_fit_on_synthetic_timings():
+    """cost(n) = a + b n recovered exactly from exact timings, and by least squares from noisy ones."""
+    sizes = [32, 64, 128, 256, 512, 1024]
+    a, b = measure.fit_call_cost(sizes, [0.0024 + 3.3e-6 * n for n in sizes])  # an H100-like engine
+    assert a == pytest.approx(0.0024, rel=1e-9) and b == pytest.approx(3.3e-6, rel=1e-9)
+    # symmetric errors around a line: least squares gives the line back
+    a, b = measure.fit_call_cost([10, 10, 20, 20], [1.0 + 0.1, 1.0 - 0.1, 2.0 - 0.1, 2.0 + 0.1])
+    assert (a, b) == pytest.approx((0.0, 0.1), abs=1e-12)
+    a, b = measure.fit_call_cost([1, 2, 3], [2.0, 2.0, 5.0])  # hand-solved normal equations
+    assert (a, b) == pytest.approx((0.0, 1.5), abs=1e-12)
+    for sizes, seconds in (([64, 64], [1.0, 2.0]), ([64], [1.0]), ([32, 64], [1.0])):
+        with pytest.raises(ValueError, match="distinct sizes"):
+            measure.fit_call_cost(sizes, seconds)
+
+
+def test_cost_model_uses_the_per_call_fit():
+    """1000 examples scored in calls of 250: 4 calls x 2 ms + 1000 x 5 us = 13 ms, whatever was
+    measured at the training batch; a negative fitted a (noise) counts as 0."""
+    base = {"model": "m", "batch": 100, "dataset_size": 1000}
+    train = {**base, "kind": "train", "name": "fp16", "status": "ok", "selection_ms": 10.0,
+             "train_forward_ms": 20.0, "backward_ms": 50.0, "optimizer_ms": 30.0,
+             "call_overhead_ms": 2.0, "per_example_us": 5.0}
+    graph = {**base, "kind": "engine", "name": "torch-graph-fp16", "status": "ok", "selection_ms": 1.0,
+             "refresh_s": None, "call_overhead_ms": -0.1, "per_example_us": 3.0}
+    costs = {c["strategy"]: c for c in predict_epoch_costs([train, graph], 0.25, selection_batch=250)}
+    assert costs["sb torch-fp16"]["selection_s"] == pytest.approx(4 * 0.002 + 1000 * 5e-6)
+    assert costs["sb torch-graph-fp16"]["selection_s"] == pytest.approx(1000 * 3e-6)
+    default = {c["strategy"]: c for c in predict_epoch_costs([train], 0.25)}  # calls of the training batch
+    assert default["sb torch-fp16"]["selection_s"] == pytest.approx(10 * 0.002 + 1000 * 5e-6)
+
+
+def test_profile_reports_the_per_call_fit(synthetic):
+    from sb_accel.profile import profile_models, profile_tables
+
+    rows = profile_models(["small_cnn"], [16], ["fp32"], engines=[], data=synthetic, device="cpu", repeats=2,
+                          warmup=1, call_sizes=[8, 16, 32])
+    (row,) = rows
+    assert row["call_sizes"] == [8, 16, 32] and len(row["call_ms"]) == 3
+    assert measure.fit_call_cost(row["call_sizes"], [m / 1e3 for m in row["call_ms"]]) == pytest.approx(
+        (row["call_overhead_ms"] / 1e3, row["per_example_us"] / 1e6))
+    assert "call ms (a)" in profile_tables(rows, []) and "us/example (b)" in profile_tables(rows, [])
 
 
 def test_kept_sets_use_the_same_draws():
