@@ -3,10 +3,14 @@
     python benchmarks/time_to_accuracy.py                       # default CPU setting (<= 60 min, 2 cores)
     python benchmarks/time_to_accuracy.py --seeds 0 1 2 --epochs 12
     python benchmarks/time_to_accuracy.py --dataset fashion_mnist
+    python benchmarks/time_to_accuracy.py --preset gpu          # ResNet-18, full CIFAR-10, 20 epochs (one GPU)
     python benchmarks/time_to_accuracy.py --preset paper        # WRN-28-10, 200 epochs (GPU)
 
 Strategies: Traditional, SB, Stale-SB (n = 2, 3), Kath18, InfoBatch, and SB with every available
 accelerated engine (ONNX Runtime INT8 on CPU; TensorRT where present), plus pipelined selection.
+The ``gpu`` preset selects with the ``torch-graph-fp16`` engine (CUDA graphs over the live model)
+in calls of 1024 candidates for every strategy that runs selection forwards, compares SB with
+eager FP32 selection (``sb-torch-fp32``, the paper's setting) and runs no pipelined variants.
 Every strategy uses the same epoch-based LR schedule. Two views, as the paper:
 
 (a) equal epochs: every strategy runs the same number of epochs (SB finishes sooner: does it get
@@ -37,7 +41,7 @@ import torch
 from sb_accel.cli import main as sb_accel_main
 from sb_accel.config import TrainConfig
 from sb_accel.data import load_dataset
-from sb_accel.engines import EngineContext, EngineError, create_engine
+from sb_accel.engines import EngineContext, EngineError, create_engine, parse_engine_spec
 from sb_accel.models import create_model
 from sb_accel.reporting import load_run
 from sb_accel.train import Trainer
@@ -46,6 +50,10 @@ PRESETS: Dict[str, Dict[str, object]] = {
     # Sized for a 2-core CPU: the small ResNet-9-style CNN, warm-up + linear decay compressed to the budget.
     "cpu": dict(model="small_cnn", epochs=6, batch_size=128, lr=0.05, lr_schedule="linear", warmup_epochs=1.0,
                 train_subset=20000, selectivity=0.33, refresh_every_steps=1),
+    # One GPU (sized on an H100: ResNet-18 training step b128 ~11 ms; torch-graph FP16 selection at
+    # b1024 ~3.3-5 us per example): full CIFAR-10, warm-up + linear decay.
+    "gpu": dict(model="resnet18", epochs=20, batch_size=128, lr=0.1, lr_schedule="linear", warmup_epochs=1.0,
+                train_subset=0, selectivity=0.33, refresh_every_steps=1, device="cuda"),
     # The paper's CIFAR-10 setting (§5.1) for GPU users.
     "paper": dict(model="wrn-28-10", epochs=200, batch_size=128, lr=0.1, lr_schedule="multistep",
                   milestones=[60.0, 120.0, 160.0], gamma=0.2, train_subset=0, selectivity=0.33,
@@ -53,22 +61,38 @@ PRESETS: Dict[str, Dict[str, object]] = {
 }
 
 
-def strategies(available_engines: List[str], threads: int) -> Dict[str, Dict[str, object]]:
-    """Name -> TrainConfig overrides of every strategy in the comparison."""
+# Per preset: what every strategy that runs selection forwards uses (SB, Stale-SB, Kath18), the
+# accelerated engines tried for extra "sb-<engine>" runs by default, and whether pipelined variants run.
+SELECTION: Dict[str, Dict[str, object]] = {
+    "gpu": dict(engine="torch-graph", precision="fp16", selection_batch_size=1024),
+}
+DEFAULT_ENGINES = {"cpu": ["onnxruntime-int8", "tensorrt-fp16", "tensorrt-int8"], "gpu": ["torch-fp32"],
+                   "paper": ["torch-graph-bf16", "tensorrt-fp16", "tensorrt-int8"]}
+PIPELINES = {"cpu": True, "gpu": False, "paper": True}
+
+
+def strategies(available_engines: List[str], threads: int, selection: Optional[Dict[str, object]] = None,
+               pipelines: bool = True) -> Dict[str, Dict[str, object]]:
+    """Name -> TrainConfig overrides of every strategy in the comparison; ``selection`` goes to every
+    strategy that runs selection forwards (and to the engine variants, whose engine it keeps)."""
+    chosen = dict(selection or {})
     out: Dict[str, Dict[str, object]] = {
         "traditional": dict(strategy="traditional"),
-        "sb": dict(strategy="sb"),
-        "stale-sb-2": dict(strategy="stale-sb", stale_n=2),
-        "stale-sb-3": dict(strategy="stale-sb", stale_n=3),
-        "kath18": dict(strategy="kath18"),
+        "sb": dict(strategy="sb", **chosen),
+        "stale-sb-2": dict(strategy="stale-sb", stale_n=2, **chosen),
+        "stale-sb-3": dict(strategy="stale-sb", stale_n=3, **chosen),
+        "kath18": dict(strategy="kath18", **chosen),
         "infobatch": dict(strategy="infobatch"),
     }
     for spec in available_engines:
-        backend, precision = spec.rsplit("-", 1)
-        out[f"sb-{spec}"] = dict(strategy="sb", engine=backend, precision=precision)
+        backend, precision = parse_engine_spec(spec)
+        out[f"sb-{spec}"] = dict(strategy="sb", **{**chosen, "engine": backend, "precision": precision})
+        if not pipelines:
+            continue
         # Pipelined: selection of the next batches overlaps training; on CPU the cores are split.
         split = dict(threads=max(1, threads // 2), engine_threads=max(1, threads - threads // 2)) if not torch.cuda.is_available() else {}
-        out[f"sb-{spec}-pipeline"] = dict(strategy="sb", engine=backend, precision=precision, pipeline=True, **split)
+        out[f"sb-{spec}-pipeline"] = dict(strategy="sb", **{**chosen, "engine": backend, "precision": precision},
+                                          pipeline=True, **split)
     return out
 
 
@@ -135,8 +159,9 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="override the preset's epoch budget")
     parser.add_argument("--train-subset", type=int, help="override the preset's training-set size (0: all)")
     parser.add_argument("--only", nargs="+", help="run only these strategies (names as printed)")
-    parser.add_argument("--engines", nargs="+", default=["onnxruntime-int8", "tensorrt-fp16", "tensorrt-int8"],
-                        help="accelerated engines to try for SB (unavailable ones are skipped)")
+    parser.add_argument("--engines", nargs="+",
+                        help="accelerated engines to try for extra SB runs (unavailable ones are skipped; default per "
+                             f"preset: {DEFAULT_ENGINES})")
     parser.add_argument("--views", nargs="+", choices=["equal-epochs", "equal-wall"], default=["equal-epochs", "equal-wall"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--refresh-every-steps", type=int, help="override the preset's engine refresh interval")
@@ -163,7 +188,8 @@ def main(argv: List[str] | None = None) -> int:
     data = load_dataset(args.dataset)
     if preset.get("train_subset"):
         data = data.subset(int(preset["train_subset"]), seed=0)
-    plan = strategies(available_engines(args.engines), args.threads)
+    engines = args.engines if args.engines is not None else DEFAULT_ENGINES[args.preset]
+    plan = strategies(available_engines(engines), args.threads, SELECTION.get(args.preset), PIPELINES[args.preset])
     if args.only:
         unknown = set(args.only) - set(plan)
         if unknown:
