@@ -133,6 +133,15 @@ def test_reallocated_parameters_are_recaptured_with_a_warning(model):
     assert engine.captures == 2
 
 
+def test_fp32_capture_ignores_the_callers_autocast(model):
+    """A (re-)capture can happen inside an AMP training loop's autocast region: FP32 stays FP32."""
+    x, y = _batch(9, seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        engine = _engine(model)
+        got = engine.losses(x, y)
+    torch.testing.assert_close(got, TorchEngine(model).losses(x, y), atol=1e-5, rtol=1e-5)
+
+
 def test_mixed_train_eval_modes_are_restored_module_by_module(model):
     model.train()
     model.features[0].eval()  # e.g. a frozen stem inside a training model

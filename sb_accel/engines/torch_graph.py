@@ -101,7 +101,9 @@ class TorchGraphEngine(SelectionEngine):
         """What a graph captures: the eval-mode forward under the precision's autocast (its weight
         cache off: cached casts would outlive the capture) and the FP32 per-example loss."""
         dtype = _AUTOCAST[self.precision]
-        autocast = (contextlib.nullcontext() if dtype is None else
+        # FP32 turns autocast off explicitly: a capture triggered inside the caller's autocast
+        # region (an AMP training loop) must not inherit its dtype.
+        autocast = (torch.autocast(x.device.type, enabled=False) if dtype is None else
                     torch.autocast(x.device.type, dtype=dtype, cache_enabled=False))
         with torch.no_grad(), eval_mode(self.model):
             with autocast:
