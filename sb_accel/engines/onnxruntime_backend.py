@@ -1,21 +1,23 @@
 """ONNX Runtime selection engine: FP32, FP16 or INT8 (static QDQ) loss graphs on CPU or CUDA.
 
 Build and the refresh schedule are :class:`~sb_accel.engines.onnx_engine.OnnxEngine`'s; this
-module opens and runs sessions. Refresh never re-exports, and the session reads its weights from
-numpy buffers (``add_initializer``, :mod:`.ort_weights`), so no graph is rewritten or serialised:
+module opens and runs sessions. Refresh never re-exports:
 
 * ``"cheap"`` (every refresh but the scheduled full ones): FP32/FP16 weights by ``state_dict``
-  name (exact), INT8 weights re-quantized in numpy with the kept activation scales; then, with
-  ``refresh_mode = "session"`` (default), a new session over the same graph (INT8: over ORT's own
-  optimized graph, opened with optimizations off) swapped in one assignment, so a ``losses`` call
-  running in another thread finishes on the old session; with ``"inplace"``, the values copied into
-  the buffers of the one session of the run (slower per batch: see :mod:`.ort_weights`).
+  name (exact), INT8 weights re-quantized in numpy with the kept activation scales. With
+  ``refresh_mode = "session"`` (default) a new session takes them, swapped in one assignment so a
+  ``losses`` call running in another thread finishes on the old one: INT8 sessions are opened over
+  ORT's own optimized graph with the new weights attached as numpy buffers (``add_initializer``,
+  :mod:`.ort_weights`; no graph is rewritten or serialised), FP32/FP16 ones over the graph with the
+  weights written in. With ``"inplace"`` the values are copied into the buffers of the run's one
+  session (slower per batch: see :mod:`.ort_weights`).
 * ``"full"``: every ``recalibrate_every`` refreshes, or forced: INT8 recalibrated, any precision
   served from scratch.
 
-small_cnn, batch 128, 2 threads (benchmarks/selection_throughput.py --model small_cnn): a cheap INT8
-refresh costs ~4-5 ms (8 ms when every refresh rewrote and re-serialised the graph and opened a
-fully optimizing session), an FP32 one ~5-6 ms (7 ms), a recalibration ~0.22 s. CIFAR ResNet-18:
+small_cnn, batch 128, 2 threads (benchmarks/selection_throughput.py --model small_cnn; a training
+step ~100 ms): a cheap INT8 refresh costs 3.6-4.8 ms (8.0-8.9 ms when every refresh rewrote and
+re-serialised the graph and opened a fully optimizing session), an FP32 one ~6.5-7 ms (unchanged:
+its optimizations need the weights in the graph), a recalibration ~0.2 s. CIFAR ResNet-18:
 INT8 u8s8 ~135 ms/batch, FP32 ~490, FP16 ~500 (the CPU provider gains nothing from FP16), torch
 FP32 channels_last ~720. A full INT8 recalibration runs ORT's calibrator, whose session uses ORT's
 default thread pool, not ``threads``.

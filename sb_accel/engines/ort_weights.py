@@ -1,27 +1,32 @@
 """ONNX Runtime sessions whose weight initializers are numpy buffers this package owns.
 
 ``SessionOptions.add_initializer(name, OrtValue)`` makes a session use the given tensor instead of
-the graph's initializer of that name, *without copying it* (ORT's C API: the buffer "must outlive
-the session"). That gives two ways to take new training weights (measured on small_cnn, batch 128,
-2 CPU threads, ONNX Runtime 1.32; /tmp-free reproductions in tests/test_onnxruntime_engine.py):
+the graph's initializer of that name without copying it (ORT's C API: the buffer must outlive the
+session). But ORT's graph optimizations (Conv+BatchNorm fusion, NCHWc weight reordering, even at
+the BASIC level) read the weights from the *graph* at session creation, not from such buffers:
+a buffer reaches the kernels only where no optimization derived something from it. Measured on
+small_cnn, batch 128, 2 CPU threads, ONNX Runtime 1.32 (benchmarks/selection_throughput.py
+--model small_cnn, round-robin timing; a training step there takes ~100 ms):
 
-* **a new session per refresh** over the same serialised graph, the new arrays attached: no
-  protobuf writes, no re-serialisation. For INT8 the graph is ORT's own level-ALL *optimized* graph
-  (QLinearConv fused, layouts chosen; :func:`optimized_graph`) opened with optimizations off: ~2.5
-  ms instead of ~5 ms per session, same per-batch speed, identical losses (checked at build by
-  :func:`preoptimized_matches`). FP32/FP16 cannot use that: ORT's Conv+BatchNorm fusion and NCHWc
-  layout rename and rewrite the weights.
-* **in place, one session for the whole run**: the new values copied into the attached buffers.
-  ORT reads a buffer at run time only where no optimization derived something from it at session
-  creation: for INT8 the QLinearConv fusion keeps reading the int8 weights, scales and biases, but
-  its weight pre-packing must be off (``session.disable_prepacking``); for FP32/FP16 the BatchNorm
-  fusion and the NCHWc weight reordering copy the weights, so every optimization must be off. The
-  price is per batch: INT8 22 -> 27 ms (+25%), FP32 49 -> 102 ms (2.1x); weights fed as graph
-  inputs instead would cost FP32 1.9x and INT8 5.8x. A refresh then costs ~0.1 ms of copying.
+* **a new session per refresh** (``refresh_mode = "session"``, default). INT8: the session is
+  opened over ORT's own level-ALL *optimized* graph (:func:`optimized_graph`; QLinearConv fused,
+  layouts chosen) with optimizations off and the re-quantized weights attached: ~1.8 ms to open
+  instead of ~5, same per-batch speed, losses identical to a session over a graph holding the new
+  weights (checked with changed weights at build: :func:`preoptimized_matches`). A cheap INT8
+  refresh went from 8.0-8.9 ms to 3.6-4.8 ms (requantization ~1 ms, state_dict copy ~0.3 ms).
+  FP32/FP16 cannot do this (the fused and reordered weights get new names), so their refresh
+  writes the graph and opens a fully optimizing session as before: ~6.5-7 ms.
+* **in place, one session for the whole run** (``"inplace"``): the new values copied into the
+  attached buffers (~0.1 ms; a refresh then costs 1.9-2.1 ms INT8, 1.1 ms FP32). It needs INT8
+  weight pre-packing off (``session.disable_prepacking``; the QLinearConv fusion itself keeps
+  reading the buffers) and, for FP32/FP16, every graph optimization off. Per batch that costs
+  INT8 13.8 -> 26-29 ms (~2x) and FP32 23 -> 67-77 ms (~3x); weights fed as graph inputs instead
+  (bound once through IO binding) would cost FP32 1.9x and INT8 5.8x. With ~3 selection batches
+  per training step, in place loses 30-40 ms per step to save ~2.5 ms.
 
-With ~3 selection batches per training step, the in-place session loses more per batch than it
-saves per refresh, so ``"session"`` is the default and ``"inplace"`` an option (recipe key
-``refresh_mode``). Both give exactly the losses of a session built from the new weights.
+So ``"session"`` is the default and ``"inplace"`` an option for settings with many refreshes per
+selection batch. Both give the losses of a session built from the new weights (tests in
+tests/test_onnxruntime_engine.py).
 """
 from __future__ import annotations
 
