@@ -154,8 +154,8 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
         calls = {}  # engine name -> its per-call fit
         if len(set(sizes)) >= 2:
             selectors = [(p, create_engine(f"torch-{p}", model, context)) for p in precisions]
-            for name, engine in selectors + [(b.spec, b.engine) for b in builds if b.engine is not None]:
-                calls[name] = call_costs(engine, *sample, sizes, dev, repeats, warmup)
+            for selector, engine in selectors + [(b.spec, b.engine) for b in builds if b.engine is not None]:
+                calls[selector] = call_costs(engine, *sample, sizes, dev, repeats, warmup)
         try:
             for batch in batch_sizes:
                 x, y = sample[0][:batch], sample[1][:batch]

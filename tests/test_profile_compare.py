@@ -116,6 +116,7 @@ def test_profile_reports_the_per_call_fit(synthetic):
     rows = profile_models(["small_cnn"], [16], ["fp32"], engines=[], data=synthetic, device="cpu", repeats=2,
                           warmup=1, call_sizes=[8, 16, 32])
     (row,) = rows
+    assert row["model"] == "small_cnn" and row["name"] == "fp32"
     assert row["call_sizes"] == [8, 16, 32] and len(row["call_ms"]) == 3
     assert measure.fit_call_cost(row["call_sizes"], [m / 1e3 for m in row["call_ms"]]) == pytest.approx(
         (row["call_overhead_ms"] / 1e3, row["per_example_us"] / 1e6))
