@@ -143,16 +143,25 @@ class Run:
 
     @property
     def label(self) -> str:
-        """A readable name: strategy, engine and precision if not torch-fp32."""
+        """A readable name: strategy, and the selection engine if not torch-fp32."""
         c = self.config
         label = c.get("strategy", self.run_dir.name)
         if label == "stale-sb":
             label += f" n={c.get('stale_n')}"
-        if c.get("strategy") not in (None, "traditional", "infobatch") and (c.get("engine"), c.get("precision")) != ("torch", "fp32"):
-            label += f" [{c.get('engine')}-{c.get('precision')}]"
+        if c.get("strategy") not in (None, "traditional", "infobatch") and self.engine not in (None, "torch-fp32"):
+            label += f" [{self.engine}]"
         if c.get("pipeline"):
             label += " +pipeline"
         return label
+
+    @property
+    def engine(self) -> Optional[str]:
+        """The selection engine the run built (``engine: auto`` resolved), None if unknown or none."""
+        configs = self.of("config")
+        if configs and configs[-1].get("engine"):
+            return configs[-1]["engine"]
+        c = self.config
+        return None if c.get("engine", "auto") == "auto" else f"{c.get('engine')}-{c.get('precision')}"
 
     @property
     def phases(self) -> Dict[str, float]:
