@@ -189,6 +189,13 @@ def test_refresh_modes_give_the_losses_of_a_graph_holding_the_new_weights(traine
         inits = [{i.name: onnx.numpy_helper.to_array(i) for i in e.onnx_model.graph.initializer} for e in engines.values()]
         assert inits[0].keys() == inits[1].keys()
         assert all(np.array_equal(inits[0][k], inits[1][k]) for k in inits[0])
+    # and against an engine built from scratch on the new weights (INT8: recalibrated, so within tolerance)
+    rebuilt = create_engine(f"onnxruntime-{precision}", model, _context(cifar, tmp_path)).losses(xt, yt)
+    for mode, engine in engines.items():
+        difference = (engine.losses(xt, yt) - rebuilt).abs().max()
+        assert difference <= {"fp32": 1e-5, "fp16": 0.05, "int8": 0.5}[precision], (mode, difference)
+        if precision == "int8":
+            assert rank_correlation(engine.losses(xt, yt), rebuilt) >= 0.95
 
 
 def test_inplace_refresh_is_refused_where_it_cannot_work(trained, cifar, tmp_path):
