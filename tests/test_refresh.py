@@ -1,4 +1,5 @@
 """EngineRefresher: schedule, events, validation with raise/fallback, background refresh safety."""
+import importlib.util
 import threading
 import time
 
@@ -209,11 +210,7 @@ def test_validation_rank_threshold(cnn, cnn_context):
 
 
 def _tensorrt_usable() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
 @pytest.mark.skipif(_tensorrt_usable(), reason="TensorRT is usable here, so its build does not fail")

@@ -1,6 +1,7 @@
 """TensorRT engine: clear error without TensorRT/CUDA, the input preparation (CPU); on a GPU, accuracy on
 channels_last batches and refit (skipped elsewhere; never executed yet: no TensorRT on the lent GPUs)."""
 import copy
+import importlib.util
 
 import pytest
 import torch
@@ -12,11 +13,7 @@ from sb_accel.models import create_model
 
 
 def _tensorrt_usable() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
 def _context(tmp_path, device="cpu", **options):
