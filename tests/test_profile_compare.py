@@ -197,3 +197,33 @@ def test_real_batches_at_different_offsets_are_disjoint_windows_of_one_order(syn
     assert torch.equal(window, whole[24:]) and torch.equal(window_labels, labels[24:])
     with pytest.raises(ValueError, match="examples 24 to"):
         real_batch(synthetic, len(synthetic.y_train), torch.device("cpu"), torch.contiguous_format, offset=24)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec,fit_sizes,loop_sizes", [
+    ("torch-fp16", (32, 64, 128, 256, 512, 1024), (96, 768)),
+    ("torch-graph-fp16", (128, 256, 512, 1024), (256, 1024)),  # its buckets: smaller calls are padded
+])
+def test_gpu_per_call_fit_predicts_a_measured_loop_within_15_percent(spec, fit_sizes, loop_sizes):
+    """The profile's cost model on a GPU: calls x a + examples x b vs the time of a real loop of calls."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from sb_accel.engines import EngineContext, create_engine
+    from sb_accel.models import create_model
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = create_model("resnet18").to(device, memory_format=torch.channels_last)
+    x = torch.randn(1024, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (1024,), device=device)
+    engine = create_engine(spec, model, EngineContext(device=device, sample_batches=[(x[:128], y[:128])],
+                                                      max_batch=1024))
+    fit = measure.call_costs(engine, x, y, fit_sizes, device, repeats=10, warmup=3)
+    for n in loop_sizes:
+        calls = 20
+        for _ in range(3):
+            engine.losses(x[:n], y[:n]).float().cpu()  # warm (a first call at a new shape plans cuDNN)
+        measured = measure.synchronized_seconds(
+            lambda: [engine.losses(x[:n], y[:n]).float().cpu() for _ in range(calls)], device)
+        predicted = calls * fit["call_overhead_ms"] / 1e3 + calls * n * fit["per_example_us"] / 1e6
+        assert abs(predicted - measured) <= 0.15 * measured, (spec, n, predicted, measured, fit)
