@@ -27,6 +27,7 @@ from sb_accel.reporting import load_run
 from sb_accel.selection import LossHistory
 from sb_accel.train import Trainer
 from sb_accel.train.driver import ScoredCandidates
+from sb_accel.train.tables import innermost_policy
 
 WORLD = 2
 DEADLINE = 60.0  # seconds per multi-process job
@@ -70,8 +71,7 @@ def run_ranks(tmp_path, job, *args, expect_failure=False):
 def _config(run_dir, **changes):
     base = dict(dataset="synthetic", model="small_cnn", width=4, epochs=2, batch_size=32, lr=0.05,
                 lr_schedule="constant", run_dir=str(run_dir), log_every_steps=4, progress=False, threads=1)
-    base.update(changes)
-    return TrainConfig(**base)
+    return TrainConfig(**{**base, **changes})
 
 
 def _data():
@@ -80,7 +80,7 @@ def _data():
 
 def _report(trainer, summary):
     """What a rank sends back: the global summary and its own view."""
-    history = getattr(getattr(trainer.driver.policy, "policy", trainer.driver.policy), "history", None)
+    history = getattr(innermost_policy(trainer.driver.policy), "history", None)
     return {"summary": summary, "step": trainer.step, "backprops": trainer.backprops, "kept": trainer.driver.kept,
             "weights": {k: v.clone() for k, v in trainer.model.state_dict().items()},
             "history": None if history is None else history.values()}
@@ -94,12 +94,7 @@ def _without_time(event):
 def _train_each(rank, run_dir, configs):
     results = []
     for i, changes in enumerate(configs):
-        changes = dict(changes)
-        history = changes.pop("ddp_history", None)
-        cfg = _config(Path(run_dir) / str(i), **changes)
-        if history is not None:
-            cfg.ddp_history = history  # until TrainConfig has the field
-        trainer = Trainer(cfg, data=_data(), overwrite=True)
+        trainer = Trainer(_config(Path(run_dir) / str(i), **changes), data=_data(), overwrite=True)
         results.append(_report(trainer, trainer.fit()))
     return results
 
@@ -109,12 +104,8 @@ def _train_on_given_losses(rank, run_dir, runs):
     so the kept share is exactly what the CDF rule gives); ``runs``: (name, shift, config changes)."""
     results = []
     for name, shift, changes in runs:
-        changes = dict(changes)
-        history = changes.pop("ddp_history", None)
-        cfg = _config(Path(run_dir) / name, strategy="sb", prime_epochs=0, **changes)
-        if history is not None:
-            cfg.ddp_history = history  # until TrainConfig has the field
-        trainer = Trainer(cfg, data=_data(), overwrite=True)
+        trainer = Trainer(_config(Path(run_dir) / name, strategy="sb", prime_epochs=0, **changes), data=_data(),
+                          overwrite=True)
 
         def given_losses(x, y, idx):
             g = torch.Generator().manual_seed(int(idx[0]))
