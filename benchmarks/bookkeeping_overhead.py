@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from sb_accel.models import create_model
 from sb_accel.engines import EngineRefresher, TorchEngine
 from sb_accel.selection import StrategyOptions, create_strategy
-from sb_accel.train.driver import ScoredCandidates, SelectionDriver
+from sb_accel.train.driver import SelectionDriver
+from sb_accel.train.scoring import ScoredCandidates
 
 
 def median_seconds(fn, repeats: int, warmup: int = 3) -> float:

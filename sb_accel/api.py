@@ -83,7 +83,7 @@ class SelectiveBackprop:
     def _setup(self, x: torch.Tensor, y: torch.Tensor) -> SelectionDriver:
         self.batch_size = self.batch_size or len(y)
         policy = create_strategy(self.info.name, self.options, batch_size=self.batch_size,
-                                 dataset_size=self.dataset_size)
+                                 dataset_size=self.dataset_size).to(x.device)
         refresher = None
         if policy.needs_selection_forward:
             context = EngineContext(device=x.device, sample_batches=self._calibration or [(x, y)],

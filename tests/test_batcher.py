@@ -59,3 +59,5 @@ def test_bad_input():
         BackpropBatcher(4, end_of_epoch="flush")
     with pytest.raises(ValueError, match="disagree"):
         list(BackpropBatcher(4).add(torch.zeros(3, 1), torch.arange(3), torch.arange(3), torch.ones(2, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="disagree"):
+        list(BackpropBatcher(4).add_rows(torch.zeros(2, 1), torch.arange(3), torch.arange(3), None))

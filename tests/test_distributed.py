@@ -26,7 +26,7 @@ from sb_accel.data.sampler import DistributedEpochSampler
 from sb_accel.reporting import load_run
 from sb_accel.selection import LossHistory
 from sb_accel.train import Trainer
-from sb_accel.train.driver import ScoredCandidates
+from sb_accel.train.scoring import ScoredCandidates
 from sb_accel.train.tables import innermost_policy
 
 WORLD = 2

@@ -8,7 +8,7 @@ from sb_accel.reporting import load_run
 from sb_accel.selection import SelectiveBackpropPolicy, Traditional
 from sb_accel.train import Trainer
 from sb_accel.train.pipeline import SelectionPipeline
-from sb_accel.train.driver import score_candidates
+from sb_accel.train.scoring import score_candidates
 from test_trainer import config
 
 
@@ -66,3 +66,42 @@ def test_trainer_with_pipeline_reports_overlap_and_staleness(tmp_path, synthetic
     assert summary["selection_background"] > 0
     run = load_run(tmp_path / "run")
     assert run.of("refresh") and max(e["staleness"] for e in run.of("interval")) <= 3
+
+
+@pytest.mark.gpu
+def test_gpu_pipeline_selects_on_its_own_stream_and_sees_engine_changes():
+    """On CUDA the worker's kernels go on a side stream; scores equal the serial path's; a weight
+    change made under the pipeline's lock reaches the worker's later forwards."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cuda = torch.device("cuda")
+    model = torch.nn.Linear(8, 3).to(cuda)
+    streams = set()
+
+    class Engine:
+        name = "linear"
+
+        def losses(self, x, y):
+            streams.add(torch.cuda.current_stream(cuda).cuda_stream)
+            return torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+
+    engine, policy = Engine(), SelectiveBackpropPolicy()
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(256, 8, generator=g).to(cuda), torch.randint(0, 3, (256,), generator=g).to(cuda),
+             torch.arange(256) + 256 * i) for i in range(8)]
+    serial = [score_candidates(engine, policy, *b, epoch=1).losses for b in data]
+    training_stream = torch.cuda.current_stream(cuda).cuda_stream
+    streams.clear()
+    pipe = SelectionPipeline(iter(data), lambda: engine, policy, 1, depth=2, device=cuda)
+    piped = []
+    for i, scored in enumerate(pipe):
+        piped.append(scored.losses)
+        if i == 0:
+            with pipe.lock:  # as a refresh does
+                model.weight.data.zero_()
+                model.bias.data.zero_()
+    pipe.close()
+    assert streams and training_stream not in streams
+    assert torch.allclose(piped[0], serial[0])
+    uniform = torch.full_like(piped[-1], float(torch.log(torch.tensor(3.0))))
+    assert torch.allclose(piped[-1], uniform, atol=1e-6)

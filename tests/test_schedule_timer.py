@@ -84,3 +84,65 @@ def test_phase_timer_cuda_charges_gpu_work_to_the_phase_that_queued_it():
     totals = timer.totals()
     assert totals["train_forward"] == pytest.approx(gpu_seconds, rel=0.3)
     assert totals["other"] < 0.1 * totals["train_forward"]
+
+
+class FakeAsyncDevice:
+    """A simulated GPU: the host queues work and runs on at once; the device runs it in order.
+
+    An event recorded now is reached when everything queued before it is done. The host clock
+    moves only by its own (launch) costs and when it waits for the device.
+    """
+
+    def __init__(self) -> None:
+        self.host = 0.0        # the host's clock
+        self.queue_end = 0.0   # when the device finishes what is queued
+
+    def launch(self, device_seconds: float, host_seconds: float = 1e-5) -> None:
+        self.host += host_seconds
+        self.queue_end = max(self.queue_end, self.host) + device_seconds
+
+    def record(self) -> float:
+        return max(self.queue_end, self.host)
+
+    def seconds_between(self, begin: float, end: float) -> float:
+        return end - begin
+
+    def synchronize(self, event: float) -> None:
+        self.host = max(self.host, event)
+
+
+def test_timer_attributes_device_time_while_the_host_runs_ahead():
+    """The loop's pattern: the host queues a step's phases in microseconds and waits only for the
+    one host read per candidate batch. Phases must get the device's time for their own work and
+    sum to the device wall-clock; a host clock would charge everything to the phase that waits."""
+    gpu = FakeAsyncDevice()
+    timer = PhaseTimer("cpu", events=gpu, clock=lambda: gpu.host)
+    host_timer = PhaseTimer("cpu", clock=lambda: gpu.host)  # what a host clock would say
+    work = {"data": 0.002, "selection": 0.006, "train_forward": 0.010, "backward": 0.020, "optimizer": 0.003,
+            "bookkeeping": 0.0005}
+    timer.start()
+    host_timer.start()
+    start = gpu.record()
+    for _ in range(10):  # candidate batches
+        for phase in ("data", "selection"):
+            timer.switch(phase)
+            host_timer.switch(phase)
+            gpu.launch(work[phase])
+        gpu.synchronize(gpu.record())  # how many were kept: the host waits for the selection
+        for _ in range(3):  # steps
+            for phase in ("train_forward", "backward", "optimizer", "bookkeeping"):
+                timer.switch(phase)
+                host_timer.switch(phase)
+                gpu.launch(work[phase])
+    timer.switch("other")
+    host_timer.switch("other")
+    totals = timer.totals()
+    wall = gpu.record() - start
+    for phase in ("data", "selection"):
+        assert totals[phase] == pytest.approx(10 * work[phase], rel=0.02), phase
+    for phase in ("train_forward", "backward", "optimizer", "bookkeeping"):
+        assert totals[phase] == pytest.approx(30 * work[phase], rel=0.02), phase
+    assert sum(totals.values()) == pytest.approx(wall, rel=0.02)
+    # The host clock sees the three steps' work (queued, not waited for) as the next selection's wait.
+    host = host_timer.totals()
+    assert host["backward"] < 0.1 * totals["backward"] and host["selection"] > 2 * totals["selection"]

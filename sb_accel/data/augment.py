@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..transfer import to_device
+
 __all__ = ["Augment", "random_crop", "random_flip", "cutout", "AUGMENT_PRESETS"]
 
 
@@ -21,8 +23,8 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    dy = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
+    dx = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (n, h, 1)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (n, 1, w)
     batch = torch.arange(n, device=x.device)[:, None, None]
@@ -31,7 +33,7 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
 
 def random_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
     """Mirror each image left-right with probability ``p``."""
-    flip = (torch.rand(x.shape[0], generator=generator) < p).to(x.device)
+    flip = to_device(torch.rand(x.shape[0], generator=generator) < p, x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -41,8 +43,8 @@ def cutout(x: torch.Tensor, length: int, generator: torch.Generator) -> torch.Te
     if length <= 0:
         return x
     n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n,), generator=generator).to(x.device)
-    cx = torch.randint(0, w, (n,), generator=generator).to(x.device)
+    cy = to_device(torch.randint(0, h, (n,), generator=generator), x.device)
+    cx = to_device(torch.randint(0, w, (n,), generator=generator), x.device)
     ys = torch.arange(h, device=x.device)[None, :]
     xs = torch.arange(w, device=x.device)[None, :]
     half = length // 2

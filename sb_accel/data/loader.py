@@ -5,6 +5,7 @@ from typing import Iterator, Tuple
 
 import torch
 
+from ..transfer import to_device
 from .augment import Augment
 from .datasets import ArrayDataset, DataError
 
@@ -36,10 +37,15 @@ class CandidateLoader:
     def epoch(self, batch_size: int) -> Iterator[Candidate]:
         """One pass over a new permutation in batches of ``batch_size`` (the last may be smaller)."""
         order = torch.randperm(len(self.y), generator=self.generator)
+        if self.device.type == "cuda":
+            order = order.pin_memory()  # every slice's copy to the GPU is then asynchronous
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            dev_idx = idx.to(self.device)
-            yield self.prepare(self.x[dev_idx]), self.y[dev_idx], idx
+            yield self.batch(order[start:start + batch_size])
+
+    def batch(self, idx: torch.Tensor) -> Candidate:
+        """The candidate batch of examples ``idx`` (host indices), augmented on the device."""
+        dev_idx = to_device(idx, self.device)
+        return self.prepare(self.x[dev_idx]), self.y[dev_idx], idx
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         x = self.augment.apply(images, self.data.normalize, self.generator)

@@ -69,9 +69,10 @@ class DistributedEpochSampler:
 def shard_batches(loader: CandidateLoader, indices: torch.Tensor, batch_size: int) -> Iterator[Candidate]:
     """Candidate batches ``(x, y, indices)`` of ``loader``'s examples ``indices``, in that order,
     augmented with the loader's generator (the last batch may be smaller)."""
+    if loader.device.type == "cuda":
+        indices = indices.pin_memory()
     for idx in indices.split(batch_size):
-        dev_idx = idx.to(loader.device)
-        yield loader.prepare(loader.x[dev_idx]), loader.y[dev_idx], idx
+        yield loader.batch(idx)
 
 
 def shard_test_split(data: ArrayDataset, world_size: int, rank: int) -> ArrayDataset:

@@ -33,7 +33,9 @@ __all__ = ["RunLog", "read_events", "Run", "load_run", "LOG_NAME", "PHASES"]
 LOG_NAME = "log.jsonl"
 
 # Where wall-clock goes: every run's phase totals use these names (PhaseTimer, reports, plots).
-PHASES = ("data", "selection", "train_forward", "backward", "optimizer", "refresh", "eval", "other")
+# "bookkeeping": after each step, the policy's share of the training losses, the divergence flag and
+# the loss counters (logs written before it existed have none: read as 0).
+PHASES = ("data", "selection", "train_forward", "backward", "optimizer", "bookkeeping", "refresh", "eval", "other")
 
 
 class RunLog:

@@ -5,11 +5,17 @@ It knows nothing about engines, devices or models, so it is tested exactly on CP
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
-__all__ = ["SelectionPolicy", "Primed"]
+from ..transfer import to_device
+
+__all__ = ["SelectionPolicy", "Primed", "ForwardMask", "to_device"]
+
+# What ``requires_forward`` answers: a bool mask over the candidates, or a plain ``True`` / ``False``
+# for "all of them" / "none", which a caller can act on without reading a device tensor.
+ForwardMask = Union[bool, torch.Tensor]
 
 
 class SelectionPolicy:
@@ -18,7 +24,8 @@ class SelectionPolicy:
     The Trainer calls, per candidate batch of dataset ``indices`` in ``epoch``:
 
     1. ``requires_forward(indices, epoch)`` -> bool mask of candidates that need a fresh
-       selection-pass loss. Candidates outside the mask reach ``select`` with a NaN loss.
+       selection-pass loss, or ``True``/``False`` for all/none (no mask to read back from the
+       device). Candidates outside the mask reach ``select`` with a NaN loss.
     2. ``select(losses, indices, epoch)`` -> bool keep mask (same length as ``indices``).
     3. ``loss_weights(indices, epoch)`` -> per-example loss weights for kept examples, or None.
     4. After the train step, ``observe(indices, losses, epoch)`` with the training-forward losses
@@ -33,12 +40,30 @@ class SelectionPolicy:
     (3 for Kath18's pre-sampling, 1 otherwise); ``needs_selection_forward``: whether it ever asks
     for a selection pass (False: no engine is needed); ``uses_training_losses``: whether
     ``observe`` feeds its decisions (a caller that skips ``observe`` would silently change it).
+
+    A policy's state (loss history, random generator, per-example tables) lives on
+    :attr:`device`, which :meth:`to` sets (CPU by default). On the training GPU every decision is
+    made there without a host round trip; inputs may come on any device. The keep mask is on the
+    policy's device.
     """
 
     name = "traditional"
     candidate_multiplier = 1
     needs_selection_forward = False
     uses_training_losses = False
+
+    device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "SelectionPolicy":
+        """Move the policy's state to ``device``; returns ``self``. Call it before the first
+        decision (or before :meth:`load_state_dict`): a random generator moved to another device
+        restarts from the policy's seed, so the same seed draws differently on CPU and GPU."""
+        self.device = torch.device(device)
+        return self
+
+    def check_finite(self) -> None:
+        """Raise ``FloatingPointError`` if non-finite selection losses were seen since the last
+        check; policies on a GPU defer this check to avoid a host sync per candidate batch."""
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Hook for per-epoch state (default: nothing)."""
@@ -50,11 +75,11 @@ class SelectionPolicy:
         """Candidate-batch size in units of the training batch size, for ``epoch``."""
         return self.candidate_multiplier
 
-    def requires_forward(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        return torch.zeros(indices.numel(), dtype=torch.bool)
+    def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:
+        return False
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        return torch.ones(indices.numel(), dtype=torch.bool)
+        return torch.ones(indices.numel(), dtype=torch.bool, device=self.device)
 
     def loss_weights(self, indices: torch.Tensor, epoch: int) -> Optional[torch.Tensor]:
         return None
@@ -93,6 +118,14 @@ class Primed(SelectionPolicy):
     def _priming(self, epoch: int) -> bool:
         return epoch < self.epochs
 
+    def to(self, device: torch.device | str) -> "Primed":
+        self.policy.to(device)
+        self.device = self.policy.device
+        return self
+
+    def check_finite(self) -> None:
+        self.policy.check_finite()
+
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.policy.on_epoch_start(epoch, num_epochs)
 
@@ -102,14 +135,14 @@ class Primed(SelectionPolicy):
     def candidates_per_batch(self, epoch: int) -> int:
         return 1 if self._priming(epoch) else self.policy.candidate_multiplier
 
-    def requires_forward(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+    def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:
         if self._priming(epoch):
-            return torch.zeros(indices.numel(), dtype=torch.bool)
+            return False
         return self.policy.requires_forward(indices, epoch)
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         if self._priming(epoch):
-            return torch.ones(indices.numel(), dtype=torch.bool)
+            return torch.ones(indices.numel(), dtype=torch.bool, device=self.device)
         return self.policy.select(losses, indices, epoch)
 
     def loss_weights(self, indices: torch.Tensor, epoch: int) -> Optional[torch.Tensor]:

@@ -57,18 +57,30 @@ class BackpropBatcher:
 
     def add(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor,
             weights: Optional[torch.Tensor] = None) -> Iterator[TrainBatch]:
-        """Buffer the kept rows of a candidate batch; yield every full batch now available."""
-        if keep.shape[0] != y.shape[0] or x.shape[0] != y.shape[0] or indices.shape[0] != y.shape[0]:
+        """Buffer the kept rows of a candidate batch; yield every full batch now available.
+
+        ``keep`` is a bool mask on any device. Turning it into rows is the one host read per
+        candidate batch (how many were kept decides whether a step is due)."""
+        if keep.shape[0] != y.shape[0]:
+            raise ValueError(f"candidate batch parts disagree in length: keep {tuple(keep.shape)}, y {tuple(y.shape)}")
+        return self.add_rows(x, y, indices, keep.nonzero().squeeze(1), weights)
+
+    def add_rows(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, rows: Optional[torch.Tensor],
+                 weights: Optional[torch.Tensor] = None) -> Iterator[TrainBatch]:
+        """:meth:`add` with the kept row numbers (ascending) instead of a mask; ``None``: all."""
+        if x.shape[0] != y.shape[0] or indices.shape[0] != y.shape[0]:
             raise ValueError(f"candidate batch parts disagree in length: x {tuple(x.shape)}, "
-                             f"y {tuple(y.shape)}, indices {tuple(indices.shape)}, keep {tuple(keep.shape)}")
+                             f"y {tuple(y.shape)}, indices {tuple(indices.shape)}")
         if weights is None:
-            weights = torch.ones(y.shape[0], dtype=torch.float32)
-        if bool(keep.all()):
+            weights = torch.ones(y.shape[0], dtype=torch.float32, device=y.device)
+        if rows is None or len(rows) == y.shape[0]:
             chunk = TrainBatch(x, y, indices, weights)
         else:
-            rows = keep.nonzero().squeeze(1)
             chunk = TrainBatch(x[rows.to(x.device)], y[rows.to(y.device)],
                                indices[rows.to(indices.device)], weights[rows.to(weights.device)])
+        return self._buffer(chunk)
+
+    def _buffer(self, chunk: TrainBatch) -> Iterator[TrainBatch]:
         if len(chunk):
             self._chunks.append(chunk)
             self._count += len(chunk)
@@ -111,5 +123,6 @@ class BackpropBatcher:
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         self.dropped = int(state.get("dropped", 0))
         p = state["pending"]
-        self._chunks = [] if p is None else [TrainBatch(p["x"].to(device), p["y"].to(device), p["indices"], p["weights"])]
+        self._chunks = [] if p is None else [TrainBatch(p["x"].to(device), p["y"].to(device), p["indices"].to(device),
+                                                        p["weights"].to(device))]
         self._count = 0 if p is None else len(p["y"])

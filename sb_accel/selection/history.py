@@ -9,6 +9,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from .base import to_device
+
 __all__ = ["LossHistory", "Gather"]
 
 # A gather hook: this process's losses in, (every process's losses concatenated, the offset of this
@@ -44,21 +46,37 @@ class LossHistory:
     goes through it, every process's losses are appended in the order it returns them (so all
     processes hold the same history), and only this process's own are scored. Every process must
     then call :meth:`update_and_cdf` the same number of times with the same number of losses.
+
+    The ring lives on ``device`` (:meth:`to`); losses from any device are copied there and every
+    percentile is computed there, so on the training GPU nothing is read back to the host.
     """
 
-    def __init__(self, size: int = 1024, mode: str = "batch", gather: Optional[Gather] = None) -> None:
+    def __init__(self, size: int = 1024, mode: str = "batch", gather: Optional[Gather] = None,
+                 device: torch.device | str = "cpu") -> None:
         if size < 1:
             raise ValueError(f"history size must be >= 1, got {size}")
         if mode not in ("batch", "sequential"):
             raise ValueError(f"history mode must be 'batch' or 'sequential', got {mode!r}")
         self.size = size
         self.mode = mode
-        self._buffer = torch.empty(size, dtype=torch.float64)
+        self._buffer = torch.empty(size, dtype=torch.float64, device=device)
         self._count = 0  # total losses ever appended; the ring position is count % size
         self.gather = gather
 
     def __len__(self) -> int:
         return min(self._count, self.size)
+
+    @property
+    def device(self) -> torch.device:
+        return self._buffer.device
+
+    def to(self, device: torch.device | str) -> "LossHistory":
+        """Move the ring to ``device``; returns ``self``."""
+        self._buffer = self._buffer.to(device)
+        return self
+
+    def _flat(self, losses: torch.Tensor) -> torch.Tensor:
+        return to_device(losses.reshape(-1), self.device, torch.float64)
 
     def values(self) -> torch.Tensor:
         """The losses currently held, oldest first (a copy)."""
@@ -67,7 +85,7 @@ class LossHistory:
 
     def append(self, losses: torch.Tensor) -> None:
         """Append a 1-D tensor of losses, overwriting the oldest once full."""
-        flat = losses.detach().reshape(-1).to("cpu", torch.float64)
+        flat = self._flat(losses)
         if flat.numel() > self.size:  # only the newest `size` can survive
             self._count += flat.numel() - self.size
             flat = flat[-self.size:]
@@ -80,7 +98,7 @@ class LossHistory:
     def cdf(self, losses: torch.Tensor) -> torch.Tensor:
         """Fraction of the current history strictly below each loss (no update)."""
         n = len(self)
-        flat = losses.detach().reshape(-1).to("cpu", torch.float64)
+        flat = self._flat(losses)
         if n == 0:
             return torch.zeros_like(flat)
         ordered = torch.sort(self._buffer[:n]).values
@@ -90,8 +108,9 @@ class LossHistory:
     def update_and_cdf(self, losses: torch.Tensor) -> torch.Tensor:
         """Append ``losses`` (with a :attr:`gather` hook: every process's) and return the percentile
         of each of ``losses``, per ``self.mode``."""
-        flat = losses.detach().reshape(-1).to("cpu", torch.float64)
+        flat = self._flat(losses)
         everyone, start = (flat, 0) if self.gather is None else self.gather(flat)
+        everyone = self._flat(everyone)
         if self.mode == "batch":
             self.append(everyone)
             return self.cdf(flat)
@@ -104,11 +123,11 @@ class LossHistory:
         old = self.values()
         n, b = len(old), losses.numel()
         evicted = max(0, min(n, n + b - self.size))  # old losses that this batch overwrites
-        i = torch.arange(b)
+        i = torch.arange(b, device=self.device)
         # old losses that outlive the batch: in every example's window
         below = torch.searchsorted(torch.sort(old[evicted:]).values, losses, side="left")
         # old loss j is still there when example i is scored iff fewer than j + 1 were overwritten
-        alive = torch.arange(evicted)[None, :] >= (n + i + 1 - self.size)[:, None]
+        alive = torch.arange(evicted, device=self.device)[None, :] >= (n + i + 1 - self.size)[:, None]
         below += ((old[None, :evicted] < losses[:, None]) & alive).sum(1)
         # this batch's earlier examples (b <= size: none is evicted yet)
         below += ((losses[None, :] < losses[:, None]) & (i[None, :] < i[:, None])).sum(1)
@@ -123,6 +142,6 @@ class LossHistory:
         """Resume from :meth:`state_dict` (the sizes must match)."""
         if state["size"] != self.size:
             raise ValueError(f"checkpoint history size {state['size']} != configured {self.size}")
-        self._buffer = state["buffer"].clone()
+        self._buffer = state["buffer"].to(self.device, copy=True)
         self._count = int(state["count"])
         self.mode = state["mode"]

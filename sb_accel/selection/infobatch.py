@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .base import SelectionPolicy
+from .base import SelectionPolicy, to_device
 from .registry import StrategyOptions, register_strategy
 
 __all__ = ["InfoBatch"]
@@ -43,39 +43,47 @@ class InfoBatch(SelectionPolicy):
         self.scores = torch.full((dataset_size,), float("nan"), dtype=torch.float64)
         self.threshold = float("inf")
         self.pruning = False
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+
+    def to(self, device: torch.device | str) -> "InfoBatch":
+        super().to(device)
+        self.scores = self.scores.to(self.device)
+        if self.generator.device != self.device:
+            self.generator = torch.Generator(self.device).manual_seed(self.seed)
+        return self
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.pruning = epoch < num_epochs * (1.0 - self.anneal)
-        seen = self.scores[~torch.isnan(self.scores)]
+        seen = self.scores[~torch.isnan(self.scores)]  # once per epoch: a host read is fine here
         self.threshold = float(seen.mean()) if seen.numel() else float("inf")
 
     def _well_learned(self, indices: torch.Tensor) -> torch.Tensor:
-        scores = self.scores[indices.cpu()]
+        scores = self.scores[to_device(indices, self.device)]
         return ~torch.isnan(scores) & (scores < self.threshold)
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         if not self.pruning:
-            return torch.ones(indices.numel(), dtype=torch.bool)
-        drop = torch.rand(indices.numel(), generator=self.generator, dtype=torch.float64) < self.prune_ratio
+            return torch.ones(indices.numel(), dtype=torch.bool, device=self.device)
+        drop = torch.rand(indices.numel(), generator=self.generator, dtype=torch.float64,
+                          device=self.device) < self.prune_ratio
         return ~(self._well_learned(indices) & drop)
 
     def loss_weights(self, indices: torch.Tensor, epoch: int) -> Optional[torch.Tensor]:
         if not self.pruning:
             return None
-        weights = torch.ones(indices.numel(), dtype=torch.float32)
-        weights[self._well_learned(indices)] = 1.0 / (1.0 - self.prune_ratio)
-        return weights
+        scaled = torch.full((), 1.0 / (1.0 - self.prune_ratio), dtype=torch.float32, device=self.device)
+        return torch.where(self._well_learned(indices), scaled, torch.ones_like(scaled))
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
-        self.scores[indices.cpu()] = losses.detach().to("cpu", torch.float64)
+        self.scores[to_device(indices, self.device)] = to_device(losses, self.device, torch.float64)
 
     def state_dict(self) -> dict:
         return {"scores": self.scores.clone(), "threshold": self.threshold, "pruning": self.pruning,
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scores = state["scores"].clone()
+        self.scores = state["scores"].to(self.device, copy=True)
         self.threshold = float(state["threshold"])
         self.pruning = bool(state["pruning"])
         self.generator.set_state(state["generator"])

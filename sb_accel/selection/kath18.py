@@ -14,6 +14,9 @@ tracked as an exponential moving average (momentum ``alpha``); sampling is unifo
 average exceeds ``tau_th = (B + 3b) / (3b)``, the break-even point of the extra forward passes.
 Until then ``b`` of the ``B`` candidates are taken uniformly at random.
 
+Kath18 decides on the host (its variance EMA switches the sampler, a branch on a value): on a GPU it
+reads each pre-sample's losses back once; its state is a float and a CPU generator.
+
 Deviation: the draw is without replacement (a keep mask cannot hold duplicates); with
 ``B = 3b`` this changes little and keeps every training batch at exactly ``b`` distinct examples.
 """
@@ -23,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from .base import SelectionPolicy
+from .base import ForwardMask, SelectionPolicy
 from .registry import StrategyOptions, register_strategy
 
 __all__ = ["Kath18", "variance_reduction"]
@@ -72,8 +75,8 @@ class Kath18(SelectionPolicy):
     def importance_sampling(self) -> bool:
         return self.tau > self.tau_threshold
 
-    def requires_forward(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        return torch.ones(indices.numel(), dtype=torch.bool)
+    def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:
+        return True
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         scores = losses.detach().to("cpu", torch.float64)

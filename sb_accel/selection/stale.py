@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from .base import ForwardMask, to_device
 from .registry import StrategyOptions, register_strategy
 from .selective_backprop import SelectiveBackpropPolicy
 
@@ -40,25 +41,31 @@ class StaleSB(SelectiveBackpropPolicy):
         self.cached_loss = torch.full((dataset_size,), float("nan"), dtype=torch.float64)
         self.loss_epoch = torch.full((dataset_size,), -(10 ** 9), dtype=torch.long)
 
-    def requires_forward(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        idx = indices.cpu()
-        return (epoch - self.loss_epoch[idx]) >= self.n
+    def to(self, device: torch.device | str) -> "StaleSB":
+        super().to(device)
+        self.cached_loss = self.cached_loss.to(self.device)
+        self.loss_epoch = self.loss_epoch.to(self.device)
+        return self
+
+    def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:
+        return (epoch - self.loss_epoch[to_device(indices, self.device)]) >= self.n
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        idx = indices.cpu()
-        losses = losses.detach().to("cpu", torch.float64)
+        idx = to_device(indices, self.device)
+        losses = to_device(losses, self.device, torch.float64)
         fresh = ~torch.isnan(losses)
-        self.cached_loss[idx[fresh]] = losses[fresh]
-        self.loss_epoch[idx[fresh]] = epoch
+        # written with where, not a boolean index: no host sync on a GPU
         merged = torch.where(fresh, losses, self.cached_loss[idx])
-        if torch.isnan(merged).any():
+        self.cached_loss[idx] = merged
+        self.loss_epoch[idx] = torch.where(fresh, torch.full_like(idx, epoch), self.loss_epoch[idx])
+        if not self.deferred_checks and torch.isnan(merged).any():  # else check_finite() reports it
             raise RuntimeError("Stale-SB got no loss for an example it did not ask a forward for; "
                                "the trainer must run requires_forward() before select()")
         return super().select(merged, indices, epoch)
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
-        idx = indices.cpu()
-        self.cached_loss[idx] = losses.detach().to("cpu", torch.float64)
+        idx = to_device(indices, self.device)
+        self.cached_loss[idx] = to_device(losses, self.device, torch.float64)
         self.loss_epoch[idx] = epoch
 
     def state_dict(self) -> dict:
@@ -67,8 +74,8 @@ class StaleSB(SelectiveBackpropPolicy):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.cached_loss = state["cached_loss"].clone()
-        self.loss_epoch = state["loss_epoch"].clone()
+        self.cached_loss = state["cached_loss"].to(self.device, copy=True)
+        self.loss_epoch = state["loss_epoch"].to(self.device, copy=True)
 
     def __repr__(self) -> str:
         return f"StaleSB(n={self.n}, beta={self.beta:.4g}, history={self.history.size})"

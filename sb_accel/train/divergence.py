@@ -7,6 +7,7 @@ within ``check_every`` steps and never overwrites the last good checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, List
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,10 @@ class Diverged(FloatingPointError):
 
 
 class DivergenceGuard:
-    """Device-side NaN/inf flag over the training losses, read every ``check_every`` steps."""
+    """Device-side NaN/inf flag over the training losses, read every ``check_every`` steps.
+
+    :meth:`watch` adds checks read on the same cadence (a policy's deferred check of its
+    selection losses, :meth:`~sb_accel.selection.SelectionPolicy.check_finite`)."""
 
     def __init__(self, device: torch.device, check_every: int = 1) -> None:
         if check_every < 1:
@@ -29,6 +33,11 @@ class DivergenceGuard:
         self.check_every = check_every
         self._flag = torch.zeros((), dtype=torch.bool, device=device)
         self._first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self._watched: List[Callable[[], None]] = []
+
+    def watch(self, check: Callable[[], None]) -> None:
+        """Also run ``check`` (it raises ``FloatingPointError``) whenever the flag is read."""
+        self._watched.append(check)
 
     def update(self, loss: torch.Tensor, step: int) -> None:
         """Record whether ``loss`` (of optimizer step ``step``) is finite; no host sync."""
@@ -40,6 +49,8 @@ class DivergenceGuard:
         """Raise :class:`Diverged` if a non-finite loss was seen (read every ``check_every`` steps)."""
         if not force and step % self.check_every:
             return
+        for check in self._watched:
+            check()
         if bool(self._flag):
             first = int(self._first_step)
             raise Diverged(f"the training loss became NaN/inf at optimizer step {first} (checked at step {step}): "

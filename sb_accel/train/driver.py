@@ -8,7 +8,8 @@
     train step on each batch, then
       -> policy.observe                 the training-forward losses of the batch
 
-A small functional core (:func:`score_candidates`, :func:`decide`) does one candidate batch;
+A small functional core (:mod:`sb_accel.train.scoring`: ``score_candidates``, ``decide``) does one
+candidate batch;
 :class:`SelectionDriver` adds the state around it: the policy's lifecycle (epoch start and end,
 observed training losses), the batcher, the engine refresher and the counters. The Trainer, the
 drop-in API (:class:`sb_accel.SelectiveBackprop`) and the benchmarks all use the driver, so a
@@ -22,7 +23,6 @@ synchronised at epoch ends (:class:`~sb_accel.train.tables.ExampleTables`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional
 
 import torch
@@ -30,53 +30,13 @@ import torch.nn as nn
 
 from ..engines import EngineRefresher, SelectionEngine
 from ..selection import BackpropBatcher, SelectionPolicy, TrainBatch
+from ..transfer import to_device
 from .distributed import RankGroup
 from .lockstep import LockstepBatches
+from .scoring import ScoredCandidates, decide, nan_losses, rows_of, score_candidates
 from .tables import ExampleTables, innermost_policy
 
-__all__ = ["ScoredCandidates", "Decision", "score_candidates", "decide", "SelectionDriver"]
-
-
-@dataclass
-class ScoredCandidates:
-    """A candidate batch with the selection losses the policy asked for."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    indices: torch.Tensor
-    losses: torch.Tensor    # float32 CPU, NaN where the policy asked for no fresh loss
-    forwards: int           # selection-pass forwards run
-
-
-@dataclass
-class Decision:
-    """What the policy decided for a scored candidate batch."""
-
-    keep: torch.Tensor                 # bool, one per candidate (CPU)
-    weights: Optional[torch.Tensor]    # per-candidate loss weights, or None
-
-
-def score_candidates(engine: Optional[SelectionEngine], policy: SelectionPolicy, x: torch.Tensor, y: torch.Tensor,
-                     indices: torch.Tensor, epoch: int) -> ScoredCandidates:
-    """Run the selection pass on the candidates ``policy`` asks for (others get a NaN loss)."""
-    need = policy.requires_forward(indices, epoch)
-    losses = torch.full((len(indices),), float("nan"), dtype=torch.float32)
-    forwards = int(need.sum())
-    if forwards and engine is None:
-        raise RuntimeError(f"{policy!r} asked for selection forwards but the driver has no engine")
-    if forwards == len(indices):
-        losses = engine.losses(x, y).float().cpu()
-    elif forwards:
-        rows = need.nonzero().squeeze(1)
-        dev_rows = rows.to(x.device)
-        losses[rows] = engine.losses(x[dev_rows], y[dev_rows]).float().cpu()
-    return ScoredCandidates(x, y, indices, losses, forwards)
-
-
-def decide(policy: SelectionPolicy, scored: ScoredCandidates, epoch: int) -> Decision:
-    """The policy's keep mask and loss weights for ``scored``."""
-    keep = policy.select(scored.losses, scored.indices, epoch)
-    return Decision(keep, policy.loss_weights(scored.indices, epoch))
+__all__ = ["SelectionDriver"]
 
 
 class SelectionDriver:
@@ -182,8 +142,10 @@ class SelectionDriver:
             yield from self.lockstep.end_epoch(self.batcher.end_epoch(), self._empty)
 
     def finish_epoch(self) -> None:
-        """Close the epoch: the policy's ``on_epoch_end``; under DDP the tables' synchronisation."""
+        """Close the epoch: the policy's ``on_epoch_end`` (and its deferred NaN check); under DDP
+        the tables' synchronisation."""
         if self.epoch_open:
+            self.policy.check_finite()
             self.policy.on_epoch_end(self.epoch)
             if self.tables is not None:
                 self.tables.sync()
@@ -206,11 +168,14 @@ class SelectionDriver:
 
     def submit(self, scored: ScoredCandidates) -> Iterator[TrainBatch]:
         """Let the policy decide on ``scored``; yield every full training batch now ready."""
+        # indices where the policy's tables are: the batcher then never indexes host indices with device rows
+        scored.indices = to_device(scored.indices, self.policy.device)
         decision = decide(self.policy, scored, self.epoch)
+        rows = decision.keep.nonzero().squeeze(1)  # the one host read per candidate batch: how many were kept
         self.candidates += len(scored.indices)
         self.forwards += scored.forwards
-        self.kept += int(decision.keep.sum())
-        batches = self.batcher.add(scored.x, scored.y, scored.indices, decision.keep, decision.weights)
+        self.kept += len(rows)
+        batches = self.batcher.add_rows(scored.x, scored.y, scored.indices, rows, decision.weights)
         if self.lockstep is None:
             yield from batches
         else:
@@ -222,24 +187,27 @@ class SelectionDriver:
     def select(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> Iterator[TrainBatch]:
         """:meth:`score` then :meth:`submit`; candidates of a partial forward set go through the
         selection batcher (see ``forward_batch_size``)."""
+        indices = to_device(indices, self.policy.device)
         need = self.policy.requires_forward(indices, self.epoch)
-        forwards = int(need.sum())
         # Under DDP every rank must make the same calls (the history gather and the lockstep are
         # collectives), so forwards are not regrouped there.
-        if forwards in (0, len(indices)) or self.lockstep is not None:
+        if isinstance(need, bool) or self.lockstep is not None:
             yield from self.submit(self.score(x, y, indices))
             return
-        cached = (~need).nonzero().squeeze(1)
-        nan = torch.full((len(cached),), float("nan"))
-        yield from self.submit(ScoredCandidates(*_rows(x, y, indices, cached), nan, 0))
+        stale = need.nonzero().squeeze(1)  # the one read of the mask: which candidates need a forward
+        if len(stale) in (0, len(indices)):
+            yield from self.submit(self.score(x, y, indices))
+            return
+        cached = torch.nonzero_static(~need, size=len(indices) - len(stale)).squeeze(1)  # count known: no read
+        no_loss = nan_losses(len(cached), need.device)
+        yield from self.submit(ScoredCandidates(*rows_of(x, y, indices, cached), no_loss, 0))
         if self._awaiting_forward is None:
             self._awaiting_forward = BackpropBatcher(self.forward_batch_size or len(indices), "partial")
-        rows = need.nonzero().squeeze(1)
-        for group in self._awaiting_forward.add(*_rows(x, y, indices, rows), torch.ones(len(rows), dtype=torch.bool)):
+        for group in self._awaiting_forward.add_rows(*rows_of(x, y, indices, stale), rows=None):
             yield from self._score_and_submit(group)
 
     def _score_and_submit(self, group: TrainBatch) -> Iterator[TrainBatch]:
-        losses = self.engine.losses(group.x, group.y).float().cpu()
+        losses = self.engine.losses(group.x, group.y).float()
         yield from self.submit(ScoredCandidates(group.x, group.y, group.indices, losses, len(group)))
 
     def observe(self, batch: TrainBatch, losses: torch.Tensor) -> None:
@@ -287,8 +255,3 @@ class SelectionDriver:
         for key, value in state["counters"].items():
             setattr(self, key, int(value))
 
-
-def _rows(x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor):
-    """``x, y, indices`` restricted to ``rows`` (CPU row numbers)."""
-    on_device = rows.to(x.device)
-    return x[on_device], y[on_device], indices[rows.to(indices.device)]

@@ -86,6 +86,7 @@ class LockstepBatches:
                           for b in self._queue], "dropped": self.dropped}
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device | str = "cpu") -> None:
-        self._queue = deque(TrainBatch(b["x"].to(device), b["y"].to(device), b["indices"], b["weights"])
+        self._queue = deque(TrainBatch(b["x"].to(device), b["y"].to(device), b["indices"].to(device),
+                                      b["weights"].to(device))
                             for b in state["queue"])
         self.dropped = int(state["dropped"])

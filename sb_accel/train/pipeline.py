@@ -7,11 +7,21 @@ threaded apart from ``requires_forward``, which only reads it). ONNX Runtime and
 the GIL inside their kernels, so the two overlap. The engine must be a snapshot, never the live
 model being trained, and anything that changes the engine (a refresh) must hold :attr:`lock`.
 
+On CUDA one thread is not enough: kernels queued on the same stream run one after the other
+whatever thread queued them. The worker therefore queues its work (the candidate batch's
+augmentation and the selection forward) on a stream of its own, so it runs beside the training
+kernels. The ordering between the streams is explicit: the worker waits for its batch's kernels
+before it hands the batch over and lets go of the engine (so a refresh never overwrites weights a
+queued forward still reads; only the worker thread blocks), a refresh records an event on the
+training stream that the worker's next forward waits for, and every tensor handed over is marked
+as used by the training stream (``record_stream``) so the allocator does not reuse its memory early.
+
 Timing stays honest: the worker's busy time is reported separately (``busy_seconds``); the
 trainer's ``selection`` phase then only holds the time it actually waited for the queue.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -21,12 +31,59 @@ import torch
 
 from ..engines import SelectionEngine
 from ..selection import SelectionPolicy
-from .driver import ScoredCandidates, score_candidates
+from .scoring import ScoredCandidates, score_candidates
 
 __all__ = ["SelectionPipeline"]
 
 
 _DONE = object()
+
+
+class _Streams:
+    """The worker's CUDA stream beside the training stream, and the hand-over between them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.training = torch.cuda.current_stream(device)  # the main thread's stream
+        self.side = torch.cuda.Stream(device)
+        self.engine_changed: Optional[torch.cuda.Event] = None
+
+    def adopt(self, scored: ScoredCandidates) -> None:
+        """The training stream takes over ``scored``'s tensors (made, and finished, on the side stream)."""
+        for t in (scored.x, scored.y, scored.indices, scored.losses):
+            if t.is_cuda:
+                t.record_stream(self.training)
+
+
+class _EngineLock:
+    """The lock around the engine. The main thread holds it to change the engine (``with lock:``);
+    on CUDA its release records where the training stream is, and the worker's next use waits for
+    that point on its own stream. The worker's use ends when its kernels have finished."""
+
+    def __init__(self, streams: Optional[_Streams]) -> None:
+        self._lock = threading.Lock()
+        self._streams = streams
+
+    def __enter__(self) -> "_EngineLock":
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._streams is not None:
+            self._streams.engine_changed = torch.cuda.Event()
+            self._streams.engine_changed.record(self._streams.training)
+        self._lock.release()
+
+    @contextlib.contextmanager
+    def held_by_worker(self) -> Iterator[None]:
+        with self._lock:
+            streams = self._streams
+            if streams is None:
+                yield
+                return
+            if streams.engine_changed is not None:
+                streams.side.wait_event(streams.engine_changed)
+            yield
+            streams.side.synchronize()  # blocks the worker only
 
 
 class SelectionPipeline:
@@ -38,11 +95,15 @@ class SelectionPipeline:
         policy: the selection policy (only ``requires_forward`` is called from the worker).
         epoch: the epoch number.
         depth: how many scored batches may wait in the queue.
+        device: the training device; on CUDA the worker's kernels go on a stream of their own.
     """
 
     def __init__(self, batches: Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                 engine: Callable[[], SelectionEngine], policy: SelectionPolicy, epoch: int, depth: int = 2) -> None:
-        self.lock = threading.Lock()
+                 engine: Callable[[], SelectionEngine], policy: SelectionPolicy, epoch: int, depth: int = 2,
+                 device: torch.device | str = "cpu") -> None:
+        device = torch.device(device)
+        self._streams = _Streams(device) if device.type == "cuda" else None
+        self.lock = _EngineLock(self._streams)
         self.busy_seconds = 0.0
         self._queue: "queue.Queue[object]" = queue.Queue(maxsize=depth)
         self._error: Optional[BaseException] = None
@@ -53,22 +114,30 @@ class SelectionPipeline:
 
     def _work(self, batches, engine, policy, epoch) -> None:
         try:
-            for x, y, idx in batches:
-                start = time.perf_counter()
-                with self.lock:
-                    scored = score_candidates(engine(), policy, x, y, idx, epoch)
-                self.busy_seconds += time.perf_counter() - start
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(scored, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
+            with self._on_side_stream():
+                for x, y, idx in batches:
+                    start = time.perf_counter()
+                    with self.lock.held_by_worker():
+                        scored = score_candidates(engine(), policy, x, y, idx, epoch)
+                    self.busy_seconds += time.perf_counter() - start
+                    if not self._hand_over(scored):
+                        return
         except BaseException as exc:  # re-raised in the main thread
             self._error = exc
         self._queue.put(_DONE)
+
+    def _on_side_stream(self):
+        return contextlib.nullcontext() if self._streams is None else torch.cuda.stream(self._streams.side)
+
+    def _hand_over(self, scored: ScoredCandidates) -> bool:
+        """Queue ``scored`` for the main thread; False once the pipeline is closed."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(scored, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def __iter__(self) -> Iterator[ScoredCandidates]:
         while True:
@@ -77,6 +146,8 @@ class SelectionPipeline:
                 if self._error is not None:
                     raise self._error
                 return
+            if self._streams is not None:
+                self._streams.adopt(item)  # type: ignore[arg-type]
             yield item  # type: ignore[misc]
 
     def close(self) -> None:

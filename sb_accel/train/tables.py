@@ -64,9 +64,10 @@ class ExampleTables:
     def changed(self) -> torch.Tensor:
         """Indices of the rows that differ from the snapshot in any table (NaN equals NaN)."""
         tables = self.tables()
+        first = next(iter(tables.values()))
         if not self._snapshot:
-            return torch.arange(len(next(iter(tables.values()))))
-        mask = torch.zeros(len(next(iter(tables.values()))), dtype=torch.bool)
+            return torch.arange(len(first), device=first.device)
+        mask = torch.zeros(len(first), dtype=torch.bool, device=first.device)
         for name, now in tables.items():
             before = self._snapshot[name]
             differs = now != before
@@ -85,7 +86,7 @@ class ExampleTables:
         for part in received:
             where = part[:, 0].long()
             for column, t in enumerate(tables.values(), start=1):
-                t[where] = part[:, column].to(t.dtype)
+                t[where.to(t.device)] = part[:, column].to(t.device, t.dtype)
         self.snapshot()
         return sum(len(p) for p in received)
 

@@ -4,19 +4,49 @@ The timer is always in exactly one phase ("other" when none is entered); enterin
 previous one, so the phase totals add up to the wall-clock between ``start()`` and ``totals()`` by
 construction. On CUDA, phase boundaries are CUDA events recorded on the current stream and resolved
 only when ``totals()`` is called (one sync per report, none in the hot loop): time is attributed
-by when the GPU reached each boundary. On CPU it is ``time.perf_counter``.
+by when the GPU reached each boundary, so it stays right while the host runs ahead of the GPU (a
+host clock would charge a kernel to whichever phase happens to wait for it). On CPU it is
+``time.perf_counter``.
 """
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 
 from ..reporting.runlog import PHASES
 
-__all__ = ["PHASES", "PhaseTimer"]
+__all__ = ["PHASES", "PhaseTimer", "DeviceEvents", "CudaEvents"]
+
+
+class DeviceEvents(Protocol):
+    """Marks on an asynchronous device's timeline (CUDA events; a test passes a simulated device)."""
+
+    def record(self) -> Any:
+        """A mark the device reaches once the work queued so far is done."""
+
+    def seconds_between(self, begin: Any, end: Any) -> float:
+        """Device time from ``begin`` to ``end`` (both reached)."""
+
+    def synchronize(self, event: Any) -> None:
+        """Wait until the device reaches ``event``."""
+
+
+class CudaEvents:
+    """:class:`DeviceEvents` on the current CUDA stream."""
+
+    def record(self) -> "torch.cuda.Event":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds_between(self, begin: "torch.cuda.Event", end: "torch.cuda.Event") -> float:
+        return begin.elapsed_time(end) / 1000.0
+
+    def synchronize(self, event: "torch.cuda.Event") -> None:
+        event.synchronize()
 
 
 class PhaseTimer:
@@ -30,35 +60,35 @@ class PhaseTimer:
     """
 
     def __init__(self, device: torch.device | str = "cpu", phases: Tuple[str, ...] = PHASES,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        """``clock``: seconds, for the CPU timeline (a test passes a fake one); unused on CUDA."""
+                 clock: Callable[[], float] = time.perf_counter, events: Optional[DeviceEvents] = None) -> None:
+        """``clock``: seconds, for the host timeline (a test passes a fake one). ``events``: the
+        device timeline to use instead (default: :class:`CudaEvents` on a CUDA device)."""
         self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
+        self.events: Optional[DeviceEvents] = events or (CudaEvents() if self.device.type == "cuda" else None)
+        self.on_device = self.events is not None  # phases are read off a device timeline
         self.phases = phases
         self._clock = clock
         self._totals: Dict[str, float] = {p: 0.0 for p in phases}
         self._current = "other"
         self._mark: float | None = None
-        self._events: List[Tuple[str, "torch.cuda.Event"]] = []  # (phase that starts here, event)
+        self._events: List[Tuple[str, Any]] = []  # (phase that starts here, event)
 
     def start(self) -> None:
         self._current = "other"
-        if self.cuda:
+        if self.on_device:
             self._events = [("other", self._record())]
         else:
             self._mark = self._clock()
 
-    def _record(self) -> "torch.cuda.Event":
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
+    def _record(self) -> Any:
+        return self.events.record()
 
     def switch(self, phase: str) -> str:
         """Enter ``phase``; returns the phase that was left."""
         if phase not in self._totals:
             raise KeyError(f"unknown phase {phase!r}; phases are {self.phases}")
         previous = self._current
-        if self.cuda:
+        if self.on_device:
             self._events.append((phase, self._record()))
         else:
             now = self._clock()
@@ -78,20 +108,20 @@ class PhaseTimer:
         finally:
             self.switch(previous)
 
-    def _resolve_cuda(self) -> None:
+    def _resolve_events(self) -> None:
         if len(self._events) < 1:
             return
         last = self._record()
-        last.synchronize()
+        self.events.synchronize(last)
         events = self._events + [(self._current, last)]
         for (phase, begin), (_, end) in zip(events, events[1:]):
-            self._totals[phase] += begin.elapsed_time(end) / 1000.0
+            self._totals[phase] += self.events.seconds_between(begin, end)
         self._events = [(self._current, last)]
 
     def totals(self) -> Dict[str, float]:
         """Seconds per phase so far (a copy); on CUDA this synchronises once."""
-        if self.cuda:
-            self._resolve_cuda()
+        if self.on_device:
+            self._resolve_events()
         elif self._mark is not None:
             now = self._clock()
             self._totals[self._current] += now - self._mark

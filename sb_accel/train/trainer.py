@@ -97,7 +97,7 @@ class Trainer:
         self.selection_background = 0.0  # seconds the pipeline's worker spent selecting
 
         policy = build_policy(cfg if self.group is None else cfg.replace(batch_size=self.batch_size, seed=rank_seed),
-                              len(data.y_train))
+                              len(data.y_train)).to(self.device)  # decisions where the losses are
         self.timer.start()
         if checkpoint is not None:  # the weights first: the engine is built (and calibrated) from them
             restore_training_state(self, checkpoint)
@@ -113,6 +113,7 @@ class Trainer:
                                       num_epochs=cfg.epochs, group=self.group, dataset_size=len(data.y_train),
                                       shared_history=self.ddp_history == "global",
                                       forward_batch_size=self._candidate_batch(1))
+        self.guard.watch(policy.check_finite)  # a GPU policy's NaN check, read with the training loss's
         # The run directory is written only now that everything is built: a failed set-up leaves nothing.
         run_log = (RunLog(self.run_dir, truncate_at=checkpoint["log_offset"] if checkpoint else None)
                    if self.rank == 0 else NullRunLog())
@@ -163,7 +164,7 @@ class Trainer:
         batches: Iterator = self.source.epoch(self.selection_batch_size(self.epoch))
         if cfg.pipeline:  # the worker yields ScoredCandidates instead of (x, y, indices)
             self.pipeline = SelectionPipeline(batches, lambda: driver.engine, driver.policy, self.epoch,
-                                              cfg.pipeline_depth)
+                                              cfg.pipeline_depth, self.device)
             batches = iter(self.pipeline)
         try:
             while True:
@@ -213,7 +214,7 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         self.backprops += len(batch)
-        self.timer.switch("selection")  # policy bookkeeping on the training losses
+        self.timer.switch("bookkeeping")
         self.driver.observe(batch, per_example)
         self.guard.update(loss, self.step)
         self.log.add_loss(loss, len(batch))

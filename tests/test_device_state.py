@@ -1,0 +1,222 @@
+"""Policy state on the training device and a loop that does not read it back.
+
+On the CPU: a tensor subclass that counts host reads (``bool()``, ``int()``, ``.item()``,
+``.tolist()``, ``.cpu()``, ``.nonzero()``) stands in for a GPU, so the number of times the
+selection path would stall a GPU is counted exactly; the deferred NaN check; state round trips.
+On a GPU (skipped without one): the same policies on CUDA keep the same tables and history as on
+the CPU, and the driver's loop synchronises at most once per candidate batch
+(``torch.cuda.set_sync_debug_mode``).
+"""
+import warnings
+
+import pytest
+import torch
+
+from sb_accel.selection import InfoBatch, Primed, SelectiveBackpropPolicy, StaleSB
+from sb_accel.train import SelectionDriver
+from sb_accel.train.divergence import DivergenceGuard
+
+READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero"}
+
+
+class Watched(torch.Tensor):
+    """A tensor that records every host read made of it or of tensors computed from it."""
+
+    reads: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in READS:
+            cls.reads.append(name)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class _Engine:
+    """Selection losses as a watched tensor: whatever the driver derives from them is watched too."""
+
+    name = "watched"
+
+    def losses(self, x, y):
+        return (x.flatten(1).float().mean(1) + y.float()).as_subclass(Watched)
+
+
+class _Refresher:
+    engine = _Engine()
+
+    def after_step(self, model, step):
+        return []
+
+
+def _deferred(policy):
+    """The policy as it behaves on a GPU: NaN checks deferred to check_finite(), and its state
+    (history, tables) watched as a GPU's would be."""
+    inner = policy.policy if isinstance(policy, Primed) else policy
+    inner.deferred_checks = True
+    for owner in [o for o in (inner, getattr(inner, "history", None)) if o is not None]:
+        for name, value in vars(owner).items():
+            if torch.is_tensor(value):
+                setattr(owner, name, value.as_subclass(Watched))
+    return policy
+
+
+def _candidates(batches, n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(batches * n, generator=g)
+    for idx in order.split(n):
+        yield torch.randn(n, 3, 4, 4, generator=g), torch.randint(0, 10, (n,), generator=g), idx
+
+
+@pytest.mark.parametrize("strategy", ["sb", "infobatch"])
+def test_one_host_read_per_candidate_batch(strategy):
+    if strategy == "sb":
+        policy = _deferred(SelectiveBackpropPolicy(seed=0, history=256))
+    else:
+        policy = InfoBatch(640, seed=0)
+        policy.observe(torch.arange(640), torch.rand(640, dtype=torch.float64), 0)
+        _deferred(policy)
+    driver = SelectionDriver(policy, 32, _Refresher() if policy.needs_selection_forward else None)
+    driver.start_epoch(1)  # InfoBatch: scores for every example, so this epoch prunes
+    Watched.reads.clear()
+    steps = 0
+    for x, y, idx in _candidates(10):
+        for batch in driver.select(x.as_subclass(Watched), y, idx):
+            steps += 1
+            driver.observe(batch, torch.rand(len(batch)).as_subclass(Watched))
+    assert steps >= 2 and driver.kept < driver.candidates
+    assert Watched.reads == ["nonzero"] * 10, "the only read per candidate batch is how many were kept"
+
+
+def test_stale_sb_reads_its_forward_mask_once_more():
+    """Stale-SB's partial forward sets need the mask read once (to gather the stale candidates)."""
+    policy = _deferred(StaleSB(640, n=3, seed=0, history=256))
+    policy.observe(torch.arange(640), torch.rand(640), 0)
+    policy.loss_epoch[::2] = -10  # half the examples are stale
+    driver = SelectionDriver(policy, 32, _Refresher(), forward_batch_size=64)
+    driver.start_epoch(1)
+    Watched.reads.clear()
+    for x, y, idx in _candidates(4):
+        list(driver.select(x, y, idx.as_subclass(Watched)))
+    # per candidate batch: the mask once, then how many were kept of the cached candidates and of
+    # each full selection batch of stale ones (64 candidates, half stale: one every other batch)
+    assert Watched.reads.count("nonzero") <= 4 + 4 + 2 and len(Watched.reads) == Watched.reads.count("nonzero")
+
+
+def test_deferred_nan_check_raises_at_the_next_check_not_per_batch():
+    policy = _deferred(SelectiveBackpropPolicy(seed=0))
+    losses = torch.tensor([0.5, float("nan"), 1.0])
+    keep = policy.select(losses, torch.arange(3), 0)  # no read, no raise
+    assert keep.shape == (3,)
+    guard = DivergenceGuard(torch.device("cpu"), check_every=4)
+    guard.watch(policy.check_finite)
+    guard.check(3)  # not a checking step
+    with pytest.raises(FloatingPointError, match="selection losses are NaN/inf"):
+        guard.check(4)
+    policy.check_finite()  # reported once
+    immediate = SelectiveBackpropPolicy(seed=0)
+    with pytest.raises(FloatingPointError, match="1 of 3 selection losses"):
+        immediate.select(losses, torch.arange(3), 0)
+
+
+def test_driver_checks_deferred_nan_at_epoch_end():
+    policy = _deferred(SelectiveBackpropPolicy(seed=0))
+    driver = SelectionDriver(policy, 4, _Refresher())
+    driver.start_epoch(0)
+    x, y, idx = next(_candidates(1, n=8))
+    x[3] = float("nan")
+    list(driver.select(x, y, idx))
+    with pytest.raises(FloatingPointError):
+        driver.finish_epoch()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SelectiveBackpropPolicy(seed=3, history=16),
+    lambda: StaleSB(32, seed=3, history=16),
+    lambda: InfoBatch(32, seed=3),
+    lambda: Primed(StaleSB(32, seed=3, history=16), 1),
+], ids=["sb", "stale-sb", "infobatch", "primed"])
+def test_to_cpu_keeps_state_and_decisions(make):
+    a, b = make(), make()
+    assert b.to("cpu") is b and b.device == torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(3):
+        a.on_epoch_start(epoch, 3)
+        b.on_epoch_start(epoch, 3)
+        idx = torch.randperm(32, generator=g)[:16]
+        losses = torch.rand(16, generator=g)
+        assert torch.equal(a.select(losses, idx, epoch), b.select(losses, idx, epoch))
+        a.observe(idx, losses, epoch)
+        b.observe(idx, losses, epoch)
+    c = make().to("cpu")
+    c.load_state_dict(b.state_dict())
+    assert repr(c) == repr(b)
+
+
+# --- GPU ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return torch.device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("make", [
+    lambda: SelectiveBackpropPolicy(beta=0.0, history=64, seed=0),  # keeps everything: no draw decides
+    lambda: StaleSB(256, n=2, beta=0.0, history=64, seed=0),
+    lambda: InfoBatch(256, prune_ratio=0.0, seed=0),
+], ids=["sb", "stale-sb", "infobatch"])
+def test_gpu_policy_state_matches_cpu(cuda, make):
+    cpu, gpu = make(), make().to(cuda)
+    g = torch.Generator().manual_seed(1)
+    for epoch in range(4):
+        cpu.on_epoch_start(epoch, 4)
+        gpu.on_epoch_start(epoch, 4)
+        for idx in torch.randperm(256, generator=g).split(64):
+            fresh = torch.rand(64, generator=g)
+            need = cpu.requires_forward(idx, epoch)
+            need_gpu = gpu.requires_forward(idx.to(cuda), epoch)
+            if isinstance(need, torch.Tensor):
+                assert torch.equal(need, need_gpu.cpu())
+                fresh = torch.where(need, fresh, torch.full_like(fresh, float("nan")))
+            keep = cpu.select(fresh, idx, epoch)
+            keep_gpu = gpu.select(fresh.to(cuda), idx.to(cuda), epoch)
+            assert keep_gpu.device.type == "cuda" and torch.equal(keep, keep_gpu.cpu())
+            cpu.observe(idx, fresh.nan_to_num(1.0), epoch)
+            gpu.observe(idx.to(cuda), fresh.nan_to_num(1.0).to(cuda), epoch)
+    for key, value in cpu.state_dict().items():
+        if torch.is_tensor(value) and key != "generator":
+            assert torch.equal(value, gpu.state_dict()[key].cpu()), key
+    gpu.check_finite()
+
+
+@pytest.mark.gpu
+def test_gpu_driver_synchronises_at_most_once_per_candidate_batch(cuda):
+    class Engine:
+        name = "torch"
+
+        def losses(self, x, y):
+            return x.flatten(1).mean(1) + y.float()
+
+    class Refresher:
+        engine = Engine()
+
+        def after_step(self, model, step):
+            return []
+
+    policy = SelectiveBackpropPolicy(seed=0, history=256).to(cuda)
+    driver = SelectionDriver(policy, 32, Refresher())
+    driver.start_epoch(0)
+    batches = [(x.to(cuda), y.to(cuda), idx.pin_memory()) for x, y, idx in _candidates(10)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for x, y, idx in batches:
+                for batch in driver.select(x, y, idx):
+                    driver.observe(batch, batch.x.flatten(1).mean(1))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) <= len(batches), [str(w.message) for w in syncs[:5]]
