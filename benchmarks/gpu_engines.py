@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from sb_accel.engines import EngineContext, EngineError, create_engine, rank_correlation
 from sb_accel.measure import fit_call_cost, synchronized_seconds
 from sb_accel.models import create_model
-from sb_accel.reporting.report import write_json
+from sb_accel.files import atomic_write_json
 from sb_accel.reporting.tables import format_table
 
 GPU_ENGINES = ("torch-fp32", "torch-graph-fp16", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8",
@@ -161,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for label, spec, options in variants(args.compile):
         row = measure_variant(label, spec, options, model, x, y, reference, args)
         result["rows"].append(row)
-        write_json(path, result)  # after every variant: a killed run keeps what it measured
+        atomic_write_json(path, result)  # after every variant: a killed run keeps what it measured
         print(f"{label}: {row['status']}"
               + (f", build {row['build_s']:.1f} s, {row['per_example_us'][max(args.sizes)]:.2f} us/example at "
                  f"{max(args.sizes)}" if row["status"] == "ok" else ""), flush=True)

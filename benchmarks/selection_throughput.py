@@ -48,7 +48,7 @@ from sb_accel.data import ArrayDataset, load_dataset
 from sb_accel.engines import DEFAULT_MAX_ABS_ERROR, EngineContext, SelectionEngine, rank_correlation
 from sb_accel.models import create_model
 from sb_accel.measure import build_engine, real_batch, refresh_costs, spread, synchronized_seconds
-from sb_accel.reporting.report import write_json
+from sb_accel.files import atomic_write_json
 from sb_accel.selection import LossHistory, beta_for_selectivity, keep_probability
 
 CPU_ENGINES = ("torch-fp32", "torch-bf16", "onnxruntime-fp32", "onnxruntime-int8", "onnxruntime-fp16")
@@ -254,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None, engines: Sequence[str] = CPU_ENGI
     print()
     print(table(result))
     stem = Path(args.out) / f"selection_throughput_{args.model}_b{args.batch}_{args.device}"
-    written = [write_json(stem.with_suffix(".json"), result)] + plot(result, stem)
+    written = [atomic_write_json(stem.with_suffix(".json"), result)] + plot(result, stem)
     print("\nwrote " + ", ".join(str(p) for p in written))
     disagreeing = [r["engine"] for r in result["rows"] if r.get("agrees") is False]
     if disagreeing:  # "agrees": max |loss difference| within the refresher's validation tolerance

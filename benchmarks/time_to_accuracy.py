@@ -50,8 +50,9 @@ PRESETS: Dict[str, Dict[str, object]] = {
     # Sized for a 2-core CPU: the small ResNet-9-style CNN, warm-up + linear decay compressed to the budget.
     "cpu": dict(model="small_cnn", epochs=6, batch_size=128, lr=0.05, lr_schedule="linear", warmup_epochs=1.0,
                 train_subset=20000, selectivity=0.33, refresh_every_steps=1),
-    # One GPU (sized on an H100: ResNet-18 training step b128 ~11 ms; torch-graph FP16 selection at
-    # b1024 ~3.3-5 us per example): full CIFAR-10, warm-up + linear decay.
+    # One GPU (sized on an H100 by ../shared/ENGINES-NOTES.md: ResNet-18 training step b128 ~11 ms;
+    # FP16 selection at b1024 5.2 us per example eager, 3.3 under torch.compile; torch-graph has not
+    # run yet): full CIFAR-10, warm-up + linear decay.
     "gpu": dict(model="resnet18", epochs=20, batch_size=128, lr=0.1, lr_schedule="linear", warmup_epochs=1.0,
                 train_subset=0, selectivity=0.33, refresh_every_steps=1, device="cuda"),
     # The paper's CIFAR-10 setting (§5.1) for GPU users.

@@ -23,17 +23,15 @@ import threading
 from pathlib import Path
 from typing import Any, List, Optional
 
-from .commands import CHECKPOINT_NAME, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_TERMINATED, EXIT_USAGE
+from .commands import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_TERMINATED, EXIT_USAGE
 from .commands.listings import cmd_list_engines, cmd_list_models
 from .commands.measurement import cmd_compare, cmd_profile, cmd_report
 from .commands.parser import build_parser
-from .commands.training import check_run_dir, cmd_demo, cmd_train
-# tests/test_cli.py imports the demo's sentences from here.
-from .commands.training import _equal_epochs_sentence, _equal_wall_sentence, _no_equal_wall_sentence  # noqa: F401
+from .commands.training import cmd_demo, cmd_train
+from .config import CHECKPOINT_NAME
 from .files import StorageError
 
-__all__ = ["main", "build_parser", "Terminated", "check_run_dir", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE",
-           "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
+__all__ = ["main", "build_parser", "Terminated"]
 
 
 class Terminated(KeyboardInterrupt):

@@ -26,7 +26,7 @@ from .engines import EngineContext, list_engines
 from .measure import (build_engine, check_engine_specs, real_batch, refresh_costs, seconds_cell, selection_seconds,
                       spread_fields)
 from .reporting.plots import plot_compare
-from .reporting.report import write_json
+from .files import atomic_write_json
 from .reporting.tables import format_table
 from .selection import LossHistory, beta_for_selectivity, keep_probability
 from .train.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -195,5 +195,5 @@ def write_compare(rows: Sequence[Dict[str, Any]], out_dir: str | Path, json_path
                   origin: str = "") -> List[Path]:
     """Write ``compare.json`` (or ``json_path``) and the throughput-vs-agreement plot."""
     out = Path(out_dir)
-    json_file = write_json(json_path or out / "compare.json", {"model": origin, "rows": list(rows)})
+    json_file = atomic_write_json(json_path or out / "compare.json", {"model": origin, "rows": list(rows)})
     return [json_file] + plot_compare(rows, out / "compare")

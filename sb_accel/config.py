@@ -20,9 +20,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-__all__ = ["TrainConfig", "ConfigError", "STRATEGIES", "CONFIG_NAME", "check_value", "check_keys", "load_values"]
+__all__ = ["TrainConfig", "ConfigError", "STRATEGIES", "CONFIG_NAME", "CHECKPOINT_NAME", "check_value", "check_keys", "load_values"]
 
 CONFIG_NAME = "config.json"  # the resolved config the Trainer saves in every run directory
+CHECKPOINT_NAME = "checkpoint.pt"  # the run's last good state (written atomically every epoch)
 
 STRATEGIES = ("traditional", "sb", "stale-sb", "kath18", "infobatch")
 

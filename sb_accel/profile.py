@@ -10,7 +10,7 @@ For every model x batch size, on real data:
 * per selection engine, the cost of one call at several sizes (``call_sizes``) fitted as
   ``a + b * n`` (:func:`~sb_accel.measure.fit_call_cost`): the fixed cost of a call and the cost
   per example. On a GPU a call below ~256 examples is launch bound (~2.4 ms whatever its size on
-  an H100), so the time of one batch size mispredicts the others.
+  an H100, per ../shared/ENGINES-NOTES.md), so the time of one batch size mispredicts the others.
 
 Each time is the median over ``repeats`` after ``warmup`` untimed repeats, with the quartiles as
 spread; the :class:`~sb_accel.train.timer.PhaseTimer` uses CUDA events on a GPU.
@@ -44,7 +44,7 @@ from .measure import (build_engine, call_costs, check_engine_specs, default_call
                       seconds_cell, selection_seconds, spread_fields, time_phases)
 from .models import create_model, list_models
 from .reporting.plots import plot_profile
-from .reporting.report import write_json
+from .files import atomic_write_json
 from .reporting.tables import format_table
 from .train.factory import build_optimizer
 from .train.timer import PhaseTimer
@@ -151,10 +151,11 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
         context = EngineContext(device=dev, sample_batches=[sample], max_batch=max_batch, cache_dir=cache_dir)
         builds = [build_engine(spec, model, context) for spec in engines]
         refreshes = [refresh_costs(b.engine, model, dev) if b.engine else {} for b in builds]
+        selectors = {p: create_engine(f"torch-{p}", model, context) for p in precisions}
         calls = {}  # engine name -> its per-call fit
         if len(set(sizes)) >= 2:
-            selectors = [(p, create_engine(f"torch-{p}", model, context)) for p in precisions]
-            for selector, engine in selectors + [(b.spec, b.engine) for b in builds if b.engine is not None]:
+            built = [(b.spec, b.engine) for b in builds if b.engine is not None]
+            for selector, engine in list(selectors.items()) + built:
                 own = [n for n in sizes if n in getattr(engine, "buckets", sizes)]  # a graph pads to its buckets
                 calls[selector] = call_costs(engine, *sample, own if len(own) >= 2 else sizes, dev, repeats, warmup)
         try:
@@ -164,8 +165,7 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
                         "dataset_size": len(data.y_train)}
                 backward_ms: Dict[str, float] = {}
                 for precision in precisions:
-                    selector = create_engine(f"torch-{precision}", model, context)
-                    t = _train_step_timing(model, selector, precision, x, y, dev, repeats, warmup)
+                    t = _train_step_timing(model, selectors[precision], precision, x, y, dev, repeats, warmup)
                     row = {**base, "kind": "train", "name": precision, "status": "ok", **calls.get(precision, {})}
                     for phase in ("selection", "train_forward", "backward", "optimizer"):
                         row.update(spread_fields(phase, t[phase]))
@@ -289,5 +289,5 @@ def write_profile(rows: Sequence[Dict[str, Any]], costs: Sequence[Dict[str, Any]
                   json_path: Optional[str | Path] = None) -> List[Path]:
     """Write ``profile.json`` (or ``json_path``) and the Fig. 18-style plot ``profile.png``/``.svg``."""
     out = Path(out_dir)
-    json_file = write_json(json_path or out / "profile.json", {"rows": list(rows), "costs": list(costs)})
+    json_file = atomic_write_json(json_path or out / "profile.json", {"rows": list(rows), "costs": list(costs)})
     return [json_file] + plot_profile(rows, out / "profile")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import sb_accel.data
-from sb_accel.cli import (_equal_epochs_sentence, _equal_wall_sentence, _no_equal_wall_sentence, build_parser,
-                          main)
+from sb_accel.cli import build_parser, main
+from sb_accel.commands.training import _equal_epochs_sentence, _equal_wall_sentence, _no_equal_wall_sentence
 from sb_accel.data import synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]

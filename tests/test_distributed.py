@@ -24,10 +24,10 @@ from sb_accel.config import ConfigError, TrainConfig
 from sb_accel.data import synthetic_dataset
 from sb_accel.data.sampler import DistributedEpochSampler
 from sb_accel.reporting import load_run
-from sb_accel.selection import LossHistory
+from sb_accel.selection import LossHistory, StaleSB
 from sb_accel.train import Trainer
 from sb_accel.train.scoring import ScoredCandidates
-from sb_accel.train.tables import innermost_policy
+from sb_accel.train.tables import SHARED, ExampleTables, fill_shared, innermost_policy
 
 WORLD = 2
 DEADLINE = 60.0  # seconds per multi-process job
@@ -155,6 +155,18 @@ def test_gathered_history_scores_like_one_history_of_everyones_losses(mode):
         assert torch.equal(ranks[0].update_and_cdf(a), expected[:48])
         assert torch.equal(ranks[1].update_and_cdf(b), expected[48:])
     assert torch.equal(ranks[0].values(), reference.values()) and torch.equal(ranks[1].values(), reference.values())
+
+
+def test_checkpoint_keeps_one_copy_of_tables_that_hold_nan():
+    """Stale-SB's loss cache is NaN for examples not seen yet: such a table still equals rank 0's
+    and is stored once (NaN compares equal to NaN here)."""
+    policy = StaleSB(8)
+    policy.observe(torch.arange(4), torch.rand(4), 0)  # rows 4..7 stay NaN
+    stripped = ExampleTables(policy, 8, group=None).strip(policy.state_dict())
+    assert stripped["cached_loss"] == SHARED and stripped["loss_epoch"] == SHARED
+    restored = fill_shared(stripped, policy.state_dict())
+    assert torch.equal(restored["loss_epoch"], policy.loss_epoch)
+    assert torch.equal(restored["cached_loss"].nan_to_num(-1), policy.cached_loss.nan_to_num(-1))
 
 
 def test_sampler_gives_disjoint_equal_shards_of_one_permutation_reshuffled_every_epoch():

@@ -17,7 +17,6 @@ class _RefitRuntime(OnnxEngine):
 
     backend = "refit"
     precisions = ("fp16", "int8")
-    cheap_precisions = precisions
     full_every_key = "rebuild_every"
     int8_format = "s8s8-symmetric"
 

@@ -257,3 +257,17 @@ def test_epochs_in_budget():
     assert epochs_in_budget(30.0, [10.0]) == 3                  # one measured epoch: all cost as much
     with pytest.raises(ValueError):
         epochs_in_budget(10.0, [])
+
+
+def test_run_label_names_the_engine_the_run_built(tmp_path):
+    """``engine: auto`` is resolved from the config event; a log without one falls back to the config."""
+    cfg = TrainConfig(strategy="sb", engine="auto", run_dir=str(tmp_path / "a")).to_dict()
+    with RunLog(tmp_path / "a") as log:
+        log.write("config", config=cfg, policy="sb", engine="onnxruntime-int8", device="cpu")
+    assert load_run(tmp_path / "a").label == "sb [onnxruntime-int8]"
+    with RunLog(tmp_path / "b") as log:
+        log.write("config", config={**cfg, "engine": "onnxruntime", "precision": "fp16"}, policy="sb", device="cpu")
+    assert load_run(tmp_path / "b").engine == "onnxruntime-fp16"
+    with RunLog(tmp_path / "c") as log:
+        log.write("config", config=cfg, policy="sb", device="cpu")
+    assert load_run(tmp_path / "c").engine is None and load_run(tmp_path / "c").label == "sb"

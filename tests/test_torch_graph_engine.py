@@ -142,10 +142,11 @@ def test_fp32_capture_ignores_the_callers_autocast(model):
     torch.testing.assert_close(got, TorchEngine(model).losses(x, y), atol=1e-5, rtol=1e-5)
 
 
-def test_mixed_train_eval_modes_are_restored_module_by_module(model):
+@pytest.mark.parametrize("make", [_engine, TorchEngine], ids=["torch-graph", "torch"])
+def test_mixed_train_eval_modes_are_restored_module_by_module(model, make):
     model.train()
     model.features[0].eval()  # e.g. a frozen stem inside a training model
-    _engine(model).losses(*_batch(9))
+    make(model).losses(*_batch(9))
     assert model.training and not model.features[0].training
     assert all(m.training for m in model.features[1].modules())
 

@@ -25,7 +25,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     costs = predict_epoch_costs(rows, args.selectivity, args.epoch_size or None, args.refresh_every_steps)
     print(profile_tables(rows, costs))
     _print_files(write_profile(rows, costs, args.out, args.json))
-    return 0
+    return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -43,7 +43,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            args.repeats, args.warmup, device, args.seed)
     print(compare_table(rows))
     _print_files(write_compare(rows, args.out, args.json, origin))
-    return 0
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:

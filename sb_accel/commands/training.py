@@ -7,36 +7,11 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..config import CONFIG_NAME, ConfigError, TrainConfig, load_values
-from . import CHECKPOINT_NAME, EXIT_OK, LOG_NAME
+from ..reporting.runlog import LOG_NAME
+from ..run_dir import check_run_dir
+from . import EXIT_OK
 
-__all__ = ["cmd_train", "cmd_demo", "check_run_dir"]
-
-
-def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
-    """Refuse, before anything is loaded or created, a ``run_dir`` the run cannot use: a file (or
-    below one), ``--resume`` without a checkpoint and saved config to resume from, an earlier run
-    without ``--resume`` or ``--overwrite``, or both flags at once. Raises :class:`ConfigError`."""
-    path = Path(run_dir)
-    if resume and overwrite:
-        raise ConfigError(f"--resume continues the run in {path} and --overwrite replaces it: pass only one")
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        where = "is a file" if existing == path else f"cannot be created: {existing} is a file"
-        raise ConfigError(f"run_dir: {path} {where}, not a directory; choose another --run-dir")
-    has_log = (path / LOG_NAME).is_file()
-    if resume and not (path / CHECKPOINT_NAME).is_file():
-        if not path.is_dir():
-            raise ConfigError(f"nothing to resume: {path} does not exist; check --run-dir")
-        if not has_log:
-            raise ConfigError(f"nothing to resume in {path}: no {CHECKPOINT_NAME}; run without --resume")
-        raise ConfigError(f"nothing to resume in {path}: no {CHECKPOINT_NAME}; run without --resume "
-                          "(add --overwrite to replace the old log)")
-    if resume and not (path / CONFIG_NAME).is_file():
-        raise ConfigError(f"cannot resume {path}: it has a {CHECKPOINT_NAME} but no {CONFIG_NAME} (the run's saved "
-                          "config); give the run's settings with --config FILE")
-    if not resume and not overwrite and has_log:
-        raise ConfigError(f"run_dir: {path} already holds a run; pass --resume to continue it, --overwrite to "
-                          "replace it, or choose another --run-dir")
+__all__ = ["cmd_train", "cmd_demo"]
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -47,7 +22,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
     chosen = {**(load_values(args.config) if args.config else {}), **flags}
     run_dir = str(chosen.get("run_dir", TrainConfig.run_dir))
-    check_run_dir(run_dir, args.resume, args.overwrite)
+    check_run_dir(run_dir, args.resume, args.overwrite, need_config=args.resume)
     if args.resume:
         chosen = {**load_values(Path(run_dir) / CONFIG_NAME), **chosen, "run_dir": run_dir}
     return TrainConfig.from_dict(chosen)

@@ -22,10 +22,9 @@ import torch
 
 from .array_dataset import ArrayDataset, DataError
 from .npz import from_npz
-from .paths import data_search_dirs
 from .sources import load_cifar10, npz_or_torchvision
 
-__all__ = ["ArrayDataset", "DataError", "load_dataset", "list_datasets", "data_search_dirs", "synthetic_dataset"]
+__all__ = ["load_dataset", "list_datasets", "synthetic_dataset"]
 
 
 def synthetic_dataset(train: int = 2048, test: int = 512, num_classes: int = 10, size: int = 16,

@@ -7,7 +7,7 @@ import torch
 
 from ..transfer import to_device
 from .augment import Augment
-from .datasets import ArrayDataset, DataError
+from .array_dataset import ArrayDataset, DataError
 
 __all__ = ["CandidateLoader", "test_batches", "check_run_fits"]
 
@@ -36,11 +36,14 @@ class CandidateLoader:
 
     def epoch(self, batch_size: int) -> Iterator[Candidate]:
         """One pass over a new permutation in batches of ``batch_size`` (the last may be smaller)."""
-        order = torch.randperm(len(self.y), generator=self.generator)
+        yield from self.batches(torch.randperm(len(self.y), generator=self.generator), batch_size)
+
+    def batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[Candidate]:
+        """Candidate batches of the examples ``indices`` (host), in that order (the last may be smaller)."""
         if self.device.type == "cuda":
-            order = order.pin_memory()  # every slice's copy to the GPU is then asynchronous
-        for start in range(0, len(order), batch_size):
-            yield self.batch(order[start:start + batch_size])
+            indices = indices.pin_memory()  # every slice's copy to the GPU is then asynchronous
+        for idx in indices.split(batch_size):
+            yield self.batch(idx)
 
     def batch(self, idx: torch.Tensor) -> Candidate:
         """The candidate batch of examples ``idx`` (host indices), augmented on the device."""

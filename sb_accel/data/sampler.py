@@ -15,14 +15,13 @@ ranks), so over the epochs every example is a candidate equally often.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import torch
 
-from .datasets import ArrayDataset
-from .loader import Candidate, CandidateLoader
+from .array_dataset import ArrayDataset
 
-__all__ = ["DistributedEpochSampler", "shard_batches", "shard_test_split"]
+__all__ = ["DistributedEpochSampler", "shard_test_split"]
 
 
 class DistributedEpochSampler:
@@ -49,11 +48,6 @@ class DistributedEpochSampler:
         """Candidates of this rank per epoch (the same on every rank)."""
         return self.size // self.world_size
 
-    @property
-    def dropped(self) -> int:
-        """Examples left out of each epoch (``size % world_size``)."""
-        return self.size % self.world_size
-
     def epoch(self) -> torch.Tensor:
         """Draw the next epoch's permutation; this rank's dataset indices, in order."""
         order = torch.randperm(self.size, generator=self.generator)
@@ -64,15 +58,6 @@ class DistributedEpochSampler:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-
-
-def shard_batches(loader: CandidateLoader, indices: torch.Tensor, batch_size: int) -> Iterator[Candidate]:
-    """Candidate batches ``(x, y, indices)`` of ``loader``'s examples ``indices``, in that order,
-    augmented with the loader's generator (the last batch may be smaller)."""
-    if loader.device.type == "cuda":
-        indices = indices.pin_memory()
-    for idx in indices.split(batch_size):
-        yield loader.batch(idx)
 
 
 def shard_test_split(data: ArrayDataset, world_size: int, rank: int) -> ArrayDataset:

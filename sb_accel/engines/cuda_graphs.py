@@ -22,14 +22,13 @@ Nothing here runs without CUDA; :func:`eager_capture` stands in for it in CPU te
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CapturedBatch", "capture_bucket", "eager_capture", "eval_mode", "pointer_table", "pointers_unchanged",
+__all__ = ["CapturedBatch", "capture_bucket", "eager_capture", "pointer_table", "pointers_unchanged",
            "input_memory_format"]
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -77,19 +76,6 @@ def eager_capture(forward: Forward, x: torch.Tensor, y: torch.Tensor, pool: Any 
         out.copy_(forward(x, y))
 
     return CapturedBatch(x, y, out, replay)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode inside, each one's own flag restored after (a training model
-    may hold frozen submodules in eval mode: ``model.train(was)`` would not give them back)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def pointer_table(model: nn.Module) -> Pointers:

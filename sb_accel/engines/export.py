@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from .errors import EngineError
 from .graph import INPUT_NAMES, OUTPUT_NAME, save_onnx_atomic
 from .ort_session import run_onnx, session_options
+from .torch_backend import eval_mode
 
 __all__ = ["LossHead", "ExportResult", "export_loss_model", "EXPORTERS"]
 
@@ -112,10 +113,8 @@ def export_loss_model(model: nn.Module, path: Union[str, os.PathLike], sample: T
 
 def _export_proto(model: nn.Module, x: torch.Tensor, y: torch.Tensor, exporter: str, opset: int) -> onnx.ModelProto:
     head = LossHead(model)
-    was_training = model.training
-    head.eval()  # BatchNorm with running statistics, dropout off
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
+    try:  # in eval mode: BatchNorm with running statistics, dropout off
+        with eval_mode(head), warnings.catch_warnings(), torch.no_grad():
             # Both exporters warn about their own deprecations on every call; nothing actionable.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
@@ -135,8 +134,6 @@ def _export_proto(model: nn.Module, x: torch.Tensor, y: torch.Tensor, exporter: 
                 proto = program.model_proto
     except Exception as exc:  # the exporters raise many types; the user needs the model and the cause
         raise EngineError(f"ONNX export ({exporter}) of {type(model).__name__} failed: {exc}") from exc
-    finally:
-        model.train(was_training)
     _strip_initializer_inputs(proto)
     _rename_prefixed(proto)
     return proto
@@ -189,13 +186,8 @@ def _validate(model: nn.Module, proto: onnx.ModelProto, x: torch.Tensor, y: torc
     import onnxruntime as ort
 
     session = ort.InferenceSession(proto.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            expected = F.cross_entropy(model(x).float(), y, reduction="none").cpu().numpy()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        expected = F.cross_entropy(model(x).float(), y, reduction="none").cpu().numpy()
     got = run_onnx(session, x, y)
     single = run_onnx(session, x[:1], y[:1])  # the batch dimension really is dynamic
     error = float(max(np.abs(got - expected).max(), np.abs(single - expected[:1]).max()))

@@ -9,8 +9,7 @@ opens and runs its runtime: :meth:`_load` a graph from scratch (an ORT session, 
 
 Refresh (``n`` counts refreshes, ``N`` is the backend's ``full_every`` recipe key)::
 
-    full   if full=True, or N > 0 and n % N == 0, or the precision has no cheap path, or a cheap
-           reload is refused: FP32 graph <- new weights, graph for the precision made again
+    full   if full=True, or N > 0 and n % N == 0, or the runtime refuses the cheap reload: FP32 graph <- new weights, graph for the precision made again
            (INT8 recalibrated), loaded from scratch.
     cheap  otherwise: new weights written into the served graph (INT8 re-quantized in numpy with
            the kept activation scales), reloaded.
@@ -25,7 +24,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import ClassVar, List, Optional, Tuple
+from typing import ClassVar, List, Optional
 
 import onnx
 import torch
@@ -47,7 +46,6 @@ class OnnxEngine(SelectionEngine):
 
     Class attributes a backend sets:
         precisions: what it builds; the first is the default.
-        cheap_precisions: precisions with a cheap refresh (the others always refresh in full).
         full_every_key: the recipe key of its full-refresh interval.
         int8_format: its fixed INT8 format (None: the recipe's ``quant_format``).
 
@@ -57,7 +55,6 @@ class OnnxEngine(SelectionEngine):
         full_every: a full refresh every this many refreshes (0: only when forced or refused).
     """
 
-    cheap_precisions: ClassVar[Tuple[str, ...]] = ()
     full_every_key: ClassVar[str] = ""
     int8_format: ClassVar[Optional[str]] = None
 
@@ -110,9 +107,10 @@ class OnnxEngine(SelectionEngine):
     def _load(self, graph: onnx.ModelProto) -> None:
         """Serve ``graph`` from scratch (after the build, and after a full refresh)."""
 
-    @abc.abstractmethod
     def _reload(self, graph: onnx.ModelProto) -> bool:
-        """Serve the new weights of the graph being served; False if the runtime refuses."""
+        """Serve the new weights of the graph being served; False if the runtime refuses (default:
+        no such path, every refresh is full)."""
+        return False
 
     # --- graphs -------------------------------------------------------------------------------
     @property
@@ -157,7 +155,7 @@ class OnnxEngine(SelectionEngine):
         self._refreshes += 1
         self.refresh_detail = ""
         due = full or (self.full_every > 0 and self._refreshes % self.full_every == 0)
-        cheap = self.precision in self.cheap_precisions and not due and self._refresh_cheap(arrays)
+        cheap = not due and self._refresh_cheap(arrays)
         if not cheap:
             self._refresh_full(arrays)
         self.refresh_kind = "cheap" if cheap else "full"

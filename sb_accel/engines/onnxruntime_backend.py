@@ -14,10 +14,9 @@ module opens and runs sessions. Refresh never re-exports:
 * ``"full"``: every ``recalibrate_every`` refreshes, or forced: INT8 recalibrated, any precision
   served from scratch.
 
-small_cnn, batch 128, 2 threads (benchmarks/selection_throughput.py --model small_cnn; a training
-step ~100 ms): a cheap INT8 refresh costs 3.6-4.8 ms (8.0-8.9 ms when every refresh rewrote and
-re-serialised the graph and opened a fully optimizing session), an FP32 one ~6.5-7 ms (unchanged:
-its optimizations need the weights in the graph), a recalibration ~0.2 s. CIFAR ResNet-18:
+small_cnn, batch 128, 2 threads (benchmarks/results/2026-11-25-x86_64-cpu2-selection/; a training
+step 108 ms): a cheap INT8 refresh costs 4.6 ms, an FP32 one 6.6 ms (its optimizations need the
+weights in the graph), a recalibration 0.23 s. CIFAR ResNet-18:
 INT8 u8s8 ~135 ms/batch, FP32 ~490, FP16 ~500 (the CPU provider gains nothing from FP16), torch
 FP32 channels_last ~720. A full INT8 recalibration runs ORT's calibrator, whose session uses ORT's
 default thread pool, not ``threads``.
@@ -62,7 +61,6 @@ class OnnxRuntimeEngine(OnnxEngine):
 
     backend = "onnxruntime"
     precisions = ("fp32", "fp16", "int8")
-    cheap_precisions = precisions
     full_every_key = "recalibrate_every"
 
     # --- runtime ------------------------------------------------------------------------------
@@ -117,9 +115,10 @@ class OnnxRuntimeEngine(OnnxEngine):
         """Serve ``graph`` from scratch (its own weights)."""
         self._data = graph.SerializeToString()
         self._graph_stale = False
-        weights = SessionWeights(initializer_arrays(graph, self._refreshed_names()))
-        self.preoptimized = (self.refresh_mode == "session" and self._quantized is not None and self._stream is None
-                             and self._preoptimize(weights))
+        may_preoptimize = self.refresh_mode == "session" and self._quantized is not None and self._stream is None
+        weights = (SessionWeights(initializer_arrays(graph, self._refreshed_names()))
+                   if self.refresh_mode == "inplace" or may_preoptimize else None)
+        self.preoptimized = may_preoptimize and self._preoptimize(weights)
         self._serve(weights if self.refresh_mode == "inplace" or self.preoptimized else None)
 
     def _preoptimize(self, weights: SessionWeights) -> bool:
@@ -152,17 +151,9 @@ class OnnxRuntimeEngine(OnnxEngine):
         session = self._open(self._data, weights, self.preoptimized)
         self._served = (session, weights)  # one assignment: a concurrent losses() keeps what it read
 
-    def _reload(self, graph: onnx.ModelProto) -> bool:
-        self._load(graph)
-        return True
-
     def _refresh_cheap(self, arrays: dict) -> bool:
         if self.refresh_mode == "session" and not self.preoptimized:
-            # ORT's optimizations read the weights from the graph, not from attached buffers
-            if self._quantized is not None:
-                self._quantized.requantize_weights(arrays)
-            else:
-                assign_initializers(self._graph, arrays, self._weights)
+            self._write_weights(arrays)  # ORT's optimizations read the weights from the graph, not from buffers
             self._data = self._graph.SerializeToString()
             self._serve(None)
             return True

@@ -5,24 +5,23 @@ the graph's initializer of that name without copying it (ORT's C API: the buffer
 session). But ORT's graph optimizations (Conv+BatchNorm fusion, NCHWc weight reordering, even at
 the BASIC level) read the weights from the *graph* at session creation, not from such buffers:
 a buffer reaches the kernels only where no optimization derived something from it. Measured on
-small_cnn, batch 128, 2 CPU threads, ONNX Runtime 1.32 (benchmarks/selection_throughput.py
---model small_cnn, round-robin timing; a training step there takes ~100 ms):
+small_cnn, batch 128, 2 CPU threads, ONNX Runtime 1.32
+(benchmarks/results/2026-11-25-x86_64-cpu2-selection/selection_throughput_small_cnn_b128_cpu.json;
+a training step there takes 108 ms):
 
 * **a new session per refresh** (``refresh_mode = "session"``, default). INT8: the session is
   opened over ORT's own level-ALL *optimized* graph (:func:`optimized_graph`; QLinearConv fused,
-  layouts chosen) with optimizations off and the re-quantized weights attached: ~1.8 ms to open
-  instead of ~5, same per-batch speed, losses identical to a session over a graph holding the new
-  weights (checked with changed weights at build: :func:`preoptimized_matches`). A cheap INT8
-  refresh went from 8.0-8.9 ms to 3.6-4.8 ms (requantization ~1 ms, state_dict copy ~0.3 ms).
-  FP32/FP16 cannot do this (the fused and reordered weights get new names), so their refresh
-  writes the graph and opens a fully optimizing session as before: ~6.5-7 ms.
+  layouts chosen) with optimizations off and the re-quantized weights attached: same per-batch
+  speed, losses identical to a session over a graph holding the new weights (checked with changed
+  weights at build: :func:`preoptimized_matches`). A cheap INT8 refresh costs 4.6 ms. FP32/FP16
+  cannot do this (the fused and reordered weights get new names), so their refresh writes the
+  graph and opens a fully optimizing session: 6.6 ms.
 * **in place, one session for the whole run** (``"inplace"``): the new values copied into the
-  attached buffers (~0.1 ms; a refresh then costs 1.9-2.1 ms INT8, 1.1 ms FP32). It needs INT8
-  weight pre-packing off (``session.disable_prepacking``; the QLinearConv fusion itself keeps
-  reading the buffers) and, for FP32/FP16, every graph optimization off. Per batch that costs
-  INT8 13.8 -> 26-29 ms (~2x) and FP32 23 -> 67-77 ms (~3x); weights fed as graph inputs instead
-  (bound once through IO binding) would cost FP32 1.9x and INT8 5.8x. With ~3 selection batches
-  per training step, in place loses 30-40 ms per step to save ~2.5 ms.
+  attached buffers (a refresh costs 1.9 ms INT8, 1.1 ms FP32). It needs INT8 weight pre-packing
+  off (``session.disable_prepacking``; the QLinearConv fusion itself keeps reading the buffers)
+  and, for FP32/FP16, every graph optimization off. Per batch that costs INT8 14.4 -> 27.8 ms
+  (~2x) and FP32 25.3 -> 70.7 ms (~2.8x). With ~3 selection batches per training step, in place
+  loses ~40 ms per step to save ~2.7 ms.
 
 So ``"session"`` is the default and ``"inplace"`` an option for settings with many refreshes per
 selection batch. Both give the losses of a session built from the new weights (tests in

@@ -53,7 +53,7 @@ import torch
 from ..files import atomic_write
 from .base import EngineContext
 from .errors import EngineError
-from .graph import INPUT_NAMES, OUTPUT_NAME, assign_initializers, float_tail_nodes
+from .graph import INPUT_NAMES, OUTPUT_NAME, float_tail_nodes
 from .onnx_engine import OnnxEngine
 
 __all__ = ["TensorRTEngine", "INSTALL_HINT", "prepare_inputs"]
@@ -73,7 +73,6 @@ class TensorRTEngine(OnnxEngine):
 
     backend = "tensorrt"
     precisions = ("fp16", "int8", "fp8")
-    cheap_precisions = precisions
     full_every_key = "rebuild_every"
     int8_format = "s8s8-symmetric"
 
@@ -168,8 +167,7 @@ class TensorRTEngine(OnnxEngine):
 
     def _write_weights(self, arrays: dict) -> None:
         if self.precision == "fp8":  # ModelOpt has no weights-only path: recalibrate
-            assign_initializers(self._float, arrays, self._weights)
-            self._graph = self._quantize_fp8()
+            self._remake_graph(arrays)
         else:
             super()._write_weights(arrays)
 

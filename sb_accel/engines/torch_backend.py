@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 
 from .base import EngineContext, EngineError, SelectionEngine
 
-__all__ = ["TorchEngine", "per_example_loss"]
+__all__ = ["TorchEngine", "per_example_loss", "eval_mode"]
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -17,6 +19,19 @@ _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def per_example_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy per example, computed in FP32 whatever the logits' dtype."""
     return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode inside, each one's own flag restored after (a training model
+    may hold frozen submodules in eval mode: ``model.train(was)`` would not give them back)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 class TorchEngine(SelectionEngine):
@@ -49,12 +64,6 @@ class TorchEngine(SelectionEngine):
 
     @torch.no_grad()
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            dtype = _AUTOCAST[self.precision]
-            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-                logits = self.model(x)
-            return per_example_loss(logits, y)
-        finally:
-            self.model.train(was_training)
+        dtype = _AUTOCAST[self.precision]
+        with eval_mode(self.model), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            return per_example_loss(self.model(x), y)

@@ -33,10 +33,10 @@ import torch.nn as nn
 
 from .base import EngineContext, SelectionEngine
 from .buckets import plan_buckets, usable_buckets
-from .cuda_graphs import (CapturedBatch, capture_bucket, eval_mode, input_memory_format, pointer_table,
+from .cuda_graphs import (CapturedBatch, capture_bucket, input_memory_format, pointer_table,
                           pointers_unchanged)
 from .errors import EngineError
-from .torch_backend import per_example_loss
+from .torch_backend import eval_mode, per_example_loss
 
 __all__ = ["TorchGraphEngine", "COMPILE_MODES", "CPU_REFUSAL"]
 

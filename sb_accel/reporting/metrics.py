@@ -23,9 +23,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-# report.py and plots.py import these from here.
-from .grouping import (DIVERGED, FINISHED, RunGroup, check_same_dataset, describe_status,  # noqa: F401
-                       group_runs, group_status, run_status)
+from .grouping import RunGroup
 from .runlog import Run
 
 __all__ = ["TARGET_MULTIPLIERS", "epochs_in_budget", "final_eval", "final_error", "final_wall", "time_to_target",

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .metrics import RunGroup
+from .grouping import RunGroup
 from .runlog import PHASES
 
 if TYPE_CHECKING:

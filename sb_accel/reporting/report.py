@@ -17,20 +17,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..files import atomic_write_json
-from .metrics import (DIVERGED, FINISHED, TARGET_MULTIPLIERS, GroupSummary, RunGroup, TargetResult,
-                      check_same_dataset, describe_status, eval_at_target, final_error, group_runs, group_status,
-                      pareto_frontier, run_status, speedup_table)
+from .grouping import (DIVERGED, FINISHED, RunGroup, check_same_dataset, describe_status, group_runs, group_status,
+                       run_status)
+from .metrics import (TARGET_MULTIPLIERS, GroupSummary, TargetResult, eval_at_target, final_error, pareto_frontier,
+                      speedup_table)
 from .plots import plot_error_curves, plot_pareto, plot_phases
 from .runlog import LOG_NAME, PHASES, Run, load_run
 from .tables import format_table, phase_table
 
-__all__ = ["collect_run_dirs", "load_runs", "choose_baseline", "baseline_warning", "Report", "build_report",
-           "write_json"]
-
-
-def write_json(path: str | Path, value: Any) -> Path:
-    """Write ``value`` as indented JSON to ``path`` (parents created); returns the path."""
-    return atomic_write_json(path, value)
+__all__ = ["collect_run_dirs", "load_runs", "choose_baseline", "baseline_warning", "Report", "build_report"]
 
 
 def collect_run_dirs(paths: Sequence[str | Path]) -> List[Path]:
@@ -199,7 +194,7 @@ class Report:
                                   [s.final_error_mean for s in self.summaries], self.frontier, out / "pareto",
                                   [s.wall_std for s in self.summaries], [s.final_error_std for s in self.summaries]),
         }
-        json_file = write_json(json_path or out / "report.json", self.to_json())
+        json_file = atomic_write_json(json_path or out / "report.json", self.to_json())
         md = out / "report.md"
         md.write_text(self.markdown(out))
         return {"report": [md], "json": [json_file], **plots}

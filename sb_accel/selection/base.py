@@ -9,13 +9,17 @@ from typing import Optional, Union
 
 import torch
 
-from ..transfer import to_device
-
-__all__ = ["SelectionPolicy", "Primed", "ForwardMask", "to_device"]
+__all__ = ["SelectionPolicy", "Primed", "ForwardMask", "generator_on"]
 
 # What ``requires_forward`` answers: a bool mask over the candidates, or a plain ``True`` / ``False``
 # for "all of them" / "none", which a caller can act on without reading a device tensor.
 ForwardMask = Union[bool, torch.Tensor]
+
+
+def generator_on(generator: torch.Generator, device: torch.device, seed: int) -> torch.Generator:
+    """``generator`` if it is on ``device``, else a new one there seeded with ``seed`` (a generator
+    cannot move between devices; see :meth:`SelectionPolicy.to`)."""
+    return generator if generator.device == device else torch.Generator(device).manual_seed(seed)
 
 
 class SelectionPolicy:

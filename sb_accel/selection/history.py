@@ -9,7 +9,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .base import to_device
+from ..transfer import to_device
 
 __all__ = ["LossHistory", "Gather"]
 
@@ -47,19 +47,18 @@ class LossHistory:
     processes hold the same history), and only this process's own are scored. Every process must
     then call :meth:`update_and_cdf` the same number of times with the same number of losses.
 
-    The ring lives on ``device`` (:meth:`to`); losses from any device are copied there and every
-    percentile is computed there, so on the training GPU nothing is read back to the host.
+    The ring lives on the device :meth:`to` puts it on (CPU by default); losses from any device are
+    copied there and every percentile is computed there, so on a GPU nothing is read back to the host.
     """
 
-    def __init__(self, size: int = 1024, mode: str = "batch", gather: Optional[Gather] = None,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, size: int = 1024, mode: str = "batch", gather: Optional[Gather] = None) -> None:
         if size < 1:
             raise ValueError(f"history size must be >= 1, got {size}")
         if mode not in ("batch", "sequential"):
             raise ValueError(f"history mode must be 'batch' or 'sequential', got {mode!r}")
         self.size = size
         self.mode = mode
-        self._buffer = torch.empty(size, dtype=torch.float64, device=device)
+        self._buffer = torch.empty(size, dtype=torch.float64)
         self._count = 0  # total losses ever appended; the ring position is count % size
         self.gather = gather
 

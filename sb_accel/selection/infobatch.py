@@ -13,7 +13,8 @@ from typing import Optional
 
 import torch
 
-from .base import SelectionPolicy, to_device
+from ..transfer import to_device
+from .base import SelectionPolicy, generator_on
 from .registry import StrategyOptions, register_strategy
 
 __all__ = ["InfoBatch"]
@@ -49,8 +50,7 @@ class InfoBatch(SelectionPolicy):
     def to(self, device: torch.device | str) -> "InfoBatch":
         super().to(device)
         self.scores = self.scores.to(self.device)
-        if self.generator.device != self.device:
-            self.generator = torch.Generator(self.device).manual_seed(self.seed)
+        self.generator = generator_on(self.generator, self.device, self.seed)
         return self
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .base import ForwardMask, SelectionPolicy
+from .base import ForwardMask, SelectionPolicy, generator_on
 from .history import LossHistory
 from .registry import StrategyOptions, register_strategy
 
@@ -77,8 +77,7 @@ class SelectiveBackpropPolicy(SelectionPolicy):
     def to(self, device: torch.device | str) -> "SelectiveBackpropPolicy":
         super().to(device)
         self.history.to(self.device)
-        if self.generator.device != self.device:
-            self.generator = torch.Generator(self.device).manual_seed(self.seed)
+        self.generator = generator_on(self.generator, self.device, self.seed)
         self.deferred_checks = self.device.type != "cpu"
         self._nonfinite = self._nonfinite.to(self.device)
         return self

@@ -12,7 +12,8 @@ from typing import Optional
 
 import torch
 
-from .base import ForwardMask, to_device
+from ..transfer import to_device
+from .base import ForwardMask
 from .registry import StrategyOptions, register_strategy
 from .selective_backprop import SelectiveBackpropPolicy
 

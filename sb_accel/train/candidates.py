@@ -9,7 +9,7 @@ import torch
 from ..config import TrainConfig
 from ..data import AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, check_run_fits, load_dataset
 from ..data.loader import Candidate
-from ..data.sampler import DistributedEpochSampler, shard_batches, shard_test_split
+from ..data.sampler import DistributedEpochSampler, shard_test_split
 from .distributed import RankGroup, per_rank
 
 __all__ = ["CandidateSource", "training_data", "candidate_source", "candidate_batch_size"]
@@ -40,7 +40,7 @@ class CandidateSource:
         """This rank's candidate batches of the next epoch."""
         if self.sampler is None:
             return self.loader.epoch(batch_size)
-        return shard_batches(self.loader, self.sampler.epoch(), batch_size)
+        return self.loader.batches(self.sampler.epoch(), batch_size)
 
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"loader_rng": self.loader.generator.get_state()}

@@ -15,15 +15,14 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..config import ConfigError, TrainConfig
+from ..config import CHECKPOINT_NAME, CONFIG_NAME, ConfigError, TrainConfig
 from ..files import atomic_write
 from ..reporting.runlog import LOG_NAME
+from ..run_dir import check_run_dir
 
 __all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint", "prepare_run_dir",
            "check_resumable", "RESUMABLE_CHANGES"]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CONFIG_NAME = "config.json"
 FORMAT = 2  # version of the checkpoint layout
 # Settings that may differ between a run and its resumption without changing its meaning.
 RESUMABLE_CHANGES = frozenset({"epochs", "run_dir", "threads", "engine_threads", "log_every_steps", "data_dir",
@@ -69,24 +68,17 @@ def load_checkpoint(run_dir: str | Path) -> Optional[Dict[str, Any]]:
 def prepare_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Optional[Dict[str, Any]]:
     """Check ``run_dir`` for a new run or a resumption; returns the checkpoint to resume from.
 
-    A new run refuses a directory holding an earlier run's log unless ``overwrite``; a resumption
-    needs a checkpoint.
+    The directory is checked by :func:`sb_accel.run_dir.check_run_dir` (a new run refuses an
+    earlier run's log unless ``overwrite``; a resumption needs a checkpoint); then torn temporary
+    files of a killed write are cleared and, with ``overwrite``, the earlier run's files removed.
     """
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run_dir: {run_dir} is a file, not a directory; choose another --run-dir")
+    check_run_dir(run_dir, resume, overwrite)
     for torn in run_dir.glob(".*.tmp"):  # a write that a crash (kill -9, power loss) cut short
         torn.unlink(missing_ok=True)
     if resume:
-        checkpoint = load_checkpoint(run_dir)
-        if checkpoint is None:
-            raise ConfigError(f"nothing to resume in {run_dir}: no {CHECKPOINT_NAME} (no epoch finished yet); "
-                              "run without --resume (add --overwrite to replace the old log)")
-        return checkpoint
-    if (run_dir / LOG_NAME).exists():
-        if not overwrite:
-            raise ConfigError(f"run_dir: {run_dir} already holds a run; pass --resume to continue "
-                              "it, --overwrite to replace it, or choose another --run-dir")
+        return load_checkpoint(run_dir)
+    if overwrite:
         for name in (LOG_NAME, CHECKPOINT_NAME, CONFIG_NAME):
             (run_dir / name).unlink(missing_ok=True)
     return None

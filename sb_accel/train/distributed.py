@@ -101,8 +101,8 @@ class RankGroup:
 
     # --- tensors --------------------------------------------------------------------------------
     def gather_losses(self, local: torch.Tensor) -> Tuple[torch.Tensor, int]:
-        """Every rank's losses concatenated in rank order (float64, on ``local``'s device) and where
-        this rank's start.
+        """Every rank's losses concatenated in rank order (float64, on the communication device)
+        and where this rank's start.
 
         A :data:`sb_accel.selection.history.Gather` hook: every rank must pass the same number of
         losses (the trainer's candidate batches are equal on every rank).
@@ -111,7 +111,7 @@ class RankGroup:
             mine = local.to(self.comm_device, torch.float64)
             parts = [torch.empty_like(mine) for _ in range(self.world_size)]
             dist.all_gather(parts, mine)
-            return torch.cat(parts).to(local.device), self.rank * local.numel()
+            return torch.cat(parts), self.rank * local.numel()
 
     def _reduce(self, values: Sequence[float], op: dist.ReduceOp, kind: str) -> List[float]:
         with self.timed(kind):
@@ -147,7 +147,7 @@ class RankGroup:
             padded[: rows.shape[0]] = rows.to(self.comm_device, torch.float64)
             parts = [torch.empty_like(padded) for _ in range(self.world_size)]
             dist.all_gather(parts, padded)
-            return [p[:n].cpu() for p, n in zip(parts, sizes)]
+            return [p[:n] for p, n in zip(parts, sizes)]
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them at

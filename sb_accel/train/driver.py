@@ -92,7 +92,7 @@ class SelectionDriver:
         if group is not None:
             if dataset_size is None:
                 raise ValueError("a distributed driver needs dataset_size (its per-example tables are global)")
-            self.lockstep = LockstepBatches(group, batch_size, end_of_epoch)
+            self.lockstep = LockstepBatches(group, end_of_epoch)
             self.tables = ExampleTables(policy, dataset_size, group) or None
             history = getattr(innermost_policy(policy), "history", None)
             if shared_history and history is not None:

@@ -42,13 +42,11 @@ class LockstepBatches:
 
     Args:
         group: the ranks.
-        batch_size: this rank's batch size ``b`` (the global batch size over the world size).
         end_of_epoch: ``"carry"``, ``"partial"`` or ``"drop"`` (see the module docstring).
     """
 
-    def __init__(self, group: RankGroup, batch_size: int, end_of_epoch: str = "carry") -> None:
+    def __init__(self, group: RankGroup, end_of_epoch: str = "carry") -> None:
         self.group = group
-        self.batch_size = batch_size
         self.end_of_epoch = end_of_epoch
         self._queue: Deque[TrainBatch] = deque()
         self.dropped = 0  # examples discarded by the "drop" rule from the queue

@@ -13,7 +13,7 @@ import torch
 from ..config import TrainConfig
 from ..files import atomic_write_json
 from ..reporting.runlog import RunLog
-from .checkpoint import CONFIG_NAME
+from ..config import CONFIG_NAME
 from .driver import SelectionDriver
 
 __all__ = ["RunLogger"]

@@ -69,11 +69,7 @@ class ExampleTables:
             return torch.arange(len(first), device=first.device)
         mask = torch.zeros(len(first), dtype=torch.bool, device=first.device)
         for name, now in tables.items():
-            before = self._snapshot[name]
-            differs = now != before
-            if now.is_floating_point():
-                differs &= ~(torch.isnan(now) & torch.isnan(before))
-            mask |= differs
+            mask |= ~_equal_rows(now, self._snapshot[name])
         return mask.nonzero().squeeze(1)
 
     def sync(self) -> int:
@@ -96,11 +92,20 @@ class ExampleTables:
         :data:`SHARED`; rank 0's state keeps them, so a checkpoint holds each table once."""
         tables = list(self.tables().values())
         if torch.is_tensor(state):
-            same = any(state.shape == t.shape and state.dtype == t.dtype and torch.equal(state, t) for t in tables)
+            same = any(state.shape == t.shape and state.dtype == t.dtype and bool(_equal_rows(state, t).all())
+                       for t in tables)
             return SHARED if same else state
         if isinstance(state, dict):
             return {k: self.strip(v) for k, v in state.items()}
         return state
+
+
+def _equal_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-wise ``a == b`` with NaN equal to NaN (an unseen example's loss is NaN in both)."""
+    same = a == b.to(a.device)
+    if a.is_floating_point():
+        same |= torch.isnan(a) & torch.isnan(b.to(a.device))
+    return same
 
 
 def fill_shared(state: Any, reference: Any) -> Any:
