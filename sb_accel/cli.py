@@ -1,4 +1,4 @@
-"""Command line: ``sb-accel train | demo | profile | compare | report | list-models | list-engines``.
+"""Command line: ``sb-accel train | demo | profile | compare | report | list-models | list-engines | completion``.
 
 Exit status (every error the CLI gives, with its fix: docs/ERRORS.md):
 
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from .commands import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_TERMINATED, EXIT_USAGE
+from .commands.completion import cmd_completion
 from .commands.listings import cmd_list_engines, cmd_list_models
 from .commands.measurement import cmd_compare, cmd_profile, cmd_report
 from .commands.parser import build_parser
@@ -41,7 +42,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _HANDLERS = {"train": cmd_train, "demo": cmd_demo, "list-models": cmd_list_models, "list-engines": cmd_list_engines,
-             "profile": cmd_profile, "compare": cmd_compare, "report": cmd_report}
+             "profile": cmd_profile, "compare": cmd_compare, "report": cmd_report, "completion": cmd_completion}
 
 
 # --- errors, signals, exit status -------------------------------------------------------------------

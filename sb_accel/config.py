@@ -4,7 +4,7 @@ Every field is a flag of ``sb-accel train`` (``selectivity`` -> ``--selectivity`
 set any of them at the top level. Every value is checked against its field's type (an ``int``
 field takes only integers, a ``bool`` field only ``true``/``false``, a ``float`` field integers or
 floats, an ``Optional`` field also ``None``, a list field is checked per element) and then against
-its range. Invalid values raise :class:`ConfigError` naming the key and the fix; unknown keys are
+its range; ``inf`` and ``nan`` are refused in every ``float`` field. Invalid values raise :class:`ConfigError` naming the key and the fix; unknown keys are
 named with the closest known one.
 """
 from __future__ import annotations
@@ -20,12 +20,18 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-__all__ = ["TrainConfig", "ConfigError", "STRATEGIES", "CONFIG_NAME", "CHECKPOINT_NAME", "check_value", "check_keys", "load_values"]
+__all__ = ["TrainConfig", "ConfigError", "STRATEGIES", "CHOICES", "CONFIG_NAME", "CHECKPOINT_NAME", "check_value", "check_keys", "load_values"]
 
 CONFIG_NAME = "config.json"  # the resolved config the Trainer saves in every run directory
 CHECKPOINT_NAME = "checkpoint.pt"  # the run's last good state (written atomically every epoch)
 
 STRATEGIES = ("traditional", "sb", "stale-sb", "kath18", "infobatch")
+# The fields that take one of a few words (validated here; offered by the shell completion).
+CHOICES: Dict[str, Tuple[str, ...]] = {
+    "strategy": STRATEGIES, "history_mode": ("batch", "sequential"), "end_of_epoch": ("carry", "partial", "drop"),
+    "lr_schedule": ("multistep", "cosine", "linear", "constant"), "engine_fallback": ("raise", "torch"),
+    "ddp_history": ("global", "local"), "amp": ("off", "bf16", "fp16"), "augment": ("preset", "none"),
+}
 
 
 class ConfigError(ValueError):
@@ -110,47 +116,47 @@ class TrainConfig:
             if not cond:
                 raise ConfigError(f"{name}: {msg} (got {getattr(self, name)!r})")
 
-        need(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
-        need(0.0 < self.selectivity <= 1.0 and math.isfinite(self.selectivity), "selectivity",
+        need(self.strategy in CHOICES["strategy"], "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        need(0.0 < self.selectivity <= 1.0, "selectivity",
              "must be in (0, 1]; 0.33 keeps about a third of the examples")
         need(self.beta is None or self.beta >= 0, "beta", "must be >= 0")
         need(self.history >= 1, "history", "must be >= 1")
         need(0.0 <= self.floor <= 1.0, "floor", "must be in [0, 1]")
-        need(self.history_mode in ("batch", "sequential"), "history_mode", "must be 'batch' or 'sequential'")
+        need(self.history_mode in CHOICES["history_mode"], "history_mode", "must be 'batch' or 'sequential'")
         need(self.prime_epochs is None or self.prime_epochs >= 0, "prime_epochs", "must be >= 0")
         need(self.stale_n >= 1, "stale_n", "must be >= 1")
         need(self.kath18_multiplier >= 1, "kath18_multiplier", "must be >= 1")
         need(0.0 <= self.infobatch_ratio < 1.0, "infobatch_ratio", "must be in [0, 1)")
         need(0.0 <= self.infobatch_anneal <= 1.0, "infobatch_anneal", "must be in [0, 1]")
         need(self.selection_batch_size >= 0, "selection_batch_size", "must be >= 0 (0: automatic)")
-        need(self.end_of_epoch in ("carry", "partial", "drop"), "end_of_epoch", "must be carry, partial or drop")
+        need(self.end_of_epoch in CHOICES["end_of_epoch"], "end_of_epoch", "must be carry, partial or drop")
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
-        need(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number")
+        need(self.lr > 0, "lr", "must be a positive number")
         need(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        need(self.lr_schedule in ("multistep", "cosine", "linear", "constant"), "lr_schedule",
+        need(self.lr_schedule in CHOICES["lr_schedule"], "lr_schedule",
              "must be multistep, cosine, linear or constant")
-        need(all(0 < m < math.inf for m in self.milestones), "milestones",
+        need(all(m > 0 for m in self.milestones), "milestones",
              "must be positive: fractions of the run (< 1) or epoch numbers (>= 1)")
-        need(0 < self.gamma < math.inf, "gamma", "must be a positive number (0.2: the LR drops 5x per milestone)")
+        need(self.gamma > 0, "gamma", "must be a positive number (0.2: the LR drops 5x per milestone)")
         need(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "must be in [0, epochs)")
         need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
-        need(self.engine_fallback in ("raise", "torch"), "engine_fallback", "must be 'raise' or 'torch'")
+        need(self.engine_fallback in CHOICES["engine_fallback"], "engine_fallback", "must be 'raise' or 'torch'")
         need(self.refresh_every_steps >= 0, "refresh_every_steps", "must be >= 0 (0: only per epoch)")
         need(self.refresh_validate_every >= 1, "refresh_validate_every", "must be >= 1 (1: check every refresh)")
         need(self.int8_recalibrate_every >= 0, "int8_recalibrate_every", "must be >= 0 (0: only when a check fails)")
         need(self.pipeline_depth >= 1, "pipeline_depth", "must be >= 1")
-        need(self.ddp_history in ("global", "local"), "ddp_history",
+        need(self.ddp_history in CHOICES["ddp_history"], "ddp_history",
              "must be 'global' (every rank scores against all ranks' losses) or 'local'")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
              "must be auto, cpu, cuda or cuda:N")
         need(self.threads >= 0 and self.engine_threads >= 0, "threads", "must be >= 0")
-        need(self.amp in ("off", "bf16", "fp16"), "amp", "must be off, bf16 or fp16")
+        need(self.amp in CHOICES["amp"], "amp", "must be off, bf16 or fp16")
         need(self.eval_every_steps >= 0, "eval_every_steps", "must be >= 0")
         need(self.log_every_steps >= 1, "log_every_steps", "must be >= 1")
         need(self.train_subset >= 0 and self.test_subset >= 0, "train_subset", "must be >= 0")
-        need(self.augment in ("preset", "none"), "augment", "must be 'preset' or 'none'")
+        need(self.augment in CHOICES["augment"], "augment", "must be 'preset' or 'none'")
         need(self.width >= 0, "width", "must be >= 0")
         need(bool(self.run_dir.strip()), "run_dir", "must name a directory")
         need(bool(self.dataset.strip()), "dataset", "must name a dataset or a .npz file")
@@ -229,6 +235,9 @@ def check_value(name: str, value: Any, typ: Any) -> Any:
         return [check_value(f"{name}[{i}]", v, element) for i, v in enumerate(value)]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, float) and not math.isfinite(value):
+        # inf and nan are never a setting (and JSON cannot hold them): refused before anything is written
+        raise ConfigError(f"{name}: must be a finite number, got {value!r}")
     if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{name}: must be {_EXPECTED.get(typ, typ.__name__)}, got {value!r} ({_kind(value)})"

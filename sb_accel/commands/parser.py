@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import re
 import typing
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import STRATEGIES, TrainConfig
 
-__all__ = ["build_parser"]
+__all__ = ["build_parser", "Parser"]
 
 _HELP = {
     "dataset": "cifar10, cifar100, svhn, fashion_mnist, synthetic, or a path to a .npz",
@@ -64,6 +66,7 @@ _HELP = {
     "seed": "seed of the data order, augmentation, subsets and initialisation",
     "log_every_steps": "write an interval event every N optimizer steps",
     "checkpoint": "write checkpoint.pt at every epoch end (needed for --resume)",
+    "ddp_history": "under torchrun: 'global' (one SB loss history over all ranks) or 'local' (per rank)",
     "progress": "show a progress bar",
 }
 
@@ -85,24 +88,79 @@ class _HelpFormatter(argparse.HelpFormatter):
         return _with_default(action.help or "", action.default)
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field. Their argparse defaults are SUPPRESS, so ``vars(args)`` holds
-    only the flags given on the command line (they override a config file and a resumed run's
-    config); the help shows the field's default instead."""
-    hints = typing.get_type_hints(TrainConfig)
+class Parser(argparse.ArgumentParser):
+    """``argparse`` as a command line's users expect it: no abbreviated flags (``--epoch`` is not
+    ``--epochs``); a subcommand reports its own unknown flags under its own usage, with the closest
+    known one (``did you mean --epochs?``); an error shows the short usage line, not every option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
+                         namespace: Optional[argparse.Namespace] = None) -> Tuple[argparse.Namespace, List[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:  # a (sub)command: its unknown flags are its error
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._did_you_mean(extras)}")
+        return parsed, extras
+
+    def _did_you_mean(self, extras: List[str]) -> str:
+        known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        for word in extras:
+            if word.startswith("--"):
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
+
+    def error(self, message: str) -> typing.NoReturn:
+        choice = re.match(r"argument \S+: invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:
+            close = difflib.get_close_matches(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)), n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        self.print_usage()
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# The sections of `train --help`: each begins at its field and runs to the next (TrainConfig's order).
+_SECTIONS = (("data", "dataset"), ("model", "model"), ("selection strategy", "strategy"),
+             ("optimisation", "epochs"), ("selection engine", "engine"), ("device and run", "device"))
+
+
+def _sections(parser: argparse.ArgumentParser) -> Dict[str, Any]:
+    """Each TrainConfig field's help section (an argument group of ``parser``)."""
+    starts = {field: parser.add_argument_group(title) for title, field in _SECTIONS}
+    sections: Dict[str, Any] = {}
+    current = None
     for f in dataclasses.fields(TrainConfig):
+        current = starts.get(f.name, current)
+        sections[f.name] = current
+    return sections
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> Any:
+    """One flag per TrainConfig field, in its help section; returns the last section (the run's).
+    Their argparse defaults are SUPPRESS, so ``vars(args)`` holds only the flags given on the
+    command line (they override a config file and a resumed run's config); the help shows the
+    field's default instead."""
+    hints = typing.get_type_hints(TrainConfig)
+    sections = _sections(parser)
+    for f in dataclasses.fields(TrainConfig):
+        group = sections[f.name]
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         kwargs: Dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                                   "help": _with_default(_HELP.get(f.name, ""), default)}
         if typ is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(typ) in (list, List):
-            parser.add_argument(flag, type=float, nargs="+", **kwargs)
+            group.add_argument(flag, type=float, nargs="+", **kwargs)
         else:
             base = [a for a in typing.get_args(typ) if a is not type(None)] or [typ]
-            parser.add_argument(flag, type=base[0], **kwargs)
+            group.add_argument(flag, type=base[0], **kwargs)
+    return group
 
 
 def _version() -> str:
@@ -113,23 +171,24 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sb-accel", description="Selective-Backprop with accelerated selection passes.",
         epilog="exit status: 0 success, 1 runtime failure (engine, divergence, storage), 2 usage, config or data "
                "error, 130 interrupted, 143 terminated (docs/ERRORS.md)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     train = sub.add_parser("train", help="train a model with a selection strategy", formatter_class=_HelpFormatter,
+                           usage="%(prog)s [--config FILE] [--resume | --overwrite] [--OPTION VALUE ...]",
                            description="Train a model with a selection strategy. Settings: the defaults (with "
                                        "--resume: the run's saved config.json), then --config FILE, then the "
                                        "flags given.")
-    train.add_argument("--config", help="TOML file with any of the options below (flags override it)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --run-dir from its checkpoint with its saved config "
-                            "(flags and --config given now override it)")
-    train.add_argument("--overwrite", action="store_true", help="replace an earlier run in --run-dir")
-    _add_config_flags(train)
+    run = _add_config_flags(train)
+    run.add_argument("--config", metavar="FILE", help="TOML file with any of these options (flags override it)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --run-dir from its checkpoint with its saved config "
+                          "(flags and --config given now override it)")
+    run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --run-dir")
 
     demo = sub.add_parser("demo", formatter_class=_HelpFormatter,
                           help="Traditional vs Selective-Backprop on CIFAR-10 with the small CNN, at equal epochs "
@@ -144,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list-models", help="print the registered models")
     sub.add_parser("list-engines", help="print the selection engine specs")
     _add_measurement_commands(sub)
+    completion = sub.add_parser("completion", help="print a shell completion script: "
+                                                   "eval \"$(sb-accel completion bash)\" in ~/.bashrc")
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
 
     return parser
 

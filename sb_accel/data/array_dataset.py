@@ -133,9 +133,9 @@ def _integer_labels(name: str, split: str, y: torch.Tensor, n: int) -> torch.Ten
 def _infer_classes(name: str, y_train: torch.Tensor, y_test: torch.Tensor) -> int:
     """Classes ``0 .. max(y_train)``: refused if a test label lies outside them, or if a class in
     that range has no training example (a stray label such as 57 among 0..9, or labels from 1)."""
+    classes = max(int(y_train.max()) + 1, 1)
     if int(y_train.min()) < 0:
-        return 1  # _check_label_range names the negative label
-    classes = int(y_train.max()) + 1
+        return classes  # _check_label_range names the negative label and this range
     if int(y_test.max()) >= classes:
         raise DataError(f"{name}: y_test has label {int(y_test.max())} but the training labels only go up to "
                         f"{classes - 1}: fix the labels, or declare the classes in the file "

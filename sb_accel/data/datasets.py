@@ -15,8 +15,9 @@ are looked for) and ``sources`` (the offline CIFAR-10 copy, torchvision download
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -24,7 +25,8 @@ from .array_dataset import ArrayDataset, DataError
 from .npz import from_npz
 from .sources import load_cifar10, npz_or_torchvision
 
-__all__ = ["load_dataset", "list_datasets", "synthetic_dataset"]
+__all__ = ["load_dataset", "list_datasets", "synthetic_dataset", "check_subsets", "dataset_fingerprint",
+           "describe_fingerprint"]
 
 
 def synthetic_dataset(train: int = 2048, test: int = 512, num_classes: int = 10, size: int = 16,
@@ -67,3 +69,37 @@ def load_dataset(name: str, data_dir: Optional[str] = None, download: bool = Fal
     if key not in _LOADERS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
     return _LOADERS[key](data_dir, download)
+
+
+def check_subsets(data: ArrayDataset, train_subset: int, test_subset: int) -> None:
+    """Refuse a ``train_subset`` or ``test_subset`` larger than its split (it would be capped silently)."""
+    for key, asked, available, split in (("train_subset", train_subset, len(data.y_train), "training"),
+                                         ("test_subset", test_subset, len(data.y_test), "test")):
+        if asked > available:
+            raise DataError(f"{key}: {asked} is more than the {available} {split} examples of {data.name}; "
+                            f"pass at most {available} (0: all of them)")
+
+
+_SAMPLED_IMAGES = 64  # images per split that the content hash reads (spread over the split)
+
+
+def dataset_fingerprint(data: ArrayDataset) -> Dict[str, Any]:
+    """What identifies a dataset cheaply: its name, split sizes, classes, image shape and a hash of
+    every label and of 64 images per split spread evenly over it (a millisecond for CIFAR-10).
+
+    A checkpoint records it, and a resumed run refuses other data (:mod:`sb_accel.train.checkpoint`)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for tensor in (data.x_train, data.y_train, data.x_test, data.y_test):
+        rows = torch.linspace(0, len(tensor) - 1, min(len(tensor), _SAMPLED_IMAGES)).long()
+        sample = tensor if tensor.dim() == 1 else tensor[rows]
+        digest.update(repr(tuple(tensor.shape)).encode())
+        digest.update(sample.detach().cpu().contiguous().numpy().tobytes())
+    return {"name": data.name, "train": len(data.y_train), "test": len(data.y_test), "classes": data.num_classes,
+            "image": list(data.x_train.shape[1:]), "hash": digest.hexdigest()}
+
+
+def describe_fingerprint(fingerprint: Dict[str, Any]) -> str:
+    """``cifar10 (50000 training / 10000 test examples, 10 classes, 3x32x32, content 1f2e...)``."""
+    image = "x".join(map(str, fingerprint["image"]))
+    return (f"{fingerprint['name']} ({fingerprint['train']} training / {fingerprint['test']} test examples, "
+            f"{fingerprint['classes']} classes, {image}, content {fingerprint['hash']})")

@@ -7,6 +7,8 @@ Arrays ``x_train`` (N, H, W, C) or (N, H, W) uint8, ``y_train`` (N,) integer lab
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +24,7 @@ __all__ = ["from_npz", "save_npz_atomic"]
 def from_npz(path: Path, name: str, num_classes: Optional[int] = None) -> ArrayDataset:
     """The .npz at ``path`` as a validated dataset; ``num_classes`` (or the file's own
     ``num_classes`` array) declares the classes, else they are inferred from ``y_train``."""
+    _check_is_zip(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
@@ -31,16 +34,55 @@ def from_npz(path: Path, name: str, num_classes: Optional[int] = None) -> ArrayD
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
             if num_classes is None and "num_classes" in f.files:
                 num_classes = _declared_classes(path, f["num_classes"])
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{path}: not a readable .npz of plain arrays ({exc}); write it with "
-                        "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)") from None
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:  # cut short or corrupted inside the archive
+        raise DataError(f"{path} is a damaged .npz (a truncated or corrupted zip archive: {exc}), e.g. an "
+                        f"interrupted copy or download: copy it again, or write it anew with {_SAVEZ}") from None
+    except ValueError as exc:  # numpy refuses object arrays without allow_pickle, and so do we
+        raise DataError(f"{path} holds object (pickled) arrays, which are never loaded; the .npz format needs plain "
+                        f"numeric arrays: write it with {_SAVEZ}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     tensors = {}
     for split in ("train", "test"):
         tensors[f"x_{split}"] = _images_nchw(path, split, arrays[f"x_{split}"])
         tensors[f"y_{split}"] = _label_array(path, split, arrays[f"y_{split}"])
     return ArrayDataset(str(name), num_classes=num_classes, **tensors)
+
+
+_SAVEZ = "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (np.savez), an empty one
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_is_zip(path: Path) -> None:
+    """Refuse a file that is not a zip archive at all, saying what it is instead (numpy would take it
+    for a pickle and advise loading it unsafely)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head.startswith(_ZIP_MAGIC):
+        return
+    if not head:
+        what = "is empty (0 bytes), e.g. an interrupted copy: copy it again, or write it with"
+    elif head.startswith(_NPY_MAGIC):
+        what = "is a single .npy array (np.save), not an .npz archive of the four arrays: write it with"
+    elif _looks_like_text(head):
+        what = "is a text file, not an .npz (a zip archive of arrays): write it with"
+    else:
+        what = "is not an .npz file (it does not start like the zip archive np.savez writes): write it with"
+    raise DataError(f"{path} {what} {_SAVEZ}")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c.isspace() for c in text)
 
 
 def _images_nchw(path: Path, split: str, x: np.ndarray) -> torch.Tensor:

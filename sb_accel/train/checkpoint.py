@@ -16,17 +16,19 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..config import CHECKPOINT_NAME, CONFIG_NAME, ConfigError, TrainConfig
+from ..data import DataError, describe_fingerprint
 from ..files import atomic_write
 from ..reporting.runlog import LOG_NAME
 from ..run_dir import check_run_dir
 
 __all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint", "prepare_run_dir",
-           "check_resumable", "RESUMABLE_CHANGES"]
+           "check_resumable", "check_epochs_left", "check_same_data", "RESUMABLE_CHANGES"]
 
 FORMAT = 2  # version of the checkpoint layout
-# Settings that may differ between a run and its resumption without changing its meaning.
+# Settings that may differ between a run and its resumption without changing its meaning, and
+# ``lr``: after a divergence the advice is to resume from the last good checkpoint with a lower one.
 RESUMABLE_CHANGES = frozenset({"epochs", "run_dir", "threads", "engine_threads", "log_every_steps", "data_dir",
-                               "progress", "eval_every_steps", "checkpoint"})
+                               "progress", "eval_every_steps", "checkpoint", "lr"})
 
 
 class CheckpointError(RuntimeError):
@@ -91,3 +93,25 @@ def check_resumable(saved: Dict[str, Any], cfg: TrainConfig, run_dir: Path) -> N
     if changed:
         raise ConfigError(f"cannot resume {run_dir}: config differs from the checkpoint in {changed} "
                           f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume)")
+
+
+def check_epochs_left(state: Dict[str, Any], epochs: int, run_dir: Path) -> None:
+    """Refuse a resumption with no epoch left to train: ``epochs`` at or below the checkpoint's."""
+    done = state["epoch"]
+    if epochs > done:
+        return
+    if epochs == done:
+        raise ConfigError(f"nothing to resume in {run_dir}: the run has trained all its {done} epochs; pass "
+                          f"--epochs N with N > {done} to train it further")
+    raise ConfigError(f"cannot resume {run_dir} with --epochs {epochs}: its checkpoint is already at epoch {done}; "
+                      f"pass --epochs N with N > {done} to train it further")
+
+
+def check_same_data(state: Dict[str, Any], fingerprint: Dict[str, Any], run_dir: Path) -> None:
+    """Refuse a resumption on other data than the run started with (checkpoints of earlier
+    versions carry no fingerprint and are taken on trust)."""
+    recorded = state.get("dataset")
+    if recorded is not None and recorded != fingerprint:
+        raise DataError(f"cannot resume {run_dir}: it was trained on {describe_fingerprint(recorded)}, but the "
+                        f"dataset found now is {describe_fingerprint(fingerprint)}; resume with the data the run "
+                        "started with (check --data-dir and $SB_ACCEL_DATA), or start a new run")

@@ -1,13 +1,16 @@
 """What a checkpoint holds of a Trainer (``t`` below), and how a resumed Trainer takes it back.
 
-Shared by every rank: the config, counters, model, optimizer and AMP scaler. Per rank: the
-selection driver (policy, buffered examples), the candidate source's random state, phase times.
+Shared by every rank: the config, the dataset's fingerprint, counters, model, optimizer and AMP
+scaler. Per rank: the selection driver (policy, buffered examples), the candidate source's random
+state, phase times.
 Under DDP every rank's part is gathered to rank 0, which writes the file (:mod:`.ranks`).
 """
 from __future__ import annotations
 
 from typing import Any, Dict
 
+from ..data import dataset_fingerprint
+from .checkpoint import check_epochs_left, check_same_data
 from .ranks import gather_rank_states, rank_state
 
 __all__ = ["COUNTERS", "checkpoint_state", "restore_training_state"]
@@ -27,7 +30,8 @@ def _rank_part(t: Any) -> Dict[str, Any]:
 def checkpoint_state(t: Any) -> Dict[str, Any]:
     """The checkpoint of ``t`` (under DDP a collective: every rank's part is gathered to rank 0)."""
     mine = _rank_part(t)
-    state = {"config": t.cfg.to_dict(), **{k: getattr(t, k) for k in COUNTERS},
+    state = {"config": t.cfg.to_dict(), "dataset": dataset_fingerprint(t.data),
+             **{k: getattr(t, k) for k in COUNTERS},
              "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(), "scaler": t.scaler.state_dict(),
              **mine, "log_offset": t.log.log.offset}
     if t.group is not None:
@@ -36,7 +40,10 @@ def checkpoint_state(t: Any) -> Dict[str, Any]:
 
 
 def restore_training_state(t: Any, state: Dict[str, Any]) -> None:
-    """Everything but the driver (restored once it is built): weights, optimizer, counters, random state."""
+    """Everything but the driver (restored once it is built): weights, optimizer, counters, random state.
+    Refused first: a checkpoint with no epoch left to train, or one of a run on other data."""
+    check_epochs_left(state, t.cfg.epochs, t.run_dir)
+    check_same_data(state, dataset_fingerprint(t.data), t.run_dir)
     mine = rank_state(state, t.rank, t.world_size)
     t.model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
