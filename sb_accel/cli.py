@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from .commands import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_TERMINATED, EXIT_USAGE
 from .commands.completion import cmd_completion
@@ -30,7 +30,7 @@ from .commands.measurement import cmd_compare, cmd_profile, cmd_report
 from .commands.parser import build_parser
 from .commands.training import cmd_demo, cmd_train
 from .config import CHECKPOINT_NAME
-from .files import StorageError
+from .files import StorageError, os_error_fix
 
 __all__ = ["main", "build_parser", "Terminated"]
 
@@ -50,16 +50,51 @@ def _error(message: object) -> None:
     print(f"sb-accel: error: {message}", file=sys.stderr)
 
 
-def _stopped(what: str, run_dir: Optional[str]) -> str:
-    """What an interrupted command leaves behind: a checkpoint to resume from, or none yet."""
-    if run_dir is None:
-        return f"sb-accel: {what}"
+def _os_error(exc: OSError) -> str:
+    """An error of the file system as one line: the path, what happened, what to do."""
+    if isinstance(exc, StorageError) or exc.filename is None:
+        return str(exc.strerror or exc)
+    return f"{exc.filename}: {exc.strerror or exc} ({os_error_fix(exc)})"
+
+
+def _torchrun_world() -> Tuple[int, int]:
+    """``(WORLD_SIZE, LOCAL_WORLD_SIZE)`` under torchrun, ``(1, 1)`` in a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world, int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+
+
+def _resume_command(run_dir: str) -> str:
+    """The command that resumes ``run_dir``: a run of N processes resumes with N processes."""
+    world, local = _torchrun_world()
+    if world == 1:
+        launch = "sb-accel"
+    elif world == local:
+        launch = f"torchrun --standalone --nproc-per-node {local} -m sb_accel"
+    else:
+        launch = (f"torchrun --nnodes {world // local} --nproc-per-node {local} <the same rendezvous options> "
+                  "-m sb_accel")
+    return f"{launch} train --run-dir {run_dir} --resume"
+
+
+def _left_behind(run_dir: str) -> str:
+    """What a stopped run leaves behind: a checkpoint to resume from (and the command), or none yet."""
     checkpoint = Path(run_dir) / CHECKPOINT_NAME
     if checkpoint.is_file():
-        return (f"sb-accel: {what}; the checkpoint of the last finished epoch is kept in {checkpoint}: continue with "
-                f"sb-accel train --run-dir {run_dir} --resume")
-    return (f"sb-accel: {what}; no checkpoint was written yet in {run_dir} (none is written before the first epoch "
-            "ends, or with --no-checkpoint): start again, with --overwrite to replace its log")
+        return (f"the checkpoint of the last finished epoch is kept in {checkpoint}: continue with "
+                f"{_resume_command(run_dir)}")
+    return (f"no checkpoint was written yet in {run_dir} (none is written before the first epoch ends, or with "
+            "--no-checkpoint): start again, with --overwrite to replace its log")
+
+
+def _stopped(what: str, run_dir: Optional[str]) -> str:
+    """The message of an interrupted command."""
+    return f"sb-accel: {what}" if run_dir is None else f"sb-accel: {what}; {_left_behind(run_dir)}"
+
+
+def _first_rank() -> bool:
+    """Whether this process speaks for the job: always, except on torchrun's ranks other than 0
+    (every rank sees the same interruption; one message is enough)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -88,24 +123,36 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             return _HANDLERS[args.command](args)
         except Terminated:
-            print(_stopped("terminated (SIGTERM)", args.active_run_dir), file=sys.stderr)
+            if _first_rank():
+                print(_stopped("terminated (SIGTERM)", args.active_run_dir), file=sys.stderr)
             return EXIT_TERMINATED
         except KeyboardInterrupt:
-            print(_stopped("interrupted", args.active_run_dir), file=sys.stderr)
+            if _first_rank():
+                print(_stopped("interrupted", args.active_run_dir), file=sys.stderr)
             return EXIT_INTERRUPTED
         except BrokenPipeError:  # e.g. `sb-accel list-engines | head`: the reader left, nothing to report
             # Point stdout at /dev/null so the interpreter's final flush does not raise again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_RUNTIME
-        except StorageError as exc:  # a file the run must not lose could not be written
-            _error(exc.strerror or exc)
-            return EXIT_RUNTIME
         except (ValueError, FileNotFoundError) as exc:  # ConfigError, DataError, bad values, missing inputs
             _error(exc)
             return EXIT_USAGE
-        except (FloatingPointError, RuntimeError, OSError) as exc:  # divergence, EngineError, I/O
+        except OSError as exc:  # a file that cannot be written (StorageError names it), or another I/O error
+            _error(_os_error(exc))
+            return EXIT_RUNTIME
+        except RuntimeError as exc:  # EngineError; under torchrun also a rank that died (its peers' collectives fail)
+            _error(_with_resume_advice(exc, args.active_run_dir))
+            return EXIT_RUNTIME
+        except FloatingPointError as exc:  # divergence: the message says what to try
             _error(exc)
             return EXIT_RUNTIME
+
+
+def _with_resume_advice(exc: RuntimeError, run_dir: Optional[str]) -> str:
+    """Under torchrun, a training job's failure (typically a peer rank that died) with how to resume it."""
+    if run_dir is None or _torchrun_world()[0] == 1:
+        return str(exc)
+    return f"this torchrun job stopped: {exc}; {_left_behind(run_dir)}"
 
 
 if __name__ == "__main__":

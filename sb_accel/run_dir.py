@@ -3,6 +3,7 @@ or created. The command line calls it before it imports torch; the Trainer befor
 directory (:func:`sb_accel.train.checkpoint.prepare_run_dir`)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .config import CHECKPOINT_NAME, CONFIG_NAME, ConfigError
@@ -13,7 +14,7 @@ __all__ = ["check_run_dir"]
 
 def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, *, need_config: bool = False) -> None:
     """Refuse, before anything is loaded or created, a ``run_dir`` the run cannot use: a file (or
-    below one), ``--resume`` without a checkpoint (and, with ``need_config``, the saved config the
+    below one), a directory it cannot write, ``--resume`` without a checkpoint (and, with ``need_config``, the saved config the
     command line resumes from), an earlier run without ``--resume`` or ``--overwrite``, or both
     flags at once. Raises :class:`ConfigError`."""
     path = Path(run_dir)
@@ -23,7 +24,13 @@ def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, *, need_co
     if existing is not None and not existing.is_dir():
         where = "is a file" if existing == path else f"cannot be created: {existing} is a file"
         raise ConfigError(f"run_dir: {path} {where}, not a directory; choose another --run-dir")
-    has_log = (path / LOG_NAME).is_file()
+    if existing is not None and not os.access(existing, os.W_OK):
+        where = "" if existing == path else f" (in {existing})"
+        raise ConfigError(f"run_dir: {path} cannot be written{where}: read-only or no permission; choose another "
+                          "--run-dir or make it writable")
+    log = path / LOG_NAME
+    # An empty log is what a run that failed at its first write (a full disk) leaves: no run.
+    has_log = log.is_file() and log.stat().st_size > 0
     if resume and not (path / CHECKPOINT_NAME).is_file():
         if not path.is_dir():
             raise ConfigError(f"nothing to resume: {path} does not exist; check --run-dir")

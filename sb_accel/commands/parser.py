@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import difflib
 import re
+import sys
 import typing
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -119,7 +120,7 @@ class Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)), n=1)
             if close:
                 message += f"; did you mean {close[0]!r}?"
-        self.print_usage()
+        self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

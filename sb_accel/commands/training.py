@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..config import CONFIG_NAME, ConfigError, TrainConfig, load_values
+from ..files import atomic_write_json
 from ..reporting.runlog import LOG_NAME
 from ..run_dir import check_run_dir
 from . import EXIT_OK
@@ -29,12 +30,13 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _load_training_data(cfg: TrainConfig) -> Any:
-    """The run's dataset, loaded and checked against the run (see :func:`sb_accel.data.check_run_fits`)."""
-    from ..data import check_run_fits, load_dataset
+    """The run's dataset, loaded and checked against the run: subsets no larger than the splits,
+    a batch no larger than the training examples (:func:`sb_accel.data.check_run_fits`)."""
+    from ..data import check_run_fits, check_subsets, load_dataset
 
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
-    available = len(data.y_train)
-    check_run_fits(cfg.batch_size, min(cfg.train_subset, available) if cfg.train_subset else available)
+    check_subsets(data, cfg.train_subset, cfg.test_subset)
+    check_run_fits(cfg.batch_size, cfg.train_subset or len(data.y_train))
     return data
 
 
@@ -45,11 +47,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     args.active_run_dir = cfg.run_dir
     data = _load_training_data(cfg)
-    summary = Trainer(cfg, data=data, resume=args.resume, overwrite=args.overwrite).fit()
-    print(summary_table({cfg.strategy: summary}))
-    print()
-    print(phase_table({cfg.strategy: summary}))
-    print(f"\nrun log: {cfg.run_dir}/{LOG_NAME}")
+    trainer = Trainer(cfg, data=data, resume=args.resume, overwrite=args.overwrite)
+    if args.resume and trainer.rank == 0:  # the settings changed now (--epochs, --lr) hold for the next --resume too
+        atomic_write_json(Path(cfg.run_dir) / CONFIG_NAME, cfg.to_dict())
+    summary = trainer.fit()
+    if trainer.rank == 0:  # under torchrun every rank has the same summary: print it once
+        print(summary_table({cfg.strategy: summary}))
+        print()
+        print(phase_table({cfg.strategy: summary}))
+        print(f"\nrun log: {cfg.run_dir}/{LOG_NAME}")
     return EXIT_OK
 
 
@@ -58,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Traditional vs SB (33%) on the same data, model, schedule and machine: at equal epochs, then
     (``--equal-wall``) SB for as many epochs as fit into Traditional's training time, with the same
     LR schedule stretched over them. The closing sentences are computed from the runs."""
-    from ..data import check_run_fits, load_dataset
+    from ..data import check_run_fits, check_subsets, load_dataset
     from ..reporting import epochs_in_budget, load_run
     from ..reporting.tables import phase_table, summary_table
     from ..selection import priming_epochs
@@ -67,6 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.train_subset < 0:
         raise ConfigError("demo: --epochs must be >= 1 and --train-subset >= 0 (0: all training examples)")
     data = load_dataset("cifar10", args.data_dir)
+    check_subsets(data, args.train_subset, 0)
     if args.train_subset:
         data = data.subset(args.train_subset, seed=0)
     base = TrainConfig(dataset="cifar10", model="small_cnn", epochs=args.epochs, lr=0.05, lr_schedule="linear",

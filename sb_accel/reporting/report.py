@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..files import atomic_write_json
+from ..files import atomic_write_json, staged_directory
 from .grouping import (DIVERGED, FINISHED, RunGroup, check_same_dataset, describe_status, group_runs, group_status,
                        run_status)
 from .metrics import (TARGET_MULTIPLIERS, GroupSummary, TargetResult, eval_at_target, final_error, pareto_frontier,
@@ -181,23 +181,26 @@ class Report:
 
     # --- files -------------------------------------------------------------------------------
     def write(self, out_dir: str | Path, json_path: Optional[str | Path] = None) -> Dict[str, List[Path]]:
-        """Write the plots, ``report.md`` and the JSON (default ``out_dir/report.json``)."""
+        """Write the plots, ``report.md`` and the JSON (default ``out_dir/report.json``): all of them
+        or, if one fails (a full disk), none (:func:`~sb_accel.files.staged_directory`)."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         labels = [s.label for s in self.summaries]
         largest = max(self.multipliers)
-        plots = {
-            "error_curves": plot_error_curves(self.groups, out / "error_curves", self.targets),
-            "phases": plot_phases(labels, self.phases, out / "phases", self.phases_to_target,
-                                  f"to {largest:g}x baseline final error"),
-            "pareto": plot_pareto(labels, [s.wall_mean for s in self.summaries],
-                                  [s.final_error_mean for s in self.summaries], self.frontier, out / "pareto",
-                                  [s.wall_std for s in self.summaries], [s.final_error_std for s in self.summaries]),
-        }
-        json_file = atomic_write_json(json_path or out / "report.json", self.to_json())
-        md = out / "report.md"
-        md.write_text(self.markdown(out))
-        return {"report": [md], "json": [json_file], **plots}
+        with staged_directory(out) as stage:
+            plots = {
+                "error_curves": plot_error_curves(self.groups, stage / "error_curves", self.targets),
+                "phases": plot_phases(labels, self.phases, stage / "phases", self.phases_to_target,
+                                      f"to {largest:g}x baseline final error"),
+                "pareto": plot_pareto(labels, [s.wall_mean for s in self.summaries],
+                                      [s.final_error_mean for s in self.summaries], self.frontier, stage / "pareto",
+                                      [s.wall_std for s in self.summaries], [s.final_error_std for s in self.summaries]),
+            }
+            if json_path is None:
+                atomic_write_json(stage / "report.json", self.to_json())
+            (stage / "report.md").write_text(self.markdown(out))
+        json_file = out / "report.json" if json_path is None else atomic_write_json(json_path, self.to_json())
+        plots = {name: [out / p.name for p in paths] for name, paths in plots.items()}
+        return {"report": [out / "report.md"], "json": [json_file], **plots}
 
     def markdown(self, out_dir: Path) -> str:
         t = self.tables()

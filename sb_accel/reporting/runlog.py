@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from ..files import storage_error
 
-__all__ = ["RunLog", "read_events", "Run", "load_run", "LOG_NAME", "PHASES"]
+__all__ = ["RunLog", "RunLogError", "read_events", "Run", "load_run", "LOG_NAME", "PHASES"]
 
 LOG_NAME = "log.jsonl"
 
@@ -106,17 +106,35 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+class RunLogError(ValueError):
+    """A log.jsonl that cannot be read as a run: damaged in the middle, or without its config."""
+
+
 def read_events(path: str | Path) -> Iterator[Dict[str, Any]]:
-    """Events of a log file; a truncated last line (crash mid-write) is skipped."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    """Events of a log file. A torn last line (a crash mid-write) is skipped; a line that is not an
+    event anywhere before it means the file was damaged (edited, or written over): :class:`RunLogError`."""
+    torn: Optional[str] = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
+            if torn is not None:
+                raise RunLogError(torn)
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                event = json.loads(line)
+            except json.JSONDecodeError as exc:
+                torn = _damaged(path, number, f"is not JSON ({exc.msg})")
                 continue
+            if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+                torn = _damaged(path, number, "is not an event (a JSON object with an 'event' name)")
+                continue
+            yield event
+
+
+def _damaged(path: str | Path, number: int, what: str) -> str:
+    return (f"{path}: line {number} {what}, but more events follow it: the log is damaged; restore it from a "
+            "backup, or leave this run out of the report")
 
 
 class Run:
@@ -131,8 +149,15 @@ class Run:
 
     @property
     def config(self) -> Dict[str, Any]:
+        """The run's resolved config (its ``config`` event); :class:`RunLogError` if it has none."""
         configs = self.of("config")
-        return configs[-1]["config"] if configs else {}
+        config = configs[-1].get("config") if configs else None
+        if not isinstance(config, dict) or not isinstance(config.get("dataset"), str):
+            problem = ("has no config event (the first line sb-accel train writes)" if not configs else
+                       "has a config event without the run's settings (no 'config' table naming its dataset)")
+            raise RunLogError(f"{self.run_dir / LOG_NAME} {problem}: the log is damaged or not one of sb-accel "
+                              "train; leave this run out of the report")
+        return config
 
     @property
     def evals(self) -> List[Dict[str, Any]]:
