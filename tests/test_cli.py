@@ -128,3 +128,52 @@ def test_demo_sentences_are_computed_from_the_numbers():
         "Equal training time: SB used 62 s of Traditional's 100 s and the 38 s left do not fit another SB epoch; "
         "the equal-epochs runs are the comparison (try more --epochs).")
     assert "SB took 120 s, no less than Traditional's 100 s" in _no_equal_wall_sentence(trad, {**sb, "wall": 120.0})
+
+
+def test_train_help_groups_its_flags_by_section():
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    sections = re.findall(r"^(\w[\w ]*):$", text, flags=re.M)
+    assert sections == ["options", "data", "model", "selection strategy", "optimisation", "selection engine",
+                        "device and run"]
+    body = {name: part for name, part in zip(sections, re.split(r"^\w[\w ]*:$", text, flags=re.M)[1:])}
+    assert "--data-dir" in body["data"] and "--selectivity" in body["selection strategy"]
+    assert "--lr " in body["optimisation"] and "--precision" in body["selection engine"]
+    assert "--resume" in body["device and run"] and "--run-dir" in body["device and run"]
+
+
+def test_completion_script_completes_commands_flags_and_their_words(tmp_path):
+    script = tmp_path / "sb-accel.bash"
+    done = subprocess.run([sys.executable, "-m", "sb_accel", "completion", "bash"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    script.write_text(done.stdout)
+    probe = ('source "$1"; shift\n'
+             'COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMPREPLY=(); _sb_accel; echo "${COMPREPLY[*]}"\n')
+
+    def complete(*words):
+        return subprocess.run(["bash", "-c", probe, "probe", str(script), *words], capture_output=True, text=True,
+                              timeout=60).stdout.split()
+
+    assert complete("sb-accel", "tr") == ["train"]
+    assert complete("sb-accel", "train", "--epo") == ["--epochs"]
+    assert complete("sb-accel", "train", "--strategy", "s") == ["sb", "stale-sb"]
+    assert complete("sb-accel", "train", "--lr", "") == []  # a free value: bash completes file names
+    assert complete("sb-accel", "report", "--bas") == ["--baseline"]
+    assert complete("sb-accel", "completion", "") == ["bash", "zsh"]
+    zsh = subprocess.run([sys.executable, "-m", "sb_accel", "completion", "zsh"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert zsh.startswith("autoload -U +X bashcompinit && bashcompinit\n")
+    assert zsh.split("\n", 2)[2] == done.stdout.split("\n", 1)[1]  # the same function, through bashcompinit
+
+
+def test_only_rank_0_prints_the_summary_tables(tmp_path, capsys, monkeypatch):
+    import sb_accel.train
+
+    class Rank1(sb_accel.train.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.rank = 1  # as on torchrun's second process (the tables would repeat rank 0's)
+
+    monkeypatch.setattr(sb_accel.train, "Trainer", Rank1)
+    assert main(["train", *TINY, "--epochs", "1", "--run-dir", str(tmp_path / "r")]) == 0
+    assert capsys.readouterr().out == ""

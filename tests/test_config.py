@@ -99,3 +99,18 @@ def test_saved_json_configs_load(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="key/value pairs"):
         load_values(path)
+
+
+@pytest.mark.parametrize("key", ["beta", "lr", "weight_decay", "gamma", "warmup_epochs", "floor"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_refused_in_every_float_field(key, value):
+    with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number, got {value!r}$"):
+        TrainConfig(**{key: value})
+    with pytest.raises(ConfigError, match=r"^milestones\[1\]: must be a finite number, got inf$"):
+        TrainConfig(milestones=[0.5, float("inf")])
+
+
+def test_toml_inf_and_nan_are_refused_naming_the_file(tmp_path):
+    (tmp_path / "run.toml").write_text("beta = inf\n")
+    with pytest.raises(ConfigError, match=r"run.toml: beta: must be a finite number, got inf$"):
+        load_values(tmp_path / "run.toml")

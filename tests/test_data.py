@@ -84,7 +84,7 @@ def _npz(path, x_train=None, y_train=None, x_test=None, y_test=None, **extra):
 @pytest.mark.parametrize("arrays, message", [
     (dict(y_train=np.array([0, 0.5, 1, 1])), r"y_train holds fractional labels \(e.g. 0.5\).*np.rint\(y\)"),
     (dict(y_train=np.array([0.0, 1.0, 0.0, 1.0])), r"y_train holds whole numbers as float64.*astype\(np.int64\)"),
-    (dict(y_train=np.array([0, 1, -1, 1])), r"y_train has negative labels \(e.g. -1\)"),
+    (dict(y_train=np.array([0, 1, -1, 1])), r"y_train has negative labels \(e.g. -1\): labels are class indices 0..1;"),
     (dict(y_test=np.array([1, 2])), r"y_test has label 2 but the training labels only go up to 1"),
     (dict(y_train=np.array([0, 1, 57, 1])), r"up to 57, so there would be 58 classes, but 55 of them have no "
                                             r"training example \(2, 3, 4, 5, 6, ...\)"),
@@ -111,7 +111,7 @@ def test_npz_classes_are_declared_or_inferred_from_training_labels(tmp_path):
     column = load_dataset(_npz(tmp_path / "c.npz", y_train=np.array([[0], [1], [0], [1]], np.int32)))
     assert column.y_train.tolist() == [0, 1, 0, 1] and column.y_train.dtype == torch.int64
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match="junk.npz is a text file, not an .npz"):
         load_dataset(str(tmp_path / "junk.npz"))
 
 
@@ -162,3 +162,52 @@ def test_a_failed_download_removes_what_it_wrote(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="could not download"):
         load_dataset("svhn", data_dir=str(existing), download=True)
     assert [p.name for p in existing.iterdir()] == ["keep.npz"]
+
+
+def test_files_that_are_not_a_whole_npz_are_named_without_pickle_advice(tmp_path):
+    _npz(tmp_path / "good.npz")
+    whole = (tmp_path / "good.npz").read_bytes()
+    cases = {
+        "cut.npz": (whole[:-40], r"is a damaged .npz \(a truncated or corrupted zip archive"),
+        "text.npz": (b"hello\n", r"is a text file, not an .npz"),
+        "empty.npz": (b"", r"is empty \(0 bytes\)"),
+        "binary.npz": (bytes(range(256)), r"is not an .npz file \(it does not start like the zip archive"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=message) as refused:
+            load_dataset(str(tmp_path / name))
+        assert "allow_pickle" not in str(refused.value) and "np.savez(path, x_train=" in str(refused.value)
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    with pytest.raises(DataError, match=r"is a single .npy array \(np.save\)"):
+        load_dataset(str(tmp_path / "one.npz"))
+    np.savez(tmp_path / "objects.npz", x_train=np.array([{}], dtype=object), y_train=np.zeros(1),
+             x_test=np.zeros(1), y_test=np.zeros(1))
+    with pytest.raises(DataError, match=r"holds object \(pickled\) arrays, which are never loaded"):
+        load_dataset(str(tmp_path / "objects.npz"))
+
+
+def test_subsets_larger_than_the_data_are_refused():
+    from sb_accel.data import check_subsets
+
+    data = synthetic_dataset(train=64, test=16)
+    check_subsets(data, 64, 16)
+    check_subsets(data, 0, 0)
+    with pytest.raises(DataError, match=r"^train_subset: 65 is more than the 64 training examples of synthetic; "
+                                        r"pass at most 64 \(0: all of them\)$"):
+        check_subsets(data, 65, 0)
+    with pytest.raises(DataError, match=r"^test_subset: 17 is more than the 16 test examples"):
+        check_subsets(data, 0, 17)
+
+
+def test_the_fingerprint_tells_data_sets_apart_cheaply():
+    from sb_accel.data import dataset_fingerprint, describe_fingerprint
+
+    a = synthetic_dataset(train=64, test=16, seed=0)
+    assert dataset_fingerprint(a) == dataset_fingerprint(synthetic_dataset(train=64, test=16, seed=0))
+    assert dataset_fingerprint(a)["hash"] != dataset_fingerprint(synthetic_dataset(train=64, test=16, seed=1))["hash"]
+    relabelled = ArrayDataset("synthetic", a.x_train, (a.y_train + 1) % 10, a.x_test, a.y_test, 10)
+    assert dataset_fingerprint(relabelled)["hash"] != dataset_fingerprint(a)["hash"]  # every label is hashed
+    assert describe_fingerprint(dataset_fingerprint(a)).startswith(
+        "synthetic (64 training / 16 test examples, 10 classes, 3x16x16, content ")

@@ -271,3 +271,39 @@ def test_run_label_names_the_engine_the_run_built(tmp_path):
     with RunLog(tmp_path / "c") as log:
         log.write("config", config=cfg, policy="sb", device="cpu")
     assert load_run(tmp_path / "c").engine is None and load_run(tmp_path / "c").label == "sb"
+
+
+def test_a_torn_last_line_is_skipped_but_damage_in_the_middle_is_named(tmp_path):
+    from sb_accel.reporting.runlog import RunLogError
+
+    write_run(tmp_path / "t", TRAD)
+    log = tmp_path / "t" / "log.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines) + '\n{"event": "eval", "wa')  # a crash mid-write: the last line is torn
+    assert len(load_run(tmp_path / "t").evals) == len(TRAD)
+    log.write_text("\n".join(lines[:3] + ["[1, 2]"] + lines[3:]) + "\n")
+    with pytest.raises(RunLogError, match=r"log.jsonl: line 4 is not an event \(a JSON object with an 'event' name\), "
+                                          r"but more events follow it: the log is damaged"):
+        load_run(tmp_path / "t")
+    log.write_text("\n".join([json.dumps({"event": "config", "config": "garbage"})] + lines[1:]) + "\n")
+    with pytest.raises(RunLogError, match=r"log.jsonl has a config event without the run's settings"):
+        load_run(tmp_path / "t").config
+
+
+def test_a_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import sb_accel.reporting.report as report
+
+    write_run(tmp_path / "t", TRAD)
+    built = build_report([load_run(tmp_path / "t")])
+    files = built.write(tmp_path / "out")
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(p.name for paths in files.values() for p in paths)  # no staging directory left
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "plot_pareto", full)
+    with pytest.raises(OSError, match=r"could not write .*out: No space left on device .*nothing in it was changed"):
+        built.write(tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Optional, Set
 
@@ -29,11 +31,15 @@ def load_cifar10(data_dir: Optional[str], download: bool) -> ArrayDataset:
         return from_npz(found, "cifar10", 10)
     jpeg = find_data_file("cifar10_jpeg.npz", data_dir)
     if jpeg:  # the offline JPEG copy: decode once into the data dir (~10 s)
-        with np.load(jpeg) as src:
-            arrays = {"x_train": _decode_jpeg_blob(src["train_jpeg"], src["train_offsets"]),
-                      "y_train": src["y_train"],
-                      "x_test": _decode_jpeg_blob(src["test_jpeg"], src["test_offsets"]),
-                      "y_test": src["y_test"]}
+        try:
+            with np.load(jpeg, allow_pickle=False) as src:
+                arrays = {"x_train": _decode_jpeg_blob(src["train_jpeg"], src["train_offsets"]),
+                          "y_train": src["y_train"],
+                          "x_test": _decode_jpeg_blob(src["test_jpeg"], src["test_offsets"]),
+                          "y_test": src["y_test"]}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{jpeg} (the CIFAR-10 JPEG copy) cannot be read ({type(exc).__name__}: {exc}), e.g. "
+                            "an interrupted copy: copy it again, or put cifar10.npz beside it") from None
         save_npz_atomic(target, **arrays)
         return from_npz(target, "cifar10", 10)
     if download:
