@@ -149,8 +149,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _with_resume_advice(exc: RuntimeError, run_dir: Optional[str]) -> str:
-    """Under torchrun, a training job's failure (typically a peer rank that died) with how to resume it."""
-    if run_dir is None or _torchrun_world()[0] == 1:
+    """Under torchrun, a training job's failure (typically a peer rank that died) with how to resume
+    it, said by rank 0 (the other ranks name their error only)."""
+    if run_dir is None or _torchrun_world()[0] == 1 or not _first_rank():
         return str(exc)
     return f"this torchrun job stopped: {exc}; {_left_behind(run_dir)}"
 

@@ -4,8 +4,8 @@ Every field is a flag of ``sb-accel train`` (``selectivity`` -> ``--selectivity`
 set any of them at the top level. Every value is checked against its field's type (an ``int``
 field takes only integers, a ``bool`` field only ``true``/``false``, a ``float`` field integers or
 floats, an ``Optional`` field also ``None``, a list field is checked per element) and then against
-its range; ``inf`` and ``nan`` are refused in every ``float`` field. Invalid values raise :class:`ConfigError` naming the key and the fix; unknown keys are
-named with the closest known one.
+its range; ``inf`` and ``nan`` are refused in every ``float`` field. Invalid values raise
+:class:`ConfigError` naming the key and the fix; unknown keys are named with the closest known one.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-__all__ = ["TrainConfig", "ConfigError", "STRATEGIES", "CHOICES", "CONFIG_NAME", "CHECKPOINT_NAME", "check_value", "check_keys", "load_values"]
+__all__ = ["TrainConfig", "ConfigError", "STRATEGIES", "CHOICES", "CONFIG_NAME", "CHECKPOINT_NAME", "check_value",
+           "check_keys", "load_values"]
 
 CONFIG_NAME = "config.json"  # the resolved config the Trainer saves in every run directory
 CHECKPOINT_NAME = "checkpoint.pt"  # the run's last good state (written atomically every epoch)

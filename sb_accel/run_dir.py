@@ -14,9 +14,10 @@ __all__ = ["check_run_dir"]
 
 def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, *, need_config: bool = False) -> None:
     """Refuse, before anything is loaded or created, a ``run_dir`` the run cannot use: a file (or
-    below one), a directory it cannot write, ``--resume`` without a checkpoint (and, with ``need_config``, the saved config the
-    command line resumes from), an earlier run without ``--resume`` or ``--overwrite``, or both
-    flags at once. Raises :class:`ConfigError`."""
+    below one), a directory it cannot write, ``--resume`` without a checkpoint (and, with
+    ``need_config``, the saved config the command line resumes from), an earlier run without
+    ``--resume`` or ``--overwrite`` (an empty log is none), or both flags at once. Raises
+    :class:`ConfigError`."""
     path = Path(run_dir)
     if resume and overwrite:
         raise ConfigError(f"--resume continues the run in {path} and --overwrite replaces it: pass only one")

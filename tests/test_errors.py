@@ -254,7 +254,8 @@ def test_row_23_damaged_dataset_file(capsys, tmp_path):
         ("text", f"is a text file, not an .npz (a zip archive of arrays): write it with {savez}"),
         ("empty", f"is empty (0 bytes), e.g. an interrupted copy: copy it again, or write it with {savez}"),
     ]:
-        err = expect(capsys, 2, name, "train", *TINY, "--dataset", tmp_path / f"{name}.npz", "--run-dir", tmp_path / "r")
+        err = expect(capsys, 2, name, "train", *TINY, "--dataset", tmp_path / f"{name}.npz",
+                     "--run-dir", tmp_path / "r")
         assert err == f"sb-accel: error: {tmp_path}/{name}.npz {message}\n"
         assert "allow_pickle" not in err
     assert not (tmp_path / "r").exists()
@@ -310,7 +311,8 @@ def test_row_26_resume_with_no_epoch_left(capsys, tmp_path):
 
 def test_row_27_measurement_options(capsys, tmp_path):
     err = expect(capsys, 2, r"selectivity", "profile", "--selectivity", "0", "--out", tmp_path / "p")
-    assert err == "sb-accel: error: --selectivity: must be in (0, 1]; 0.33 keeps about a third of the examples, got 0.0\n"
+    assert err == ("sb-accel: error: --selectivity: must be in (0, 1]; 0.33 keeps about a third of the examples, "
+                   "got 0.0\n")
     err = expect(capsys, 2, r"repeats", "compare", "--repeats", "0", "--out", tmp_path / "c")
     assert err == "sb-accel: error: --repeats: must be >= 1, got 0\n"
     expect(capsys, 2, r"--batch-sizes: must all be >= 1, got 128 0", "profile", "--batch-sizes", "128", "0")
@@ -443,7 +445,8 @@ def _torchrun_stopped(tmp_path, how):
         if how == "sigint":
             proc.send_signal(signal.SIGINT)
         else:
-            rank1 = next(pid for pid in _children(proc.pid) if b"RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+            rank1 = next(pid for pid in _children(proc.pid)
+                         if b"RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
             os.kill(rank1, signal.SIGKILL)
         return proc.communicate(timeout=180)
     finally:
@@ -453,8 +456,11 @@ def _torchrun_stopped(tmp_path, how):
 
 def _children(pid):
     """The processes whose parent is ``pid`` (Linux /proc)."""
-    return [int(d.name) for d in Path("/proc").iterdir()
-            if d.name.isdigit() and (d / "stat").exists() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid]
+    def parent(stat):  # /proc/N/stat: "N (name) state ppid ..."
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and (d / "stat").exists()
+            and parent(d / "stat") == pid]
 
 
 @pytest.mark.slow

@@ -39,7 +39,8 @@ def _case_arms(commands: Dict[str, argparse.ArgumentParser]) -> Tuple[List[str],
                 pattern = "|".join(shlex.quote(f"{name} {o}") for o in action.option_strings)
                 choices = " ".join(_flag_values(action))
                 values.append(f"        {pattern}) words={shlex.quote(choices)} ;;")
-        flags.append(f"        {name}) words={shlex.quote(' '.join(words))} args={shlex.quote(' '.join(positional))} ;;")
+        words_, args_ = shlex.quote(" ".join(words)), shlex.quote(" ".join(positional))
+        flags.append(f"        {name}) words={words_} args={args_} ;;")
     return flags, values
 
 

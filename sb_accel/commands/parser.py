@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(flags and --config given now override it)")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --run-dir")
 
-    demo = sub.add_parser("demo", formatter_class=_HelpFormatter,
+    demo = sub.add_parser("demo", formatter_class=_HelpFormatter, usage="%(prog)s [--OPTION VALUE ...]",
                           help="Traditional vs Selective-Backprop on CIFAR-10 with the small CNN, at equal epochs "
                                "and at equal training time")
     demo.add_argument("--epochs", type=int, default=3, help="epochs of the equal-epochs comparison")
@@ -217,7 +217,7 @@ def _add_measurement_commands(sub: Any) -> None:
 
     fmt = _HelpFormatter
 
-    profile = sub.add_parser("profile", formatter_class=fmt,
+    profile = sub.add_parser("profile", formatter_class=fmt, usage="%(prog)s [--OPTION VALUE ...]",
                              help="time selection forward vs training forward/backward (paper Fig. 18) and "
                                   "predict the per-epoch cost of Traditional, SB and SB on each engine")
     profile.add_argument("--models", nargs="+", default=["small_cnn"], help="registered model names")
@@ -240,7 +240,7 @@ def _add_measurement_commands(sub: Any) -> None:
     profile.add_argument("--out", default="runs/profile", help="directory for profile.json and the plot")
     profile.add_argument("--json", default=None, help="write the JSON here instead of OUT/profile.json")
 
-    compare = sub.add_parser("compare", formatter_class=fmt,
+    compare = sub.add_parser("compare", formatter_class=fmt, usage="%(prog)s [--OPTION VALUE ...]",
                              help="throughput and selection agreement of each engine/precision vs torch FP32")
     compare.add_argument("--model", default="small_cnn", help="registered model name (ignored with --checkpoint)")
     compare.add_argument("--checkpoint", default=None,
@@ -261,7 +261,7 @@ def _add_measurement_commands(sub: Any) -> None:
     compare.add_argument("--out", default="runs/compare", help="directory for compare.json and the plot")
     compare.add_argument("--json", default=None, help="write the JSON here instead of OUT/compare.json")
 
-    report = sub.add_parser("report", formatter_class=fmt,
+    report = sub.add_parser("report", formatter_class=fmt, usage="%(prog)s RUN_DIR [RUN_DIR ...] [--OPTION VALUE ...]",
                             help="speedup to target error, error curves, phase breakdown and Pareto frontier "
                                  "of training runs (from their log.jsonl)")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",

@@ -193,7 +193,8 @@ class Report:
                                       f"to {largest:g}x baseline final error"),
                 "pareto": plot_pareto(labels, [s.wall_mean for s in self.summaries],
                                       [s.final_error_mean for s in self.summaries], self.frontier, stage / "pareto",
-                                      [s.wall_std for s in self.summaries], [s.final_error_std for s in self.summaries]),
+                                      [s.wall_std for s in self.summaries],
+                                      [s.final_error_std for s in self.summaries]),
             }
             if json_path is None:
                 atomic_write_json(stage / "report.json", self.to_json())
