@@ -153,7 +153,8 @@ def _with_resume_advice(exc: RuntimeError, run_dir: Optional[str]) -> str:
     it, said by rank 0 (the other ranks name their error only)."""
     if run_dir is None or _torchrun_world()[0] == 1 or not _first_rank():
         return str(exc)
-    return f"this torchrun job stopped: {exc}; {_left_behind(run_dir)}"
+    what = " ".join(str(exc).split())  # collective errors span lines: the advice must stay on the same one
+    return f"this torchrun job stopped: {what}; {_left_behind(run_dir)}"
 
 
 if __name__ == "__main__":
