@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError
 from ..device import resolve_device
+from ..transfer import to_device
 
 __all__ = ["RankGroup", "init_distributed", "wrap_ddp", "torchrun_env_present", "per_rank", "COMM_KINDS"]
 
@@ -115,9 +116,10 @@ class RankGroup:
 
     def _reduce(self, values: Sequence[float], op: dist.ReduceOp, kind: str) -> List[float]:
         with self.timed(kind):
-            t = torch.tensor(list(values), dtype=torch.float64, device=self.comm_device)
+            # to the device pinned and asynchronously; reading the result back is the one sync (NCCL)
+            t = to_device(torch.tensor(list(values), dtype=torch.float64), self.comm_device)
             dist.all_reduce(t, op=op)
-            return t.cpu().tolist()
+            return t.tolist()
 
     def min_int(self, value: int, kind: str = "ready") -> int:
         return int(self._reduce([value], dist.ReduceOp.MIN, kind)[0])

@@ -78,7 +78,7 @@ class DistributedRunLogger(RunLogger):
         loss, examples, candidates, kept, forwards, backprops = self.group.sum(
             [float(self._loss_sum), self._examples, driver.candidates, driver.kept, driver.forwards,
              fields.pop("backprops", 0)])
-        self._loss_sum = torch.tensor(loss, device=self.device)
+        self._loss_sum = torch.full((), loss, device=self.device)  # a fill, not a copy from pageable memory
         self._examples = int(examples)
         self.flush_ranks()
         return super().interval(_Counts(int(candidates), int(kept), int(forwards)), backprops=int(backprops), **fields)
