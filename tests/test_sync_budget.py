@@ -68,7 +68,7 @@ def _config(run_dir, strategy, **changes):
 
 
 def _data():
-    data = synthetic_dataset(train=256, test=64)
+    data = synthetic_dataset(train=192, test=32)
     data.name = "cifar10"  # the CIFAR-10 augmentation preset: crop, flip and cutout run on the device
     return data
 
