@@ -219,3 +219,41 @@ if __name__ == "__main__":  # a quick look at what is counted: python tests/test
         print(strategy, "batches", h.batches, "epochs", ep)
         from collections import Counter
         print(Counter((s.batch is None, s.periodic, str(s)) for s in h.syncs).most_common(30))
+
+
+class _LossEngine:
+    name = "test"
+
+    def losses(self, x, y):
+        return x.flatten(1).mean(1) + y.float()
+
+
+class _Refresher:
+    engine = _LossEngine()
+
+    def after_step(self, model, step):
+        return []
+
+
+def test_a_forward_mask_read_once_is_not_asked_or_read_again():
+    """A per-example forward mask that turns out all-stale or all-fresh costs its one read and the
+    keep read: the driver hands what it read to the scoring instead of asking the policy again."""
+    from sb_accel.selection import StaleSB
+    from sb_accel.train import SelectionDriver
+
+    harness = StandInDevice()
+    with harness:
+        policy = StaleSB(128, n=2, seed=0, history=256).to(STAND_IN)
+        policy.deferred_checks = True
+        policy.observe(torch.arange(64, device=STAND_IN), torch.rand(64, device=STAND_IN), 0)  # 0..63 cached
+        driver = SelectionDriver(policy, 16, _Refresher(), forward_batch_size=32)
+        driver.start_epoch(1)
+        for number, idx in enumerate([torch.arange(32), torch.arange(64, 96)]):  # all cached, then all fresh
+            harness.candidate(number)
+            harness.batches += 1
+            x, y = torch.randn(32, 3, 4, 4, device=STAND_IN), torch.randint(0, 10, (32,), device=STAND_IN)
+            list(driver.select(x, y, idx))
+        harness.candidate(None)
+    assert driver.forwards == 32
+    over = harness.over_budget(2)
+    assert not over, "\n".join(over)
