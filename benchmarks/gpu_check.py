@@ -7,7 +7,8 @@ Steps, each with its own time limit (a step that would overrun the overall ``--b
 and says so):
 
 1. ``gpu-tests``: ``python3 -m pytest -m gpu``. Every GPU test must execute: a GPU test that skips
-   fails the step (on a GPU machine a skip means a missing dependency or a broken probe).
+   for want of a GPU fails the step (on a GPU machine that is a broken probe); skips for a missing
+   optional package (TensorRT) are listed.
 2. ``sync-budget``: ``pytest tests/test_sync_budget.py`` (the CPU stand-in harness), then the real
    CUDA loop: a Trainer per strategy on ResNet-18 / a CIFAR-10 subset under
    ``torch.cuda.set_sync_debug_mode("warn")``, syncs counted per candidate batch (periodic reads
@@ -114,11 +115,19 @@ def step_gpu_tests(out: Path, timeout: float) -> Dict[str, Any]:
     run = _run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
                 f"--junitxml={report}"], out / "pytest-gpu.log", timeout)
     skipped = skipped_tests(report) if report.exists() else []
-    passed = run["returncode"] == 0 and not skipped
-    detail = "all GPU tests ran and passed" if passed else (
-        f"{len(skipped)} GPU test(s) skipped on a GPU machine: " + "; ".join(skipped[:5]) if skipped
-        else f"pytest exit status {run['returncode']}")
+    no_gpu = [s for s in skipped if wants_a_gpu(s)]
+    passed = run["returncode"] == 0 and not no_gpu
+    detail = (f"{len(no_gpu)} GPU test(s) skipped for want of a GPU on a GPU machine: " + "; ".join(no_gpu[:5])
+              if no_gpu else f"pytest exit status {run['returncode']}" if not passed else "the GPU tests passed")
+    others = [s for s in skipped if s not in no_gpu]
+    if others:  # an optional package missing here (TensorRT on the lent machines): said, not failed
+        detail += f"; {len(others)} skipped for a missing package: " + "; ".join(others[:3])
     return {"status": "passed" if passed else "failed", "detail": detail, "skipped": skipped, **run}
+
+
+def wants_a_gpu(skip: str) -> bool:
+    """Whether a skip reason says the test found no GPU (on a GPU machine that is a broken probe)."""
+    return re.search(r"\bGPU\b", skip.split(": ", 1)[-1]) is not None
 
 
 @functools.lru_cache(maxsize=1)

@@ -45,6 +45,9 @@ def test_skipped_gpu_tests_are_found_in_the_junit_report(check, tmp_path):
                       '<testcase classname="tests.test_b" name="test_gpu"><skipped message="needs a CUDA GPU"/>'
                       '</testcase></testsuite></testsuites>')
     assert check.skipped_tests(report) == ["tests.test_b::test_gpu: needs a CUDA GPU"]
+    assert check.wants_a_gpu("tests.test_b::test_gpu: needs a CUDA GPU")
+    assert check.wants_a_gpu("tests.test_tensorrt::test_x: TensorRT tests need a CUDA GPU")
+    assert not check.wants_a_gpu("tests.test_tensorrt::test_y: could not import 'tensorrt'")
 
 
 def test_per_epoch_ratios_from_run_logs(check, tmp_path):
