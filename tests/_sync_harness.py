@@ -213,7 +213,8 @@ class StandInDevice(TorchFunctionMode):
             else:
                 device, _, non_blocking, _ = torch._C._nn._parse_to(*args[1:], **kwargs)
                 target_resident = self.resident(src) if device is None else device == STAND_IN
-                if device is not None and device == STAND_IN:
+                if device is not None and device == STAND_IN:  # compute on the host device: .to(cpu:0)
+                    # would copy even a resident tensor, where a real .to(device) of one is free
                     args = (src, HOST) + args[2:] if len(args) > 1 and _as_device(args[1]) == STAND_IN else args
                     kwargs = {**kwargs, "device": HOST} if "device" in kwargs else kwargs
         self._transfer(self.resident(src), target_resident, src, non_blocking)
