@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sb-accel-installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench clean gpu-check
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# On a GPU machine, no install and no network: python3 with torch and the checkout on PYTHONPATH
+# (CIFAR-10 in .gpu-data/, see benchmarks/gpu_check.py). Results: benchmarks/results/<date>-<gpu>/.
+gpu-check:
+	PYTHONPATH=. $(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs benchmarks/out engines/cache .pytest_cache

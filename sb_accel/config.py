@@ -13,12 +13,16 @@ import dataclasses
 import difflib
 import json
 import math
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package (a dependency there)
+    import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = ["TrainConfig", "ConfigError", "STRATEGIES", "CHOICES", "CONFIG_NAME", "CHECKPOINT_NAME", "check_value",
            "check_keys", "load_values"]
@@ -55,7 +59,7 @@ class TrainConfig:
     strategy: str = "sb"
     selectivity: float = 0.33
     beta: Optional[float] = None
-    history: int = 1024
+    history: int = 0  # R, the losses SB's CDF covers; 0: automatic (twice the selection batch, at least 1024)
     floor: float = 0.0
     history_mode: str = "batch"
     prime_epochs: Optional[int] = None   # None: 1 for sb / stale-sb (authors' code), else 0
@@ -121,7 +125,7 @@ class TrainConfig:
         need(0.0 < self.selectivity <= 1.0, "selectivity",
              "must be in (0, 1]; 0.33 keeps about a third of the examples")
         need(self.beta is None or self.beta >= 0, "beta", "must be >= 0")
-        need(self.history >= 1, "history", "must be >= 1")
+        need(self.history >= 0, "history", "must be >= 0 (0: twice the selection batch, at least 1024)")
         need(0.0 <= self.floor <= 1.0, "floor", "must be in [0, 1]")
         need(self.history_mode in CHOICES["history_mode"], "history_mode", "must be 'batch' or 'sequential'")
         need(self.prime_epochs is None or self.prime_epochs >= 0, "prime_epochs", "must be >= 0")

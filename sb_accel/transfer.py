@@ -19,7 +19,7 @@ def to_device(t: torch.Tensor, device: torch.device | str, dtype: Optional[torch
     anything else as a plain (blocking where it must be) copy; no copy when nothing changes."""
     device = torch.device(device)
     t = t.detach()
-    if device.type == "cuda" and t.device.type == "cpu":
+    if t.device.type == "cpu" and device != t.device:  # host -> accelerator
         if not t.is_pinned():
             t = t.pin_memory()
         return t.to(device, dtype, non_blocking=True)

@@ -1,11 +1,11 @@
-"""Policy state on the training device and a loop that does not read it back.
+"""Policy state on the training device: deferred NaN checks, state round trips, CPU/GPU agreement.
 
-On the CPU: a tensor subclass that counts host reads (``bool()``, ``int()``, ``.item()``,
-``.tolist()``, ``.cpu()``, ``.nonzero()``) stands in for a GPU, so the number of times the
-selection path would stall a GPU is counted exactly; the deferred NaN check; state round trips.
-On a GPU (skipped without one): the same policies on CUDA keep the same tables and history as on
-the CPU, and the driver's loop synchronises at most once per candidate batch
-(``torch.cuda.set_sync_debug_mode``).
+How often the loop would stall a GPU is counted on the real loop (loader, augmentation, driver,
+Trainer, API, DDP) by tests/test_sync_budget.py. Here, on the CPU: the deferred NaN check, the
+driver's epoch-end check and state round trips through ``.to()``.
+On a GPU (skipped without one): the same policies on CUDA keep the same tables and history as on the
+CPU, the driver's loop synchronises at most once per candidate batch
+(``torch.cuda.set_sync_debug_mode``), and phase times are recorded on the training device's stream.
 """
 import warnings
 
@@ -15,30 +15,13 @@ import torch
 from sb_accel.selection import InfoBatch, Primed, SelectiveBackpropPolicy, StaleSB
 from sb_accel.train import SelectionDriver
 from sb_accel.train.divergence import DivergenceGuard
-
-READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero"}
-
-
-class Watched(torch.Tensor):
-    """A tensor that records every host read made of it or of tensors computed from it."""
-
-    reads: list = []
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in READS:
-            cls.reads.append(name)
-        return super().__torch_function__(func, types, args, kwargs or {})
-
+from sb_accel.train.timer import PhaseTimer
 
 class _Engine:
-    """Selection losses as a watched tensor: whatever the driver derives from them is watched too."""
-
-    name = "watched"
+    name = "test"
 
     def losses(self, x, y):
-        return (x.flatten(1).float().mean(1) + y.float()).as_subclass(Watched)
+        return x.flatten(1).float().mean(1) + y.float()
 
 
 class _Refresher:
@@ -49,14 +32,9 @@ class _Refresher:
 
 
 def _deferred(policy):
-    """The policy as it behaves on a GPU: NaN checks deferred to check_finite(), and its state
-    (history, tables) watched as a GPU's would be."""
+    """The policy as it behaves on a GPU: NaN checks deferred to check_finite()."""
     inner = policy.policy if isinstance(policy, Primed) else policy
     inner.deferred_checks = True
-    for owner in [o for o in (inner, getattr(inner, "history", None)) if o is not None]:
-        for name, value in vars(owner).items():
-            if torch.is_tensor(value):
-                setattr(owner, name, value.as_subclass(Watched))
     return policy
 
 
@@ -65,41 +43,6 @@ def _candidates(batches, n=64, seed=0):
     order = torch.randperm(batches * n, generator=g)
     for idx in order.split(n):
         yield torch.randn(n, 3, 4, 4, generator=g), torch.randint(0, 10, (n,), generator=g), idx
-
-
-@pytest.mark.parametrize("strategy", ["sb", "infobatch"])
-def test_one_host_read_per_candidate_batch(strategy):
-    if strategy == "sb":
-        policy = _deferred(SelectiveBackpropPolicy(seed=0, history=256))
-    else:
-        policy = InfoBatch(640, seed=0)
-        policy.observe(torch.arange(640), torch.rand(640, dtype=torch.float64), 0)
-        _deferred(policy)
-    driver = SelectionDriver(policy, 32, _Refresher() if policy.needs_selection_forward else None)
-    driver.start_epoch(1)  # InfoBatch: scores for every example, so this epoch prunes
-    Watched.reads.clear()
-    steps = 0
-    for x, y, idx in _candidates(10):
-        for batch in driver.select(x.as_subclass(Watched), y, idx):
-            steps += 1
-            driver.observe(batch, torch.rand(len(batch)).as_subclass(Watched))
-    assert steps >= 2 and driver.kept < driver.candidates
-    assert Watched.reads == ["nonzero"] * 10, "the only read per candidate batch is how many were kept"
-
-
-def test_stale_sb_reads_its_forward_mask_once_more():
-    """Stale-SB's partial forward sets need the mask read once (to gather the stale candidates)."""
-    policy = _deferred(StaleSB(640, n=3, seed=0, history=256))
-    policy.observe(torch.arange(640), torch.rand(640), 0)
-    policy.loss_epoch[::2] = -10  # half the examples are stale
-    driver = SelectionDriver(policy, 32, _Refresher(), forward_batch_size=64)
-    driver.start_epoch(1)
-    Watched.reads.clear()
-    for x, y, idx in _candidates(4):
-        list(driver.select(x, y, idx.as_subclass(Watched)))
-    # per candidate batch: the mask once, then how many were kept of the cached candidates and of
-    # each full selection batch of stale ones (64 candidates, half stale: one every other batch)
-    assert Watched.reads.count("nonzero") <= 4 + 4 + 2 and len(Watched.reads) == Watched.reads.count("nonzero")
 
 
 def test_deferred_nan_check_raises_at_the_next_check_not_per_batch():
@@ -220,3 +163,19 @@ def test_gpu_driver_synchronises_at_most_once_per_candidate_batch(cuda):
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
     assert len(syncs) <= len(batches), [str(w.message) for w in syncs[:5]]
+
+
+@pytest.mark.gpu
+def test_gpu_phase_times_are_recorded_on_the_training_devices_stream(cuda):
+    """On the last GPU (cuda:N, N != 0 where there are several) the events time that device's work."""
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    timer = PhaseTimer(device)
+    assert timer.on_device
+    timer.start()
+    with torch.cuda.device(0):  # the current device stays GPU 0: the events must not follow it
+        with timer.phase("train_forward"):
+            a = torch.randn(2048, 2048, device=device)
+            for _ in range(20):
+                a = a @ a / 2048
+        totals = timer.totals()
+    assert totals["train_forward"] > 0.0

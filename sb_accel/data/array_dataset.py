@@ -3,10 +3,12 @@ that refuse a malformed one when it is created, raising :class:`DataError` with 
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import torch
+
+from ..transfer import to_device
 
 __all__ = ["ArrayDataset", "DataError", "looks_channels_first"]
 
@@ -30,6 +32,9 @@ class ArrayDataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: Optional[int] = None
+    # normalize()'s constants per device, copied there once (a copy per batch would stall a GPU)
+    _staged: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,8 +91,11 @@ class ArrayDataset:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or float 0..255) images -> float32 standardised per channel, on x's device."""
-        mean = (self.mean * 255.0).to(x.device).view(1, -1, 1, 1)
-        std = (self.std * 255.0).to(x.device).view(1, -1, 1, 1)
+        staged = self._staged.get(x.device)
+        if staged is None:
+            staged = tuple(to_device((s * 255.0).view(1, -1, 1, 1), x.device) for s in (self.mean, self.std))
+            self._staged[x.device] = staged
+        mean, std = staged
         return (x.float() - mean) / std
 
     def subset(self, train: Optional[int] = None, test: Optional[int] = None, seed: int = 0) -> "ArrayDataset":

@@ -38,9 +38,17 @@ LOG_NAME = "log.jsonl"
 PHASES = ("data", "selection", "train_forward", "backward", "optimizer", "bookkeeping", "refresh", "eval", "other")
 
 
+# Events after which the log is fsynced (progress marks: at most one per logging interval, eval or
+# epoch). Others (engine refreshes: with a snapshot engine one per optimizer step) are flushed to the
+# OS, which keeps them through a process crash, and reach the disk with the next of these; an fsync
+# per step would cost milliseconds each on the network filesystems run directories live on.
+SYNCED_EVENTS = frozenset({"config", "resume", "interval", "eval", "epoch", "summary", "diverged"})
+
+
 class RunLog:
-    """Append-only JSON-lines writer; each line is flushed and fsynced, so a crash loses nothing
-    already logged and never leaves a half-written line before a newer one.
+    """Append-only JSON-lines writer; each line is flushed (a crashed process loses nothing already
+    logged and never leaves a half-written line before a newer one) and fsynced after the
+    :data:`SYNCED_EVENTS` and on close (so is a power loss, up to the last of them).
 
     Non-finite floats are written as ``null`` (NaN and Infinity are not JSON). ``truncate_at``
     cuts an existing log back to that byte offset first (a resumed run continues from its
@@ -68,7 +76,8 @@ class RunLog:
         try:
             self._file.write(line)
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if event in SYNCED_EVENTS:
+                os.fsync(self._file.fileno())
         except OSError as exc:  # e.g. a full disk: drop the torn line, say which file and what to do
             with contextlib.suppress(OSError):
                 self._file.truncate(start)
@@ -76,7 +85,11 @@ class RunLog:
         return record
 
     def close(self) -> None:
-        self._file.close()
+        if not self._file.closed:
+            self._file.flush()
+            with contextlib.suppress(OSError):
+                os.fsync(self._file.fileno())
+            self._file.close()
 
     def __enter__(self) -> "RunLog":
         return self

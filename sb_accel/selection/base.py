@@ -82,6 +82,12 @@ class SelectionPolicy:
     def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:
         return False
 
+    def keeps_all(self, epoch: int) -> bool:
+        """Whether ``select`` keeps every candidate of ``epoch`` and changes no state in doing so
+        (Traditional, priming epochs): the driver then skips it, and reads no keep mask back from
+        the device. Default False (the policy decides per candidate)."""
+        return False
+
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         return torch.ones(indices.numel(), dtype=torch.bool, device=self.device)
 
@@ -143,6 +149,9 @@ class Primed(SelectionPolicy):
         if self._priming(epoch):
             return False
         return self.policy.requires_forward(indices, epoch)
+
+    def keeps_all(self, epoch: int) -> bool:
+        return self._priming(epoch) or self.policy.keeps_all(epoch)
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         if self._priming(epoch):

@@ -15,9 +15,11 @@ End of epoch (``end_of_epoch``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
+
+from ..transfer import to_device
 
 __all__ = ["TrainBatch", "BackpropBatcher", "END_OF_EPOCH_RULES"]
 
@@ -35,6 +37,18 @@ class TrainBatch:
 
     def __len__(self) -> int:
         return self.y.shape[0]
+
+
+def _take_rows(tensors: Tuple[torch.Tensor, ...], rows: torch.Tensor) -> List[torch.Tensor]:
+    """Each tensor's ``rows``, the row numbers copied once to each device that needs them (from the
+    host: pinned and asynchronous, so a host-side decision does not stall the GPU)."""
+    moved: Dict[torch.device, torch.Tensor] = {}
+    taken = []
+    for t in tensors:
+        if t.device not in moved:
+            moved[t.device] = to_device(rows, t.device)
+        taken.append(t[moved[t.device]])
+    return taken
 
 
 class BackpropBatcher:
@@ -76,8 +90,7 @@ class BackpropBatcher:
         if rows is None or len(rows) == y.shape[0]:
             chunk = TrainBatch(x, y, indices, weights)
         else:
-            chunk = TrainBatch(x[rows.to(x.device)], y[rows.to(y.device)],
-                               indices[rows.to(indices.device)], weights[rows.to(weights.device)])
+            chunk = TrainBatch(*_take_rows((x, y, indices, weights), rows))
         return self._buffer(chunk)
 
     def _buffer(self, chunk: TrainBatch) -> Iterator[TrainBatch]:

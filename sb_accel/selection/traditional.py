@@ -14,6 +14,9 @@ class Traditional(SelectionPolicy):
 
     name = "traditional"
 
+    def keeps_all(self, epoch: int) -> bool:
+        return True
+
 
 @register_strategy("traditional")
 def _build(options: StrategyOptions, dataset_size: Optional[int], batch_size: int) -> Traditional:

@@ -6,13 +6,13 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..data import AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, check_run_fits, load_dataset
 from ..data.loader import Candidate
 from ..data.sampler import DistributedEpochSampler, shard_test_split
 from .distributed import RankGroup, per_rank
 
-__all__ = ["CandidateSource", "training_data", "candidate_source", "candidate_batch_size"]
+__all__ = ["CandidateSource", "training_data", "candidate_source", "candidate_batch_size", "loss_history_size"]
 
 
 def training_data(cfg: TrainConfig, data: Optional[ArrayDataset] = None) -> ArrayDataset:
@@ -81,3 +81,20 @@ def candidate_batch_size(cfg: TrainConfig, world_size: int, multiplier: int,
     if device is not None and device.type == "cuda" and multiplier == 1:
         return max(CUDA_SELECTION_BATCH // world_size, per_rank(cfg.batch_size, world_size, "batch_size"))
     return per_rank(cfg.batch_size, world_size, "batch_size") * multiplier
+
+
+def loss_history_size(requested: int, per_call: int) -> int:
+    """R, the number of recent losses SB's CDF is taken over, for selection calls that each add
+    ``per_call`` losses (the selection batch; under DDP with a global history, all ranks' together).
+
+    ``requested`` 0: twice ``per_call`` and at least 1024 (the authors' R), so that the CDF always
+    covers earlier batches as well as the current one. An explicit R below ``per_call`` is refused
+    (:class:`ConfigError`): the CDF would cover only part of the batch it scores.
+    """
+    if not requested:
+        return max(1024, 2 * per_call)
+    if requested < per_call:
+        raise ConfigError(f"history: R={requested} is smaller than one selection call ({per_call} losses), so SB's "
+                          f"loss CDF would not even cover the batch it scores; use --history {2 * per_call} (or 0: "
+                          f"automatic), or a smaller --selection-batch-size")
+    return requested

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError
 from ..device import resolve_device
+from ..transfer import to_device
 
 __all__ = ["RankGroup", "init_distributed", "wrap_ddp", "torchrun_env_present", "per_rank", "COMM_KINDS"]
 
@@ -61,9 +62,12 @@ class RankGroup:
 
     ``device``: this rank's training device (``cuda:LOCAL_RANK`` on CUDA, else the CPU);
     ``comm_device``: where collective tensors live (the training device under NCCL, the CPU under gloo).
-    ``seconds`` / ``calls``: wall-clock and count per kind of collective (``loss_gather``, ``ready``,
+    ``seconds`` / ``calls``: time and count per kind of collective (``loss_gather``, ``ready``,
     ``counters``, ``tables``, ``objects``, ``grad_allreduce``; the last is in flight, measured from a
-    bucket's launch to its completion, and overlaps the backward pass).
+    bucket's launch to its completion, and overlaps the backward pass). Under NCCL a collective runs
+    asynchronously on the device's stream, so it is timed with CUDA events there (resolved when
+    ``seconds`` is read: at intervals and epoch ends); a host clock would time the launch and charge
+    the wait to whichever call reads a result next. Under gloo: the host clock.
     """
 
     world_size: int
@@ -72,26 +76,51 @@ class RankGroup:
     device: torch.device
     comm_device: torch.device
     owns_group: bool = False
-    seconds: Dict[str, float] = field(default_factory=dict)
     calls: Dict[str, int] = field(default_factory=dict)
+    _seconds: Dict[str, float] = field(default_factory=dict, repr=False)
+    _in_flight: List[Tuple[str, Any, Any]] = field(default_factory=list, repr=False)  # (kind, start, end) events
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def add_time(self, kind: str, seconds: float) -> None:
+    @property
+    def seconds(self) -> Dict[str, float]:
+        """Seconds per kind of collective so far (under NCCL: waits for the last timed one once)."""
+        with self._lock:
+            spans, self._in_flight = self._in_flight, []
+        if spans:
+            spans[-1][2].synchronize()
+            for kind, start, end in spans:
+                self._seconds[kind] = self._seconds.get(kind, 0.0) + start.elapsed_time(end) / 1000.0
+        return self._seconds
+
+    def mark(self) -> Any:
+        """A point on the communication timeline: a CUDA event on the device's current stream under
+        NCCL, else the host clock."""
+        if self.comm_device.type != "cuda":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.comm_device))
+        return event
+
+    def add_span(self, kind: str, start: Any, end: Any) -> None:
+        """Count one ``kind`` collective from mark ``start`` to mark ``end``."""
         with self._lock:  # the gradient all-reduce reports from the backend's thread
-            self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
+            if isinstance(start, float):
+                self._seconds[kind] = self._seconds.get(kind, 0.0) + end - start
+            else:
+                self._in_flight.append((kind, start, end))
             self.calls[kind] = self.calls.get(kind, 0) + 1
 
     @contextmanager
     def timed(self, kind: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start = self.mark()
         try:
             yield
         finally:
-            self.add_time(kind, time.perf_counter() - start)
+            self.add_span(kind, start, self.mark())
 
     def close(self) -> None:
         """Destroy the process group if :func:`init_distributed` created it."""
@@ -115,9 +144,10 @@ class RankGroup:
 
     def _reduce(self, values: Sequence[float], op: dist.ReduceOp, kind: str) -> List[float]:
         with self.timed(kind):
-            t = torch.tensor(list(values), dtype=torch.float64, device=self.comm_device)
+            # to the device pinned and asynchronously; reading the result back is the one sync (NCCL)
+            t = to_device(torch.tensor(list(values), dtype=torch.float64), self.comm_device)
             dist.all_reduce(t, op=op)
-            return t.cpu().tolist()
+            return t.tolist()
 
     def min_int(self, value: int, kind: str = "ready") -> int:
         return int(self._reduce([value], dist.ReduceOp.MIN, kind)[0])
@@ -209,17 +239,16 @@ def wrap_ddp(model: nn.Module, group: RankGroup) -> DistributedDataParallel:
     """``model`` in DistributedDataParallel (rank 0's weights broadcast now, gradients averaged in
     ``backward``), with the gradient all-reduce timed into ``group.seconds["grad_allreduce"]``.
 
-    The timing is wall-clock from a bucket's launch to its completion callback: meaningful on gloo
-    (CPU). A NCCL future completes with respect to the CUDA stream, so on GPUs the host-side time it
-    gives is not the transfer time (time GPU steps with CUDA events, or against ``no_sync``).
+    Timed from a bucket's launch to its completion callback: on gloo with the host clock, on NCCL
+    with CUDA events (the callback runs on the stream the all-reduce completes on).
     """
     ddp = DistributedDataParallel(model, device_ids=[group.device.index] if group.device.type == "cuda" else None)
 
     def timed_allreduce(state, bucket):  # unannotated: DDP checks annotations, which are strings here
-        start = time.perf_counter()
+        start = group.mark()
 
         def done(fut: torch.futures.Future) -> torch.Tensor:
-            group.add_time("grad_allreduce", time.perf_counter() - start)
+            group.add_span("grad_allreduce", start, group.mark())
             return fut.value()
 
         return default_hooks.allreduce_hook(None, bucket).then(done)

@@ -171,10 +171,11 @@ class SelectionDriver:
         # indices where the policy's tables are: the batcher then never indexes host indices with device rows
         scored.indices = to_device(scored.indices, self.policy.device)
         decision = decide(self.policy, scored, self.epoch)
-        rows = decision.keep.nonzero().squeeze(1)  # the one host read per candidate batch: how many were kept
+        # how many were kept decides whether a step is due: the one host read per candidate batch
+        rows = None if decision.keep is None else decision.keep.nonzero().squeeze(1)
         self.candidates += len(scored.indices)
         self.forwards += scored.forwards
-        self.kept += len(rows)
+        self.kept += len(scored.indices) if rows is None else len(rows)
         batches = self.batcher.add_rows(scored.x, scored.y, scored.indices, rows, decision.weights)
         if self.lockstep is None:
             yield from batches
@@ -195,8 +196,9 @@ class SelectionDriver:
             yield from self.submit(self.score(x, y, indices))
             return
         stale = need.nonzero().squeeze(1)  # the one read of the mask: which candidates need a forward
-        if len(stale) in (0, len(indices)):
-            yield from self.submit(self.score(x, y, indices))
+        if len(stale) in (0, len(indices)):  # all or none: the mask is known now, not asked or read again
+            yield from self.submit(score_candidates(self.engine, self.policy, x, y, indices, self.epoch,
+                                                    need=len(stale) > 0))
             return
         cached = torch.nonzero_static(~need, size=len(indices) - len(stale)).squeeze(1)  # count known: no read
         no_loss = nan_losses(len(cached), need.device)

@@ -30,7 +30,7 @@ from .run_logger import RunLogger
 from .tables import ExampleTables, fill_shared
 
 __all__ = ["NullRunLog", "DistributedRunLogger", "across_ranks", "combine_evaluations", "distributed_fields",
-           "prepare_run_dir_on_ranks", "gather_rank_states", "rank_state"]
+           "prepare_run_dir_on_ranks", "gather_rank_states", "rank_state", "on_host"]
 
 
 class NullRunLog:
@@ -78,7 +78,7 @@ class DistributedRunLogger(RunLogger):
         loss, examples, candidates, kept, forwards, backprops = self.group.sum(
             [float(self._loss_sum), self._examples, driver.candidates, driver.kept, driver.forwards,
              fields.pop("backprops", 0)])
-        self._loss_sum = torch.tensor(loss, device=self.device)
+        self._loss_sum = torch.full((), loss, device=self.device)  # a fill, not a copy from pageable memory
         self._examples = int(examples)
         self.flush_ranks()
         return super().interval(_Counts(int(candidates), int(kept), int(forwards)), backprops=int(backprops), **fields)
@@ -150,7 +150,20 @@ def gather_rank_states(group: RankGroup, state: Dict[str, Any], tables: Optional
     """Every rank's ``state`` on rank 0 for the checkpoint's ``ranks`` entry (rank 0's own is None:
     it is the checkpoint's top level); None on the other ranks."""
     mine = None if group.is_main else (tables.strip(state) if tables is not None else state)
-    return group.gather_objects(mine)
+    return group.gather_objects(on_host(mine))
+
+
+def on_host(obj: Any) -> Any:
+    """``obj`` with every tensor in it (through dicts, lists, tuples) copied to the CPU. An object
+    collective pickles a tensor with its device: a rank's CUDA tensor would make rank 0 open a
+    context on that rank's GPU, or fail where each process sees only its own GPU."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_host(v) for v in obj)
+    return obj
 
 
 def rank_state(checkpoint: Dict[str, Any], rank: int, world_size: int) -> Dict[str, Any]:

@@ -13,6 +13,7 @@ import torch
 from ..engines import SelectionEngine
 from ..selection import SelectionPolicy
 from ..selection.base import ForwardMask
+from ..transfer import to_device
 
 __all__ = ["ScoredCandidates", "Decision", "score_candidates", "decide", "nan_losses", "rows_of"]
 
@@ -32,14 +33,17 @@ class ScoredCandidates:
 class Decision:
     """What the policy decided for a scored candidate batch."""
 
-    keep: torch.Tensor                 # bool, one per candidate (on the policy's device)
+    keep: Optional[torch.Tensor]       # bool, one per candidate (on the policy's device); None: all kept
     weights: Optional[torch.Tensor]    # per-candidate loss weights, or None
 
 
 def score_candidates(engine: Optional[SelectionEngine], policy: SelectionPolicy, x: torch.Tensor, y: torch.Tensor,
-                     indices: torch.Tensor, epoch: int) -> ScoredCandidates:
-    """Run the selection pass on the candidates ``policy`` asks for (others get a NaN loss)."""
-    need = policy.requires_forward(indices, epoch)
+                     indices: torch.Tensor, epoch: int, need: Optional[ForwardMask] = None) -> ScoredCandidates:
+    """Run the selection pass on the candidates ``policy`` asks for (others get a NaN loss).
+
+    ``need``: the policy's ``requires_forward`` answer when the caller has it already (``True`` /
+    ``False`` for a mask it has read: all or none), so that it is neither asked nor read twice."""
+    need = policy.requires_forward(indices, epoch) if need is None else need
     forwards = _count(need, len(indices))
     if forwards and engine is None:
         raise RuntimeError(f"{policy!r} asked for selection forwards but the driver has no engine")
@@ -48,8 +52,8 @@ def score_candidates(engine: Optional[SelectionEngine], policy: SelectionPolicy,
     losses = nan_losses(len(indices), policy.device)
     if forwards:
         rows = need.nonzero().squeeze(1)
-        on_x = rows.to(x.device)
-        losses[rows.to(losses.device)] = engine.losses(x[on_x], y[on_x]).float().to(losses.device)
+        on_x = to_device(rows, x.device)
+        losses[to_device(rows, losses.device)] = engine.losses(x[on_x], y[on_x]).float().to(losses.device)
     return ScoredCandidates(x, y, indices, losses, forwards)
 
 
@@ -66,13 +70,14 @@ def nan_losses(n: int, device: torch.device) -> torch.Tensor:
 
 
 def decide(policy: SelectionPolicy, scored: ScoredCandidates, epoch: int) -> Decision:
-    """The policy's keep mask and loss weights for ``scored``."""
-    keep = policy.select(scored.losses, scored.indices, epoch)
+    """The policy's keep mask and loss weights for ``scored`` (no mask when the policy keeps every
+    candidate of the epoch: nothing to read back from the device)."""
+    keep = None if policy.keeps_all(epoch) else policy.select(scored.losses, scored.indices, epoch)
     return Decision(keep, policy.loss_weights(scored.indices, epoch))
 
 
 def rows_of(x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
             rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``x, y, indices`` restricted to ``rows`` (row numbers on any device)."""
-    on_device = rows.to(x.device)
-    return x[on_device], y[on_device], indices[rows.to(indices.device)]
+    on_device = to_device(rows, x.device)
+    return x[on_device], y[on_device], indices[to_device(rows, indices.device)]

@@ -35,11 +35,15 @@ class DeviceEvents(Protocol):
 
 
 class CudaEvents:
-    """:class:`DeviceEvents` on the current CUDA stream."""
+    """:class:`DeviceEvents` on ``device``'s current CUDA stream (not the current device's: a run on
+    ``cuda:1`` records where its work is queued)."""
+
+    def __init__(self, device: torch.device | str = "cuda") -> None:
+        self.device = torch.device(device)
 
     def record(self) -> "torch.cuda.Event":
         event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         return event
 
     def seconds_between(self, begin: "torch.cuda.Event", end: "torch.cuda.Event") -> float:
@@ -64,7 +68,7 @@ class PhaseTimer:
         """``clock``: seconds, for the host timeline (a test passes a fake one). ``events``: the
         device timeline to use instead (default: :class:`CudaEvents` on a CUDA device)."""
         self.device = torch.device(device)
-        self.events: Optional[DeviceEvents] = events or (CudaEvents() if self.device.type == "cuda" else None)
+        self.events: Optional[DeviceEvents] = events or (CudaEvents(self.device) if self.device.type == "cuda" else None)
         self.on_device = self.events is not None  # phases are read off a device timeline
         self.phases = phases
         self._clock = clock

@@ -23,7 +23,7 @@ from ..data import ArrayDataset
 from ..device import resolve_device
 from ..reporting.runlog import RunLog
 from ..selection import TrainBatch
-from .candidates import candidate_batch_size, candidate_source, training_data
+from .candidates import candidate_batch_size, candidate_source, loss_history_size, training_data
 from .checkpoint import check_resumable, prepare_run_dir, save_checkpoint
 from .distributed import RankGroup, init_distributed, per_rank, wrap_ddp
 from .divergence import DivergenceGuard, check_finite_weights, divergence_hint
@@ -96,7 +96,12 @@ class Trainer:
         self.pipeline: Optional[SelectionPipeline] = None
         self.selection_background = 0.0  # seconds the pipeline's worker spent selecting
 
-        policy = build_policy(cfg if self.group is None else cfg.replace(batch_size=self.batch_size, seed=rank_seed),
+        # R, in effect: every selection call (all ranks' under a global DDP history) must fit in it twice
+        self.history = loss_history_size(cfg.history, self._candidate_batch(1) * (
+            self.world_size if self.group is not None and self.ddp_history == "global" else 1))
+        policy_cfg = cfg.replace(history=self.history)
+        policy = build_policy(policy_cfg if self.group is None
+                              else policy_cfg.replace(batch_size=self.batch_size, seed=rank_seed),
                               len(data.y_train)).to(self.device)  # decisions where the losses are
         self.timer.start()
         if checkpoint is not None:  # the weights first: the engine is built (and calibrated) from them
@@ -127,6 +132,7 @@ class Trainer:
                                                  "batch_size_per_rank": self.batch_size}
             self.log.start(cfg, self.run_dir if self.rank == 0 else None, policy=repr(policy),
                            engine=self.driver.engine_name, device=str(self.device), dataset_size=len(data.y_train),
+                           loss_history=self.history,
                            parameters=sum(p.numel() for p in self.model.parameters()), **ddp)
         self.log.engine_events(self.driver.after_step(self.model, self.step))  # the engine build event
         if checkpoint is None:  # so that --resume works from the first step on
