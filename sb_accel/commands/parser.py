@@ -26,7 +26,7 @@ _HELP = {
     "strategy": f"one of {', '.join(STRATEGIES)}",
     "selectivity": "expected fraction backpropagated by SB (beta = 1/s - 1)",
     "beta": "SB exponent directly (overrides --selectivity)",
-    "history": "R: losses the CDF is taken over",
+    "history": "R: losses the CDF is taken over (0: twice the selection batch, at least 1024)",
     "floor": "minimum keep probability",
     "history_mode": "'batch' (authors' code) or 'sequential' (paper Alg. 2)",
     "prime_epochs": "train on everything for this many first epochs (default: 1 for SB/Stale-SB)",
