@@ -164,6 +164,7 @@ class SelectiveLoader:
         self.epoch = 0                              # epochs completed
         self.steps = 0                              # batches handed out (optimizer steps), all epochs
         self._plan: Optional[int] = None            # len() of the current epoch, once fixed
+        self._run_steps: Optional[int] = None       # len() of each of the planned epochs
         self._current: Optional[TrainBatch] = None
         self._observed = True
         self._iterating = False
@@ -228,7 +229,9 @@ class SelectiveLoader:
         """Optimizer steps of the current (or next) epoch: fixed before it starts, honoured exactly;
         with ``epochs`` the same for each of them (``len(loader) * epochs`` is the run's step count)."""
         if self.epochs is not None and self.epoch < self.epochs:
-            return self._run_plan()
+            if self._run_steps is None:  # fixed once: InfoBatch's nominal share moves with its scores
+                self._run_steps = self._run_plan()
+            return self._run_steps
         if self._plan is None:  # before the first epoch every rank computes the same number alone
             self._plan = self._plan_epoch(agree=False)
         return self._plan
@@ -453,6 +456,7 @@ class SelectiveLoader:
                 "batch_size": self.batch_size, "world_size": 1 if self.group is None else self.group.world_size,
                 "epoch": self.epoch, "steps": self.steps, "pass": self._pass, "cursor": self._cursor,
                 "pass_order": self._pass_order, "order": self._order.state_dict(), "plan": self._plan,
+                "run_steps": self._run_steps,
                 "driver": self.driver.state_dict(), "ready": [_batch_state(b) for b in self._ready],
                 "row_ids": live, "rows": rows, "seconds": dict(self._seconds), "kept_window": list(self._kept_window)}
 
@@ -482,6 +486,7 @@ class SelectiveLoader:
         self._order.load_state_dict(state["order"])
         self.epoch, self.steps, self._pass, self._cursor = (int(state[k]) for k in ("epoch", "steps", "pass", "cursor"))
         self._pass_order, self._plan, self._candidates = state["pass_order"], state["plan"], None
+        self._run_steps = state["run_steps"]
         self._seconds.update(state["seconds"])
         self._kept_window = deque(tuple(w) for w in state["kept_window"])
 
