@@ -160,6 +160,7 @@ class SelectiveLoader:
         self.events: List[dict] = [] if self.refresher is None else self.refresher.after_step(self.model, 0)
         self._ready: Deque[TrainBatch] = deque()  # full batches selected, not yet handed out
         self._kept_window: Deque[Tuple[int, int]] = deque()  # (candidates, kept) of recent selecting batches
+        self._selecting = [0, 0]  # candidates and kept in selecting passes (not priming or annealing)
         self._pass = -1                             # the pass (the driver's epoch) candidates come from
         self._pass_order: Optional[torch.Tensor] = None
         self._cursor = 0                            # candidates of the pass consumed
@@ -211,9 +212,10 @@ class SelectiveLoader:
         calls = self._call_size(max(1, self.policy.candidate_multiplier))
         samples = [(sample[0], sample[1])] if self._plain(sample) else []
         context = EngineContext(device=self.device, sample_batches=samples, max_batch=calls)
-        # the loader decides when to refresh (_cadence); the schedule itself never fires
+        # the loader decides when to refresh (_cadence); the schedule itself never fires. Eager torch
+        # runs the model itself: nothing to validate against it.
         return EngineRefresher.create(backend, self.model, context, RefreshSchedule(0, every_epoch=False),
-                                      precision=precision, validate=bool(samples))
+                                      precision=precision, validate=bool(samples) and backend != "torch")
 
     def _plain(self, batch: Batch) -> bool:
         """An ``(inputs, labels)`` batch of tensors scored with the default forward and loss: what an
@@ -332,6 +334,8 @@ class SelectiveLoader:
         if expected_share(self.policy, self._pass, self.epochs if self.epochs is not None else self._pass + 1) >= 1.0:
             return
         self._kept_window.append((candidates, kept))
+        self._selecting[0] += candidates
+        self._selecting[1] += kept
         while sum(n for n, _ in self._kept_window) - self._kept_window[0][0] >= len(self._order):
             self._kept_window.popleft()
 
@@ -430,12 +434,14 @@ class SelectiveLoader:
 
     # --- reporting ----------------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
-        """Kept share, time shares (host wall-clock: selection incl. loading, refresh, the user's
-        training step), untrained remainder, steps and epochs so far."""
+        """Kept share (all candidates, and ``kept_share_selecting``: in passes where the strategy
+        selects, i.e. after priming), time shares (host wall-clock: selection incl. loading, refresh,
+        the user's training step), untrained remainder, steps and epochs so far."""
         d = self.driver
         total = sum(self._seconds.values()) or 1.0
         return {"epoch": self.epoch, "steps": self.steps, "passes": self._pass + 1,
                 "candidates": d.candidates, "kept": d.kept, "kept_share": d.kept / d.candidates if d.candidates else 0.0,
+                "kept_share_selecting": self._selecting[1] / self._selecting[0] if self._selecting[0] else None,
                 "forwards": d.forwards, "untrained_remainder": self.pending(),
                 "engine": None if self.refresher is None else self.refresher.engine.name,
                 "refreshes": 0 if self.refresher is None else self.refresher.count,
@@ -462,7 +468,8 @@ class SelectiveLoader:
                 "pass_order": self._pass_order, "order": self._order.state_dict(), "plan": self._plan,
                 "run_steps": self._run_steps,
                 "driver": self.driver.state_dict(), "ready": [_batch_state(b) for b in self._ready],
-                "row_ids": live, "rows": rows, "seconds": dict(self._seconds), "kept_window": list(self._kept_window)}
+                "row_ids": live, "rows": rows, "seconds": dict(self._seconds), "kept_window": list(self._kept_window),
+                "selecting": list(self._selecting)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (refused, named, when it is from another strategy, dataset or setup)."""
@@ -493,6 +500,7 @@ class SelectiveLoader:
         self._run_steps = state["run_steps"]
         self._seconds.update(state["seconds"])
         self._kept_window = deque(tuple(w) for w in state["kept_window"])
+        self._selecting = list(state["selecting"])
 
 
 def _unpack(data: Any) -> Tuple[Dataset, Optional[int], Dict[str, Any], bool]:
