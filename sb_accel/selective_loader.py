@@ -57,7 +57,8 @@ from .train.distributed import RankGroup
 from .train.driver import SelectionDriver
 from .train.engine_setup import resolve_engine
 
-__all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT", "MAX_DRY_PASSES"]
+__all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT", "MAX_DRY_PASSES",
+           "guard_training_losses", "api_nonfinite_message"]
 
 HOOKED_BACKENDS = ("torch", "torch-graph")  # engines that run any forward and loss_fn (a per-example loss hook)
 # Snapshot engines (ONNX Runtime, TensorRT, torch snapshot) are refreshed every K steps, K the smallest that
@@ -173,7 +174,7 @@ class SelectiveLoader:
         self._observed = True
         self._iterating = False
         self._dry_passes = 0                        # passes opened since the last batch was handed out
-        self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._bad_loss: Optional[torch.Tensor] = None  # device-side flag of non-finite training losses
         self._seconds = {"selection": 0.0, "refresh": 0.0, "training": 0.0}
         self._refresh_seconds: Optional[float] = None
         self._since_refresh = 0
@@ -325,7 +326,7 @@ class SelectiveLoader:
             self._measure(len(indices), self.driver.kept - kept)
             self.rows.release([b.x for b in self.driver.buffered()] + [b.x for b in self._ready])
         except FloatingPointError as exc:
-            raise FloatingPointError(_api_nonfinite(exc)) from exc
+            raise FloatingPointError(api_nonfinite_message(exc)) from exc
         finally:
             self._seconds["selection"] += time.perf_counter() - start
 
@@ -388,12 +389,7 @@ class SelectiveLoader:
         if per_example.shape != (len(self._current),):
             raise ValueError(f"loss() needs one loss per example of the batch ({len(self._current)}), got shape "
                              f"{tuple(per_example.shape)}: compute it with reduction='none'")
-        finite = torch.isfinite(per_example.detach()).all()
-        if per_example.device.type == "cpu":
-            if not bool(finite):
-                raise FloatingPointError(_TRAINING_NONFINITE)
-        else:
-            self._bad_loss |= ~finite.to(self._bad_loss.device)
+        self._bad_loss = guard_training_losses(per_example, self._bad_loss)
         self.driver.observe(self._current, per_example)
         self._observed = True
         return (per_example * self._current.weights.to(per_example.device, per_example.dtype)).mean()
@@ -425,9 +421,7 @@ class SelectiveLoader:
         return max(1, math.ceil(self._refresh_seconds / (REFRESH_BUDGET * max(step, 1e-9))))
 
     def _close_epoch(self) -> None:
-        if bool(self._bad_loss):
-            self._bad_loss.zero_()
-            raise FloatingPointError(_TRAINING_NONFINITE)
+        self._bad_loss = guard_training_losses(None, self._bad_loss)
         self.epoch += 1
         # every rank is here: the one point where the next plan may all-reduce
         self._plan = self._plan_epoch(agree=True)
@@ -577,11 +571,27 @@ def _remap_rows(state: Any, remap) -> Any:
     return state
 
 
-_TRAINING_NONFINITE = ("training losses passed to loader.loss() are NaN/inf: the model has diverged (lower the "
+_TRAINING_NONFINITE = ("training losses passed to loss() are NaN/inf: the model has diverged (lower the "
                        "learning rate, add warm-up or gradient clipping) or the data holds NaN/inf")
 
 
-def _api_nonfinite(exc: FloatingPointError) -> str:
+def guard_training_losses(losses: Optional[torch.Tensor], flag: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Refuse non-finite training losses before a strategy stores them: on the CPU at once; on a GPU
+    folded into the device-side ``flag`` (no host sync per step) and raised when called with
+    ``losses=None`` (at the epoch's end). Returns the flag to keep."""
+    if losses is None:
+        if flag is not None and bool(flag):
+            raise FloatingPointError(_TRAINING_NONFINITE)
+        return None
+    finite = torch.isfinite(losses.detach()).all()
+    if losses.device.type == "cpu":
+        if not bool(finite):
+            raise FloatingPointError(_TRAINING_NONFINITE)
+        return flag
+    return ~finite if flag is None else flag | ~finite
+
+
+def api_nonfinite_message(exc: FloatingPointError) -> str:
     """The policy's divergence message in the loader's words (no CLI flags)."""
     return ("selection losses are NaN/inf: the model has diverged (lower the learning rate, add warm-up or "
             "gradient clipping) or the engine produced garbage (try engine='torch-fp32') [" + str(exc).split(":")[0] + "]")
