@@ -88,6 +88,8 @@ def test_every_strategy_yields_exactly_len_batches_each_epoch(strategy):
     if strategy != "traditional":
         assert stats["forwards"] > 0 or strategy == "infobatch"
         assert planned < N // B  # fewer steps than full-data training
+    if strategy == "kath18":  # the loader feeds it pre-samples of 3 batches: one batch kept from each
+        assert stats["kept"] / stats["candidates"] == pytest.approx(1 / 3, abs=0.05)
 
 
 def test_sb_keeps_about_the_requested_share_after_priming():
@@ -151,13 +153,26 @@ def test_state_dict_resumes_exactly():
 
 
 def test_a_snapshot_engine_is_refreshed_on_a_cadence_that_pays():
+    pytest.importorskip("onnxruntime")
     model = _model()
     loader = sb_accel.SelectiveLoader(_data(), model, batch_size=B, engine="torch-fp32", prime_epochs=0, epochs=2)
     assert loader.stats()["refresh_every"] is None  # torch reads the live model: never refreshed
-    fixed = sb_accel.SelectiveLoader(_data(), model, batch_size=B, prime_epochs=0, epochs=2, refresh_every=3)
-    fixed.refresher.engine.snapshot = True  # a snapshot engine: refreshed every 3 steps as asked
-    _train(fixed, model, 2)
-    assert fixed.refresher.count == fixed.steps // 3
+    fixed = sb_accel.SelectiveLoader(_data(), model, batch_size=B, engine="onnxruntime-fp32", prime_epochs=0,
+                                     epochs=2, refresh_every=3)
+    _train(fixed, model, 2)  # an exported engine scores the stored (inputs, labels) rows
+    assert fixed.stats()["engine"] == "onnxruntime-fp32" and fixed.refresher.count == fixed.steps // 3
+    auto = sb_accel.SelectiveLoader(_data(), model, batch_size=B, engine="onnxruntime-fp32", prime_epochs=0)
+    assert auto._cadence() == 1  # nothing measured yet: every step
+    auto.steps, auto._seconds["training"], auto._refresh_seconds = 10, 1.0, 0.02  # a step 0.1 s, a refresh 0.02 s
+    assert auto._cadence() == 4  # the smallest K with 0.02 s <= 5% of K steps
+
+
+def test_workers_load_the_candidates():
+    model = _model()
+    loader = sb_accel.SelectiveLoader(DataLoader(_data(), batch_size=B, num_workers=1), model, epochs=1,
+                                      prime_epochs=0)
+    planned = len(loader)
+    assert _train(loader, model, 1)[0] == [planned]
 
 
 # --- adapters and batch structures -----------------------------------------------------------------
