@@ -37,7 +37,6 @@ from collections.abc import Mapping
 from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -136,7 +135,7 @@ class SelectiveLoader:
         if refresh_every is not None and refresh_every < 0:
             raise ValueError(f"refresh_every must be >= 0, got {refresh_every}")
         self._refresh_every = refresh_every
-        self.group = _rank_group(self.device)
+        self.group = RankGroup.joined(self.device)
         world = 1 if self.group is None else self.group.world_size
         rank = 0 if self.group is None else self.group.rank
         self.dataset_size = len(self.dataset)
@@ -262,12 +261,15 @@ class SelectiveLoader:
             expected = self.group.min_int(int(round(expected)))
         return max(1, int(round(expected / self.batch_size)))
 
+    def _nominal(self, p: int) -> float:
+        return expected_share(self.policy, p, self.epochs if self.epochs is not None else p + 1)
+
     def _share(self, p: int) -> float:
         """The kept share expected in pass ``p``: 1.0 where the strategy trains on everything (priming,
         InfoBatch's annealing), else the share measured over the last pass's worth of selecting
         candidates (SB keeps less than ``selectivity`` while the loss falls fast: its percentiles
         are taken against older, higher losses), else the strategy's nominal share."""
-        nominal = expected_share(self.policy, p, self.epochs if self.epochs is not None else p + 1)
+        nominal = self._nominal(p)
         if nominal >= 1.0 or not self._kept_window:
             return nominal
         candidates = sum(n for n, _ in self._kept_window)
@@ -330,7 +332,7 @@ class SelectiveLoader:
 
     def _measure(self, candidates: int, kept: int) -> None:
         """Remember a selecting candidate batch's kept count (the last pass's worth of them)."""
-        if expected_share(self.policy, self._pass, self.epochs if self.epochs is not None else self._pass + 1) >= 1.0:
+        if self._nominal(self._pass) >= 1.0:
             return
         self._kept_window.append((candidates, kept))
         self._selecting[0] += candidates
@@ -410,13 +412,15 @@ class SelectiveLoader:
     def stats(self) -> Dict[str, Any]:
         """Kept share (all candidates, and ``kept_share_selecting``: in passes where the strategy
         selects, i.e. after priming), time shares (host wall-clock: selection incl. loading, refresh,
-        the user's training step), untrained remainder, steps and epochs so far."""
+        the user's training step), untrained remainder (kept, not trained yet), candidates of the
+        current pass not offered yet, steps, epochs and passes so far."""
         d = self.driver
         total = sum(self._seconds.values()) or 1.0
         return {"epoch": self.epoch, "steps": self.steps, "passes": self._pass + 1,
                 "candidates": d.candidates, "kept": d.kept, "kept_share": d.kept / d.candidates if d.candidates else 0.0,
                 "kept_share_selecting": self._selecting[1] / self._selecting[0] if self._selecting[0] else None,
                 "forwards": d.forwards, "untrained_remainder": self.pending(),
+                "pass_candidates_left": 0 if self._pass_order is None else len(self._pass_order) - self._cursor,
                 "engine": None if self.refresher is None else self.refresher.engine.name,
                 "refreshes": 0 if self.refresher is None else self.refresher.count,
                 "refresh_every": None if self.refresher is None or self.refresher.engine.is_live else self._cadence(),
@@ -478,17 +482,7 @@ class SelectiveLoader:
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _rank_group(device: torch.device) -> Optional[RankGroup]:
-    """This process's place in an initialised process group (None without one)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return None
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    local = device.index if device.type == "cuda" and device.index is not None else 0
-    return RankGroup(dist.get_world_size(), dist.get_rank(), local, device, comm)
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _auto_engine(device: torch.device, plain: bool) -> Tuple[str, str]:
