@@ -18,8 +18,11 @@ __all__ = ["unpack_data", "check_candidates", "layout_error", "guard_training_lo
 
 def unpack_data(data: Any) -> Tuple[Dataset, Optional[int], Dict[str, Any], bool]:
     """The dataset, batch size, DataLoader settings kept, and whether to shuffle by default."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TypeError(f"SelectiveLoader needs a map-style Dataset (__getitem__ and __len__), got "
+                        f"{type(dataset).__name__}: it selects examples by index")
     if isinstance(data, DataLoader):
-        dataset = data.dataset
         sampler = data.sampler
         if getattr(sampler, "replacement", False):  # RandomSampler(replacement=True), WeightedRandomSampler
             raise ValueError(f"the DataLoader's {type(sampler).__name__} draws with replacement: an epoch would offer "
@@ -35,10 +38,7 @@ def unpack_data(data: Any) -> Tuple[Dataset, Optional[int], Dict[str, Any], bool
             loading["multiprocessing_context"] = data.multiprocessing_context
         batch_size = data.batch_size
     else:
-        dataset, batch_size, loading, shuffle = data, None, {"collate_fn": default_collate}, True
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-        raise TypeError(f"SelectiveLoader needs a map-style Dataset (__getitem__ and __len__), got "
-                        f"{type(dataset).__name__}: it selects examples by index")
+        batch_size, loading, shuffle = None, {"collate_fn": default_collate}, True
     return dataset, batch_size, loading, bool(shuffle)
 
 

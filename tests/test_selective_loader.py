@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import (DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset,
+                              WeightedRandomSampler)
 
 import sb_accel
 from sb_accel.adapters import causal_lm_loss, per_example_loss
@@ -27,6 +28,11 @@ def _data(n=N, seed=0):
 def _model(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(48, C))
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        return iter(_data())
 
 
 class DictData(Dataset):
@@ -272,6 +278,7 @@ def test_misconfigurations_are_refused_with_their_fix():
         (dict(data=DataLoader(data, batch_size=B, sampler=RandomSampler(data, replacement=True))), "with replacement"),
         (dict(data=DataLoader(data, batch_size=B, sampler=WeightedRandomSampler(torch.ones(N), N))), "with replacement"),
         (dict(data=DataLoader(data, batch_size=B, sampler=list(range(N)))), "custom sampler"),
+        (dict(data=DataLoader(Stream(), batch_size=B)), "needs a map-style Dataset"),
         (dict(strategy="infobatch"), "pass epochs="),
         (dict(batch_size=0), "positive integer"),
         (dict(batch_size=N + 1), "fewer than one batch"),
