@@ -141,9 +141,18 @@ def test_state_dict_resumes_exactly():
     data = _data()
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loader = sb_accel.SelectiveLoader(data, model, batch_size=B, strategy="stale-sb", epochs=3, selectivity=0.5)
-    _train(loader, model, 1, opt=opt)
-    state = copy.deepcopy(loader.state_dict())
+
+    def loader_for(net):
+        return sb_accel.SelectiveLoader(data, net, batch_size=B, strategy="stale-sb", epochs=6, selectivity=0.5,
+                                        stale_n=2)
+
+    loader = loader_for(model)
+    for _ in range(4):  # until a state mid-pass holds stale candidates waiting for a selection batch
+        _train(loader, model, 1, opt=opt)
+        state = copy.deepcopy(loader.state_dict())
+        if "awaiting" in state["driver"]:
+            break
+    assert "awaiting" in state["driver"]
     weights, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     _, rest = _train(loader, model, 2, opt=opt)
 
@@ -151,7 +160,7 @@ def test_state_dict_resumes_exactly():
     model2.load_state_dict(weights)
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.1)
     opt2.load_state_dict(opt_state)
-    resumed = sb_accel.SelectiveLoader(data, model2, batch_size=B, strategy="stale-sb", epochs=3, selectivity=0.5)
+    resumed = loader_for(model2)
     resumed.load_state_dict(state)
     _, again = _train(resumed, model2, 2, opt=opt2)
     assert len(again) == len(rest)

@@ -256,6 +256,8 @@ class SelectionDriver:
                               "observed": self.observed}}
         if self.lockstep is not None:
             state["lockstep"] = self.lockstep.state_dict()
+        if self._awaiting_forward is not None and self._awaiting_forward.pending():  # mid-epoch (the loader)
+            state["awaiting"] = {"batch_size": self._awaiting_forward.batch_size, **self._awaiting_forward.state_dict()}
         return state
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device | str = "cpu") -> None:
@@ -263,6 +265,9 @@ class SelectionDriver:
         self.batcher.load_state_dict(state["batcher"], device)
         if self.lockstep is not None and "lockstep" in state:
             self.lockstep.load_state_dict(state["lockstep"], device)
+        if "awaiting" in state:
+            self._awaiting_forward = BackpropBatcher(state["awaiting"]["batch_size"], "partial")
+            self._awaiting_forward.load_state_dict(state["awaiting"], device)
         self.epoch = int(state["epoch"])
         self.epoch_open = bool(state["epoch_open"])
         for key, value in state["counters"].items():
