@@ -81,6 +81,16 @@ class RankGroup:
     _in_flight: List[Tuple[str, Any, Any]] = field(default_factory=list, repr=False)  # (kind, start, end) events
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @classmethod
+    def joined(cls, device: torch.device) -> Optional["RankGroup"]:
+        """This process's place in a process group someone else initialised (the user's script, a
+        launcher), training on ``device``; None without one, or with one process."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return None
+        comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        local = device.index if device.type == "cuda" and device.index is not None else 0
+        return cls(dist.get_world_size(), dist.get_rank(), local, device, comm)
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
