@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
-__all__ = ["SelectiveBackprop", "TrainConfig", "ConfigError", "__version__"]
+__all__ = ["SelectiveBackprop", "TrainConfig", "ConfigError", "BatchSelector", "select_batch", "__version__"]
 
-_LAZY = {"SelectiveBackprop": ".api", "TrainConfig": ".config", "ConfigError": ".config"}
+_LAZY = {"SelectiveBackprop": ".api", "TrainConfig": ".config", "ConfigError": ".config",
+         "BatchSelector": ".per_batch", "select_batch": ".per_batch"}
 
 if TYPE_CHECKING:
     from .api import SelectiveBackprop
     from .config import ConfigError, TrainConfig
+    from .per_batch import BatchSelector, select_batch
 
 
 def __getattr__(name: str) -> Any:
