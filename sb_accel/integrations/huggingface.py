@@ -1,0 +1,162 @@
+"""Selective-Backprop in the Hugging Face ``Trainer``: a drop-in subclass.
+
+>>> trainer = SelectiveBackpropTrainer(model=model, args=TrainingArguments(...), train_dataset=train_set,
+...                                    data_collator=collator, selectivity=0.33)   # doctest: +SKIP
+>>> trainer.train()                                                                # doctest: +SKIP
+
+Dict batches (``input_ids``, ``attention_mask``, ``labels``) and ``ModelOutput`` work as they come:
+selection forwards and the training loss are per-example cross-entropies
+(:func:`sb_accel.per_example_loss`; per sequence for token logits; pass
+``loss_fn=sb_accel.causal_lm_loss`` for a causal LM whose labels are its input ids).
+
+What the subclass changes in the Trainer:
+
+* ``get_train_dataloader`` returns an :class:`sb_accel.SelectiveLoader` over the training set (the
+  Trainer's collator, batch size, workers and seed): each batch is a full batch of kept examples,
+  one optimizer step.
+* The run's step count (``max_steps``, from which the LR scheduler is built) is the loader's plan
+  over ``num_train_epochs`` rather than the first epoch's length times the epochs: SB's first
+  (priming) epoch trains on everything, later ones on about ``selectivity`` of the data. The
+  schedule therefore completes, and no step is taken without a batch.
+* ``compute_loss`` in training computes per-example losses and returns ``loader.loss(...)`` (the
+  strategy's weighted mean; Stale-SB and InfoBatch learn from it). Evaluation is unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+try:
+    from transformers import Trainer, TrainerCallback
+    from transformers.utils import is_datasets_available
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("sb_accel.integrations.huggingface needs transformers and accelerate: "
+                      "pip install 'sb-accel[hf]'") from exc
+
+from ..adapters import Forward, LossFn, default_forward, per_example_loss
+from ..selective_loader import SelectiveLoader
+from .stepping import FrameworkLoader, planned_steps
+
+__all__ = ["SelectiveBackpropTrainer"]
+
+# Tuple positions in Trainer.set_initial_training_values' result that mean the same in transformers
+# 4.5x and 5.x: the epochs, update steps per epoch, batches per epoch, and the total steps.
+_EPOCHS, _UPDATES_PER_EPOCH, _BATCHES_PER_EPOCH, _MAX_STEPS = 0, 1, 5, 6
+
+
+class SelectiveBackpropTrainer(Trainer):
+    """A ``transformers.Trainer`` that trains with Selective-Backprop (or another sb_accel strategy).
+
+    Args:
+        *args, **kwargs: the ``Trainer``'s own.
+        selectivity, strategy, engine: as for :class:`sb_accel.SelectiveLoader`.
+        loss_fn: ``loss_fn(output, batch) -> (N,)`` per-example losses, used for selection and
+            training (default :func:`sb_accel.per_example_loss`).
+        forward: ``forward(model, batch) -> output`` (default: ``model(**batch)`` without the labels,
+            so the model does not compute its own mean loss on the way).
+        loader_options: further :class:`sb_accel.SelectiveLoader` keywords (``prime_epochs``,
+            ``history``, ``selection_batch_size``...).
+    """
+
+    def __init__(self, *args: Any, selectivity: float = 0.33, strategy: str = "sb", engine: str = "auto",
+                 loss_fn: Optional[LossFn] = None, forward: Optional[Forward] = None,
+                 loader_options: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sb_loss_fn: LossFn = loss_fn or per_example_loss
+        self.sb_forward: Forward = forward or default_forward
+        self.loader_options = dict(selectivity=selectivity, strategy=strategy, engine=engine,
+                                   loss_fn=self.sb_loss_fn, forward=self.sb_forward, **(loader_options or {}))
+        self.selective_loader: Optional[SelectiveLoader] = None
+        self._reader: Optional[FrameworkLoader] = None
+        self.add_callback(_CloseEpochs(self))
+
+    def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any):
+        if resume_from_checkpoint:
+            raise ValueError("SelectiveBackpropTrainer cannot resume from a Trainer checkpoint yet: the selecting "
+                             "loader's state (loss history, carried examples) is not saved in it; start a new run")
+        return super().train(None, *args, **kwargs)
+
+    def _planned_epochs(self) -> int:
+        epochs = self.args.num_train_epochs
+        if self.args.max_steps > 0 or epochs < 1 or float(epochs) != int(epochs):
+            raise ValueError(f"SelectiveBackpropTrainer plans its steps over whole epochs: give an integer "
+                             f"num_train_epochs >= 1 and no max_steps (got num_train_epochs={epochs}, "
+                             f"max_steps={self.args.max_steps})")
+        return int(epochs)
+
+    def get_train_dataloader(self) -> FrameworkLoader:
+        """The selecting loader over ``train_dataset`` (built at every ``train()``; also in
+        :attr:`selective_loader`)."""
+        if self.train_dataset is None:
+            raise ValueError("SelectiveBackpropTrainer: training requires a train_dataset")
+        if self.args.gradient_accumulation_steps != 1:
+            raise ValueError("SelectiveBackpropTrainer steps the optimizer once per selected batch: use "
+                             "gradient_accumulation_steps=1 and a larger per_device_train_batch_size instead")
+        if self.args.n_gpu > 1:
+            raise ValueError("SelectiveBackpropTrainer does not run under DataParallel (several GPUs in one "
+                             "process): launch one process per GPU with torchrun")
+        epochs = self._planned_epochs()
+        dataset, collator = self.train_dataset, self.data_collator
+        # the Trainer's own column clean-up (datasets.Dataset columns, or a collator that drops them)
+        if _is_hf_dataset(dataset):
+            dataset = self._remove_unused_columns(dataset, description="training")
+        else:
+            collator = self._get_collator_with_removed_columns(collator, description="training")
+        data = DataLoader(dataset, batch_size=self._train_batch_size, shuffle=True, collate_fn=collator,
+                          num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        if self.selective_loader is not None:
+            self.selective_loader.close()
+        self.selective_loader = SelectiveLoader(data, self.model, epochs=epochs,
+                                                **{"seed": self.args.seed, **self.loader_options})
+        self._reader = FrameworkLoader(self.selective_loader)
+        return self._reader
+
+    def set_initial_training_values(self, *args: Any, **kwargs: Any):
+        """The Trainer's values, with the run's planned steps as ``max_steps`` and a per-epoch bound
+        that lets every epoch run its loader to the end."""
+        values = list(super().set_initial_training_values(*args, **kwargs))
+        loader = self.selective_loader
+        if loader is None:
+            raise RuntimeError("set_initial_training_values() comes after get_train_dataloader()")
+        epochs = self._planned_epochs()
+        values[_EPOCHS] = epochs
+        values[_MAX_STEPS] = planned_steps(loader, epochs)
+        # An epoch ends when the loader's does; the Trainer's per-epoch count is only an upper bound
+        # (above what any epoch can hold: the kept examples of a pass plus those carried over).
+        bound = math.ceil(loader.dataset_size / loader.batch_size) + 3
+        values[_UPDATES_PER_EPOCH] = values[_BATCHES_PER_EPOCH] = bound
+        return tuple(values)
+
+    def compute_loss(self, model: nn.Module, inputs: Dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Optional[torch.Tensor] = None):
+        """Training: ``loader.loss`` of the per-example losses of ``inputs`` (a batch the loader just
+        yielded). Evaluation: the Trainer's own loss."""
+        if not model.training or self.selective_loader is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        outputs = self.sb_forward(model, inputs)
+        loss = self.selective_loader.loss(self.sb_loss_fn(outputs, inputs))
+        return (loss, outputs) if return_outputs else loss
+
+
+def _is_hf_dataset(dataset: Any) -> bool:
+    if not is_datasets_available():
+        return False
+    import datasets
+
+    return isinstance(dataset, datasets.Dataset)
+
+
+class _CloseEpochs(TrainerCallback):
+    """Closes the loader's epoch after its last optimizer step (see :class:`FrameworkLoader`)."""
+
+    def __init__(self, trainer: SelectiveBackpropTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer._reader is not None:
+            self.trainer._reader.step_taken()

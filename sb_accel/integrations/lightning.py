@@ -1,0 +1,152 @@
+"""Selective-Backprop in Lightning 2.x: one callback, automatic optimization kept.
+
+>>> class Module(L.LightningModule):                                          # doctest: +SKIP
+...     def __init__(self):
+...         super().__init__()
+...         self.net = ...
+...         self.sb = SelectiveBackpropCallback(selectivity=0.33)
+...     def forward(self, x):                                       # what selection forwards call
+...         return self.net(x)
+...     def configure_callbacks(self):
+...         return [self.sb]
+...     def train_dataloader(self):
+...         return self.sb.wrap(DataLoader(train_set, batch_size=128, shuffle=True))
+...     def training_step(self, batch, batch_idx):
+...         x, y = batch
+...         return self.sb.loss(F.cross_entropy(self(x), y, reduction="none"))
+...     def configure_optimizers(self):
+...         opt = torch.optim.SGD(self.parameters(), lr=0.1)
+...         steps = self.trainer.estimated_stepping_batches          # the SB run's real step count
+...         return [opt], [{"scheduler": OneCycleLR(opt, 0.1, total_steps=steps), "interval": "step"}]
+
+``wrap`` builds a :class:`sb_accel.SelectiveLoader` over the user's DataLoader and the module: every
+batch Lightning draws is a full batch of kept examples and one optimizer step. Lightning assumes
+every epoch has as many batches as the first; SB's first (priming) epoch trains on everything and
+later ones on about ``selectivity`` of the data, so the callback
+
+* sets the Trainer's ``max_steps`` to the loader's planned steps over ``max_epochs``, which is what
+  ``trainer.estimated_stepping_batches`` returns, so a scheduler built from it completes exactly;
+* gives each epoch its own length (progress bar, end-of-epoch validation, the last-batch check),
+  and lifts the cap Lightning puts on later epochs at the first epoch's length;
+* saves and restores the loader's state in Lightning checkpoints.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+try:
+    import lightning.pytorch as pl
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("sb_accel.integrations.lightning needs Lightning 2.x: pip install 'sb-accel[lightning]'") from exc
+
+from ..selective_loader import SelectiveLoader
+from .stepping import FrameworkLoader, planned_steps
+
+__all__ = ["SelectiveBackpropCallback"]
+
+
+class SelectiveBackpropCallback(pl.Callback):
+    """Selective-Backprop for a LightningModule: ``wrap`` the training DataLoader, ``loss`` the
+    per-example losses in ``training_step``.
+
+    Args:
+        selectivity, strategy, engine, loss_fn, forward, **loader_options: as for
+            :class:`sb_accel.SelectiveLoader` (``epochs`` is the Trainer's ``max_epochs``).
+    """
+
+    def __init__(self, selectivity: float = 0.33, *, strategy: str = "sb", engine: str = "auto",
+                 **loader_options: Any) -> None:
+        if "epochs" in loader_options:
+            raise TypeError("SelectiveBackpropCallback takes the planned epochs from Trainer(max_epochs=...)")
+        self.loader_options = dict(selectivity=selectivity, strategy=strategy, engine=engine, **loader_options)
+        self.loader: Optional[SelectiveLoader] = None
+        self._reader: Optional[FrameworkLoader] = None
+        self._trainer: Optional[pl.Trainer] = None
+        self._module: Optional[pl.LightningModule] = None
+        self._state: Optional[Dict[str, Any]] = None   # a checkpoint's loader state, until the loader exists
+
+    # --- what the user calls ------------------------------------------------------------------
+    def wrap(self, data: Dataset | DataLoader) -> FrameworkLoader:
+        """The selecting loader over ``data`` (a DataLoader, or a Dataset with ``batch_size=`` given to
+        the callback), to return from ``train_dataloader()``; the loader itself is :attr:`loader`."""
+        trainer, module = self._trainer, self._module
+        if trainer is None or module is None:
+            raise RuntimeError("SelectiveBackpropCallback.wrap() is called from train_dataloader() during "
+                               "Trainer.fit: add the callback to the Trainer (callbacks=[sb]) or return it from "
+                               "the module's configure_callbacks()")
+        epochs = trainer.max_epochs
+        if epochs is None or epochs < 1:
+            raise ValueError("Selective-Backprop plans its steps over the run's epochs: give Trainer(max_epochs=N)")
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError("SelectiveBackpropCallback steps the optimizer once per selected batch: use "
+                             "accumulate_grad_batches=1 and a larger batch_size instead")
+        if "forward" not in self.loader_options and type(module).forward is torch.nn.Module.forward:
+            raise ValueError(f"{type(module).__name__} has no forward(): selection forwards call module(batch[0]) "
+                             "(or module(**batch) for dict batches); define forward() or pass forward=fn(module, "
+                             "batch) to SelectiveBackpropCallback")
+        if self.loader is not None:
+            self.loader.close()
+        self.loader = SelectiveLoader(data, module, epochs=epochs, **self.loader_options)
+        if self._state is not None:
+            self.loader.load_state_dict(self._state)
+            self._state = None
+        total = planned_steps(self.loader, epochs)
+        user_max = trainer.fit_loop.max_steps
+        trainer.fit_loop.epoch_loop.max_steps = total if user_max < 0 else min(user_max, total)
+        self._reader = FrameworkLoader(self.loader)
+        return self._reader
+
+    def loss(self, per_example: torch.Tensor) -> torch.Tensor:
+        """The training loss of the batch in hand from its per-example losses (``reduction="none"``):
+        the strategy's weighted mean; the losses also reach the strategy."""
+        if self.loader is None:
+            raise RuntimeError("loss() needs the selecting loader: return sb.wrap(your_dataloader) from "
+                               "train_dataloader()")
+        return self.loader.loss(per_example)
+
+    # --- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer, self._module = trainer, pl_module
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._reader is None or trainer.train_dataloader is not self._reader:
+            raise RuntimeError("SelectiveBackpropCallback is attached but train_dataloader() did not return "
+                               "sb.wrap(...): the epoch would train without selection")
+        steps = len(self.loader)   # fixed before the epoch: what it will yield
+        loop = trainer.fit_loop
+        # Lightning keeps the first epoch's batch count: the cap on later epochs' batches, the
+        # progress bar's total, the last-batch check and the end-of-epoch validation point.
+        combined = loop._combined_loader   # no public handle; `limits` itself is CombinedLoader's public API
+        if combined is not None and trainer.limit_train_batches == 1.0:
+            combined.limits = [float("inf")]
+        loop.max_batches = steps
+        if isinstance(trainer.val_check_interval, float):   # a share of the epoch (not a batch count or a time)
+            trainer.val_check_batch = max(1, int(steps * trainer.val_check_interval))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._reader.step_taken()   # after the optimizer step: the epoch closes after its last batch
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.loader is not None and stage == "fit":
+            self.loader.close()
+
+    def state_dict(self) -> Dict[str, Any]:
+        if self.loader is None:
+            return {}
+        try:
+            return {"loader": self.loader.state_dict()}
+        except RuntimeError as exc:
+            raise RuntimeError("the selecting loader's state is saved between epochs: checkpoint at epoch ends "
+                               "(ModelCheckpoint(every_n_epochs=...), not every_n_train_steps)") from exc
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if "loader" not in state_dict:
+            return
+        if self.loader is not None:   # built already (configure_optimizers asked for the step count)
+            self.loader.load_state_dict(state_dict["loader"])
+        else:
+            self._state = state_dict["loader"]

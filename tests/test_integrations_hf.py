@@ -1,0 +1,155 @@
+"""Hugging Face models and the Trainer integration with the real packages: tiny models built from
+configs (no downloads, no tokenizer: input ids are made directly), CPU, a few epochs."""
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+import sb_accel  # noqa: E402
+from sb_accel.integrations.huggingface import SelectiveBackpropTrainer  # noqa: E402
+
+VOCAB, SEQ, N, BATCH, EPOCHS, SELECTIVITY = 64, 8, 320, 16, 3, 0.33
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+class Sequences(Dataset):
+    """Dict examples as a tokenizer would give them: input_ids, attention_mask, labels (the class is
+    read off the first token, so a model can learn it)."""
+
+    def __init__(self, n=N, causal=False, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, VOCAB, (n, SEQ), generator=g)
+        self.mask = torch.ones(n, SEQ, dtype=torch.long)
+        self.mask[n // 2:, SEQ - 2:] = 0          # some padding
+        self.labels = self.ids.clone() if causal else self.ids[:, 0] % 3
+        if causal:
+            self.labels[self.mask == 0] = -100
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+def _bert():
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=SEQ, num_labels=3)
+    return transformers.BertForSequenceClassification(config)
+
+
+def _gpt2():
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=16, n_layer=1, n_head=2)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _args(tmp_path, **kw):
+    kw = {"num_train_epochs": EPOCHS, "per_device_train_batch_size": BATCH, "learning_rate": 1e-3,
+          "lr_scheduler_type": "linear", "warmup_steps": 0, "save_strategy": "no", "logging_strategy": "no",
+          "report_to": [], "use_cpu": True, "seed": 0, "disable_tqdm": True, "dataloader_pin_memory": False,
+          **kw}
+    return transformers.TrainingArguments(output_dir=str(tmp_path), **kw)
+
+
+class Recorder(transformers.TrainerCallback):
+    def __init__(self):
+        self.optimizer_steps = 0
+        self.lrs = []
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.optimizer_steps += 1
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.lrs.append(lr_scheduler.get_last_lr()[0])
+
+
+class CountingTrainer(SelectiveBackpropTrainer):
+    """Records the rows of every batch trained and the planned length of every epoch."""
+
+    def compute_loss(self, model, inputs, **kw):
+        if model.training:
+            self.rows.append(len(inputs["labels"]))
+        return super().compute_loss(model, inputs, **kw)
+
+    def get_train_dataloader(self):
+        self.rows = []
+        return super().get_train_dataloader()
+
+
+def test_trainer_selects_steps_once_per_batch_and_completes_the_schedule(tmp_path):
+    torch.manual_seed(0)
+    recorder = Recorder()
+    trainer = CountingTrainer(model=_bert(), args=_args(tmp_path), train_dataset=Sequences(),
+                              eval_dataset=Sequences(64, seed=1), callbacks=[recorder], selectivity=SELECTIVITY,
+                              engine="torch-fp32")
+    trainer.train()
+    loader = trainer.selective_loader
+    steps = trainer.state.global_step
+    # one optimizer step per yielded batch, each a full batch (no step without a batch)
+    assert recorder.optimizer_steps == steps == len(trainer.rows) == loader.steps
+    assert set(trainer.rows) == {BATCH}
+    assert loader.epoch == EPOCHS and trainer.state.max_steps == steps
+    # priming epoch on everything, then about `selectivity` of the data
+    after = (steps - N // BATCH) * BATCH / (N * (EPOCHS - 1))
+    assert abs(after - SELECTIVITY) < 0.08
+    # the linear schedule was built for the real step count and decayed to zero
+    assert recorder.lrs[-1] == 0.0 and recorder.lrs[0] == pytest.approx(1e-3 * (steps - 1) / steps)
+    # evaluation is the Trainer's own
+    assert "eval_loss" in trainer.evaluate()
+
+
+def test_causal_lm_is_selected_per_sequence(tmp_path):
+    """A tiny GPT-2: causal_lm_loss scores each sequence as the model's own (shifted) loss would."""
+    torch.manual_seed(0)
+    data = Sequences(causal=True)
+    model = _gpt2().eval()
+    batch = {k: torch.stack([data[i][k] for i in range(N // 2 - 2, N // 2 + 2)]) for k in data[0]}
+    with torch.no_grad():
+        per_sequence = sb_accel.causal_lm_loss(model(input_ids=batch["input_ids"],
+                                                     attention_mask=batch["attention_mask"]), batch)
+        own = [model(**{k: v[i:i + 1] for k, v in batch.items()}).loss for i in range(4)]
+    assert torch.allclose(per_sequence, torch.stack(own), atol=1e-5)
+
+    trainer = SelectiveBackpropTrainer(model=model.train(), args=_args(tmp_path, num_train_epochs=2), train_dataset=data,
+                                       loss_fn=sb_accel.causal_lm_loss, selectivity=0.5, engine="torch-fp32")
+    trainer.train()
+    loader = trainer.selective_loader
+    assert trainer.state.global_step == loader.steps < 2 * N // BATCH
+    assert abs(loader.stats()["kept"] - (N + N * 0.5)) < 0.15 * N
+
+
+def test_model_output_and_dict_batches_through_the_plain_loader():
+    """An HF model (ModelOutput, dict batches) under SB with the torch engine in a plain loop."""
+    torch.manual_seed(0)
+    model = _bert()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loader = sb_accel.SelectiveLoader(Sequences(), model, batch_size=BATCH, selectivity=SELECTIVITY,
+                                      engine="torch-fp32", epochs=3)
+    first_losses, last_losses = [], []
+    for epoch in range(3):
+        for batch in loader:
+            assert set(batch) == {"input_ids", "attention_mask", "labels"} and len(batch["labels"]) == BATCH
+            output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = loader.loss(sb_accel.per_example_loss(output, batch))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            (first_losses if epoch == 0 else last_losses).append(loss.item())
+    assert len(first_losses) == N // BATCH and len(last_losses) == loader.steps - N // BATCH
+    assert abs(len(last_losses) * BATCH / (2 * N) - SELECTIVITY) < 0.08
+    assert loader.stats()["engine"].startswith("torch")
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    for bad, match in (({"gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
+                       ({"num_train_epochs": 1.5}, "integer num_train_epochs"),
+                       ({"max_steps": 10}, "no max_steps")):
+        trainer = SelectiveBackpropTrainer(model=_bert(), args=_args(tmp_path, **bad), train_dataset=Sequences())
+        with pytest.raises(ValueError, match=match):
+            trainer.train()
