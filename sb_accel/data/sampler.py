@@ -32,9 +32,10 @@ class DistributedEpochSampler:
         world_size: number of ranks.
         rank: this rank, in ``[0, world_size)``.
         seed: seed of the permutation generator; must be the same on every rank.
+        shuffle: False: the dataset's own order every epoch (no permutation drawn).
     """
 
-    def __init__(self, size: int, world_size: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(self, size: int, world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if size < world_size:
@@ -42,6 +43,7 @@ class DistributedEpochSampler:
         self.size = size
         self.world_size = world_size
         self.rank = rank
+        self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -50,7 +52,7 @@ class DistributedEpochSampler:
 
     def epoch(self) -> torch.Tensor:
         """Draw the next epoch's permutation; this rank's dataset indices, in order."""
-        order = torch.randperm(self.size, generator=self.generator)
+        order = torch.randperm(self.size, generator=self.generator) if self.shuffle else torch.arange(self.size)
         return order[self.rank:len(self) * self.world_size:self.world_size]
 
     def state_dict(self) -> Dict[str, Any]:

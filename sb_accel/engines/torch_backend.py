@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -64,6 +64,21 @@ class TorchEngine(SelectionEngine):
 
     @torch.no_grad()
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._run((x, y), x.device, lambda model, batch: model(batch[0]),
+                         lambda logits, batch: per_example_loss(logits, batch[1]))
+
+    @torch.no_grad()
+    def batch_losses(self, batch: Any, forward: Callable[[nn.Module, Any], Any],
+                     loss_fn: Callable[[Any, Any], torch.Tensor]) -> torch.Tensor:
+        """The per-example loss hook: ``loss_fn(forward(model, batch), batch)`` for any batch structure
+        (dicts of token ids, tuples) and any model output, in eval mode under this precision's autocast;
+        the loss itself is computed outside autocast and returned as FP32."""
+        return self._run(batch, self.device, forward, loss_fn)
+
+    def _run(self, batch: Any, device: torch.device, forward: Callable[[nn.Module, Any], Any],
+             loss_fn: Callable[[Any, Any], torch.Tensor]) -> torch.Tensor:
         dtype = _AUTOCAST[self.precision]
-        with eval_mode(self.model), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-            return per_example_loss(self.model(x), y)
+        with eval_mode(self.model):
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+                output = forward(self.model, batch)
+            return loss_fn(output, batch).float()

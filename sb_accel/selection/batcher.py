@@ -55,6 +55,10 @@ class BackpropBatcher:
         """Number of kept examples waiting for a full batch."""
         return self._count
 
+    def buffered(self) -> List[TrainBatch]:
+        """The buffered chunks (oldest first)."""
+        return list(self._chunks)
+
     def add(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor,
             weights: Optional[torch.Tensor] = None) -> Iterator[TrainBatch]:
         """Buffer the kept rows of a candidate batch; yield every full batch now available.

@@ -12,7 +12,7 @@ from ..data.loader import Candidate
 from ..data.sampler import DistributedEpochSampler, shard_test_split
 from .distributed import RankGroup, per_rank
 
-__all__ = ["CandidateSource", "training_data", "candidate_source", "candidate_batch_size"]
+__all__ = ["CandidateSource", "training_data", "candidate_source", "candidate_batch_size", "selection_call_size"]
 
 
 def training_data(cfg: TrainConfig, data: Optional[ArrayDataset] = None) -> ArrayDataset:
@@ -78,6 +78,14 @@ def candidate_batch_size(cfg: TrainConfig, world_size: int, multiplier: int,
     size times the policy's candidate multiplier (Kath18 pre-samples 3x); divided over the ranks."""
     if cfg.selection_batch_size:
         return per_rank(cfg.selection_batch_size, world_size, "selection_batch_size")
+    return selection_call_size(per_rank(cfg.batch_size, world_size, "batch_size"), multiplier, device, world_size)
+
+
+def selection_call_size(batch_size: int, multiplier: int, device: Optional[torch.device] = None,
+                        world_size: int = 1) -> int:
+    """Candidates per selection call on one rank of ``world_size``, for a per-rank training batch of
+    ``batch_size``: on CUDA at least :data:`CUDA_SELECTION_BATCH` (over the ranks) for policies that
+    decide per example, else ``multiplier`` training batches."""
     if device is not None and device.type == "cuda" and multiplier == 1:
-        return max(CUDA_SELECTION_BATCH // world_size, per_rank(cfg.batch_size, world_size, "batch_size"))
-    return per_rank(cfg.batch_size, world_size, "batch_size") * multiplier
+        return max(CUDA_SELECTION_BATCH // world_size, batch_size)
+    return batch_size * multiplier

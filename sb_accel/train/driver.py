@@ -74,16 +74,20 @@ class SelectionDriver:
             batches of this size (0: the candidate batch size), so the engine never runs on a ragged
             or tiny batch and the selection cost scales with the forwards made. The remainder is
             scored at the epoch's end. Not under DDP (ranks would make different collective calls).
+        engine: the engine selection calls go to; default: the refresher's (which a refresh or a
+            fallback may swap). The selecting loader passes one that scores rows of the user's
+            stored batches (:class:`sb_accel.candidate_rows.StoredRowsEngine`).
     """
 
     def __init__(self, policy: SelectionPolicy, batch_size: int, refresher: Optional[EngineRefresher] = None, *,
                  end_of_epoch: str = "carry", num_epochs: Optional[int] = None, group: Optional[RankGroup] = None,
                  dataset_size: Optional[int] = None, shared_history: bool = True,
-                 forward_batch_size: int = 0) -> None:
-        if refresher is None and policy.needs_selection_forward:
+                 forward_batch_size: int = 0, engine: Optional[SelectionEngine] = None) -> None:
+        if refresher is None and engine is None and policy.needs_selection_forward:
             raise ValueError(f"{policy!r} runs selection forwards: the driver needs an engine refresher")
         self.policy = policy
         self.refresher = refresher
+        self._engine = engine
         self.batcher = BackpropBatcher(batch_size, end_of_epoch)
         self.forward_batch_size = forward_batch_size
         self._awaiting_forward: Optional[BackpropBatcher] = None  # the selection batcher (created lazily)
@@ -109,6 +113,8 @@ class SelectionDriver:
     @property
     def engine(self) -> Optional[SelectionEngine]:
         """The engine serving selection now (a refresh or fallback may swap it)."""
+        if self._engine is not None:
+            return self._engine
         return None if self.refresher is None else self.refresher.engine
 
     @property
@@ -155,6 +161,13 @@ class SelectionDriver:
         """Kept examples not trained on yet (the batcher's remainder, and under DDP the full local
         batches waiting for the other ranks)."""
         return self.batcher.pending() + (0 if self.lockstep is None else self.lockstep.pending())
+
+    def buffered(self) -> List[TrainBatch]:
+        """Every kept or candidate example the driver holds and has not handed out yet."""
+        held = self.batcher.buffered()
+        if self._awaiting_forward is not None:
+            held += self._awaiting_forward.buffered()
+        return held + ([] if self.lockstep is None else self.lockstep.buffered())
 
     @property
     def dropped(self) -> int:

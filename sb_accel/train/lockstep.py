@@ -55,6 +55,10 @@ class LockstepBatches:
         """Kept examples in full local batches that wait for the other ranks."""
         return sum(len(b) for b in self._queue)
 
+    def buffered(self) -> List[TrainBatch]:
+        """The full local batches waiting for the other ranks."""
+        return list(self._queue)
+
     def offer(self, batches: Iterable[TrainBatch]) -> Iterator[TrainBatch]:
         """Queue this rank's new full batches; yield as many as every rank can train now."""
         self._queue.extend(batches)
