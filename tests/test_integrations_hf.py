@@ -92,12 +92,12 @@ def test_trainer_selects_steps_once_per_batch_and_completes_the_schedule(tmp_pat
     loader = trainer.selective_loader
     steps = trainer.state.global_step
     # one optimizer step per yielded batch, each a full batch (no step without a batch)
-    assert recorder.optimizer_steps == steps == len(trainer.rows) == loader.steps
-    assert set(trainer.rows) == {BATCH}
-    assert loader.epoch == EPOCHS and trainer.state.max_steps == steps
-    # priming epoch on everything, then about `selectivity` of the data
-    after = (steps - N // BATCH) * BATCH / (N * (EPOCHS - 1))
-    assert abs(after - SELECTIVITY) < 0.08
+    assert recorder.optimizer_steps == steps == len(trainer.rows) == loader.steps == trainer.state.max_steps
+    assert set(trainer.rows) == {BATCH} and loader.epoch == EPOCHS
+    # a priming pass over everything, then about `selectivity` of the data: fewer steps than plain training
+    assert steps == EPOCHS * round((N + (EPOCHS - 1) * SELECTIVITY * N) / (EPOCHS * BATCH))
+    stats = loader.stats()
+    assert abs((stats["kept"] - N) / stats["forwards"] - SELECTIVITY) < 0.1
     # the linear schedule was built for the real step count and decayed to zero
     assert recorder.lrs[-1] == 0.0 and recorder.lrs[0] == pytest.approx(1e-3 * (steps - 1) / steps)
     # evaluation is the Trainer's own
@@ -120,8 +120,9 @@ def test_causal_lm_is_selected_per_sequence(tmp_path):
                                        loss_fn=sb_accel.causal_lm_loss, selectivity=0.5, engine="torch-fp32")
     trainer.train()
     loader = trainer.selective_loader
-    assert trainer.state.global_step == loader.steps < 2 * N // BATCH
-    assert abs(loader.stats()["kept"] - (N + N * 0.5)) < 0.15 * N
+    assert trainer.state.global_step == loader.steps == 2 * round(1.5 * N / (2 * BATCH))
+    stats = loader.stats()
+    assert abs((stats["kept"] - N) / stats["forwards"] - 0.5) < 0.1
 
 
 def test_model_output_and_dict_batches_through_the_plain_loader():
@@ -129,9 +130,12 @@ def test_model_output_and_dict_batches_through_the_plain_loader():
     torch.manual_seed(0)
     model = _bert()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    # a short history: with 320 examples the default 1024 losses reach back over three passes of a loss
+    # that AdamW drives down fast, and SB would keep far fewer than `selectivity` against them
     loader = sb_accel.SelectiveLoader(Sequences(), model, batch_size=BATCH, selectivity=SELECTIVITY,
-                                      engine="torch-fp32", epochs=3)
-    first_losses, last_losses = [], []
+                                      engine="torch-fp32", epochs=3, history=64)
+    planned = len(loader)
+    losses = []
     for epoch in range(3):
         for batch in loader:
             assert set(batch) == {"input_ids", "attention_mask", "labels"} and len(batch["labels"]) == BATCH
@@ -140,15 +144,15 @@ def test_model_output_and_dict_batches_through_the_plain_loader():
             opt.zero_grad()
             loss.backward()
             opt.step()
-            (first_losses if epoch == 0 else last_losses).append(loss.item())
-    assert len(first_losses) == N // BATCH and len(last_losses) == loader.steps - N // BATCH
-    assert abs(len(last_losses) * BATCH / (2 * N) - SELECTIVITY) < 0.08
-    assert loader.stats()["engine"].startswith("torch")
+            losses.append(loss.item())
+    assert len(losses) == 3 * planned == loader.steps
+    stats = loader.stats()
+    assert stats["forwards"] > 0 and abs((stats["kept"] - N) / stats["forwards"] - SELECTIVITY) < 0.1
+    assert stats["engine"].startswith("torch")
 
 
 def test_bad_settings_are_clear_errors(tmp_path):
-    for bad, match in (({"gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
-                       ({"num_train_epochs": 1.5}, "integer num_train_epochs"),
+    for bad, match in (({"num_train_epochs": 1.5}, "integer num_train_epochs"),
                        ({"max_steps": 10}, "no max_steps")):
         trainer = SelectiveBackpropTrainer(model=_bert(), args=_args(tmp_path, **bad), train_dataset=Sequences())
         with pytest.raises(ValueError, match=match):

@@ -14,16 +14,16 @@ What the subclass changes in the Trainer:
 * ``get_train_dataloader`` returns an :class:`sb_accel.SelectiveLoader` over the training set (the
   Trainer's collator, batch size, workers and seed): each batch is a full batch of kept examples,
   one optimizer step.
-* The run's step count (``max_steps``, from which the LR scheduler is built) is the loader's plan
-  over ``num_train_epochs`` rather than the first epoch's length times the epochs: SB's first
-  (priming) epoch trains on everything, later ones on about ``selectivity`` of the data. The
-  schedule therefore completes, and no step is taken without a batch.
+* The loader is planned for ``num_train_epochs``: every epoch has the same, known number of
+  batches, so the Trainer's step count (``len(loader) x epochs``, from which it builds the LR
+  scheduler) is the run's real one: the schedule completes, and no step is taken without a batch.
+  Each loader epoch is closed after its last optimizer step (the Trainer stops reading an epoch
+  after ``len()`` batches).
 * ``compute_loss`` in training computes per-example losses and returns ``loader.loss(...)`` (the
   strategy's weighted mean; Stale-SB and InfoBatch learn from it). Evaluation is unchanged.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional
 
 import torch
@@ -39,13 +39,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ..adapters import Forward, LossFn, default_forward, per_example_loss
 from ..selective_loader import SelectiveLoader
-from .stepping import FrameworkLoader, planned_steps
+from .stepping import FrameworkLoader
 
 __all__ = ["SelectiveBackpropTrainer"]
-
-# Tuple positions in Trainer.set_initial_training_values' result that mean the same in transformers
-# 4.5x and 5.x: the epochs, update steps per epoch, batches per epoch, and the total steps.
-_EPOCHS, _UPDATES_PER_EPOCH, _BATCHES_PER_EPOCH, _MAX_STEPS = 0, 1, 5, 6
 
 
 class SelectiveBackpropTrainer(Trainer):
@@ -72,6 +68,9 @@ class SelectiveBackpropTrainer(Trainer):
                                    loss_fn=self.sb_loss_fn, forward=self.sb_forward, **(loader_options or {}))
         self.selective_loader: Optional[SelectiveLoader] = None
         self._reader: Optional[FrameworkLoader] = None
+        # compute_loss returns a per-batch mean: the Trainer divides it for gradient accumulation
+        # itself and needs no token count
+        self.model_accepts_loss_kwargs = False
         self.add_callback(_CloseEpochs(self))
 
     def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any):
@@ -93,9 +92,6 @@ class SelectiveBackpropTrainer(Trainer):
         :attr:`selective_loader`)."""
         if self.train_dataset is None:
             raise ValueError("SelectiveBackpropTrainer: training requires a train_dataset")
-        if self.args.gradient_accumulation_steps != 1:
-            raise ValueError("SelectiveBackpropTrainer steps the optimizer once per selected batch: use "
-                             "gradient_accumulation_steps=1 and a larger per_device_train_batch_size instead")
         if self.args.n_gpu > 1:
             raise ValueError("SelectiveBackpropTrainer does not run under DataParallel (several GPUs in one "
                              "process): launch one process per GPU with torchrun")
@@ -114,22 +110,6 @@ class SelectiveBackpropTrainer(Trainer):
                                                 **{"seed": self.args.seed, **self.loader_options})
         self._reader = FrameworkLoader(self.selective_loader)
         return self._reader
-
-    def set_initial_training_values(self, *args: Any, **kwargs: Any):
-        """The Trainer's values, with the run's planned steps as ``max_steps`` and a per-epoch bound
-        that lets every epoch run its loader to the end."""
-        values = list(super().set_initial_training_values(*args, **kwargs))
-        loader = self.selective_loader
-        if loader is None:
-            raise RuntimeError("set_initial_training_values() comes after get_train_dataloader()")
-        epochs = self._planned_epochs()
-        values[_EPOCHS] = epochs
-        values[_MAX_STEPS] = planned_steps(loader, epochs)
-        # An epoch ends when the loader's does; the Trainer's per-epoch count is only an upper bound
-        # (above what any epoch can hold: the kept examples of a pass plus those carried over).
-        bound = math.ceil(loader.dataset_size / loader.batch_size) + 3
-        values[_UPDATES_PER_EPOCH] = values[_BATCHES_PER_EPOCH] = bound
-        return tuple(values)
 
     def compute_loss(self, model: nn.Module, inputs: Dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Optional[torch.Tensor] = None):

@@ -19,16 +19,12 @@
 ...         steps = self.trainer.estimated_stepping_batches          # the SB run's real step count
 ...         return [opt], [{"scheduler": OneCycleLR(opt, 0.1, total_steps=steps), "interval": "step"}]
 
-``wrap`` builds a :class:`sb_accel.SelectiveLoader` over the user's DataLoader and the module: every
-batch Lightning draws is a full batch of kept examples and one optimizer step. Lightning assumes
-every epoch has as many batches as the first; SB's first (priming) epoch trains on everything and
-later ones on about ``selectivity`` of the data, so the callback
-
-* sets the Trainer's ``max_steps`` to the loader's planned steps over ``max_epochs``, which is what
-  ``trainer.estimated_stepping_batches`` returns, so a scheduler built from it completes exactly;
-* gives each epoch its own length (progress bar, end-of-epoch validation, the last-batch check),
-  and lifts the cap Lightning puts on later epochs at the first epoch's length;
-* saves and restores the loader's state in Lightning checkpoints.
+``wrap`` builds a :class:`sb_accel.SelectiveLoader` over the user's DataLoader and the module,
+planned for the Trainer's ``max_epochs``: every batch Lightning draws is a full batch of kept
+examples, every epoch has the same, known number of them, so ``estimated_stepping_batches`` (and a
+scheduler built from it) is the run's real step count. The callback closes each loader epoch after
+its last optimizer step (Lightning stops reading an epoch after ``len()`` batches) and keeps the
+loader's state in Lightning checkpoints.
 """
 from __future__ import annotations
 
@@ -43,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("sb_accel.integrations.lightning needs Lightning 2.x: pip install 'sb-accel[lightning]'") from exc
 
 from ..selective_loader import SelectiveLoader
-from .stepping import FrameworkLoader, planned_steps
+from .stepping import FrameworkLoader
 
 __all__ = ["SelectiveBackpropCallback"]
 
@@ -53,8 +49,8 @@ class SelectiveBackpropCallback(pl.Callback):
     per-example losses in ``training_step``.
 
     Args:
-        selectivity, strategy, engine, loss_fn, forward, **loader_options: as for
-            :class:`sb_accel.SelectiveLoader` (``epochs`` is the Trainer's ``max_epochs``).
+        selectivity, strategy, engine, **loader_options: as for :class:`sb_accel.SelectiveLoader`
+            (``loss_fn``, ``forward``, ``prime_epochs``...); its ``epochs`` is the Trainer's ``max_epochs``.
     """
 
     def __init__(self, selectivity: float = 0.33, *, strategy: str = "sb", engine: str = "auto",
@@ -80,9 +76,6 @@ class SelectiveBackpropCallback(pl.Callback):
         epochs = trainer.max_epochs
         if epochs is None or epochs < 1:
             raise ValueError("Selective-Backprop plans its steps over the run's epochs: give Trainer(max_epochs=N)")
-        if trainer.accumulate_grad_batches != 1:
-            raise ValueError("SelectiveBackpropCallback steps the optimizer once per selected batch: use "
-                             "accumulate_grad_batches=1 and a larger batch_size instead")
         if "forward" not in self.loader_options and type(module).forward is torch.nn.Module.forward:
             raise ValueError(f"{type(module).__name__} has no forward(): selection forwards call module(batch[0]) "
                              "(or module(**batch) for dict batches); define forward() or pass forward=fn(module, "
@@ -93,9 +86,6 @@ class SelectiveBackpropCallback(pl.Callback):
         if self._state is not None:
             self.loader.load_state_dict(self._state)
             self._state = None
-        total = planned_steps(self.loader, epochs)
-        user_max = trainer.fit_loop.max_steps
-        trainer.fit_loop.epoch_loop.max_steps = total if user_max < 0 else min(user_max, total)
         self._reader = FrameworkLoader(self.loader)
         return self._reader
 
@@ -115,20 +105,10 @@ class SelectiveBackpropCallback(pl.Callback):
         if self._reader is None or trainer.train_dataloader is not self._reader:
             raise RuntimeError("SelectiveBackpropCallback is attached but train_dataloader() did not return "
                                "sb.wrap(...): the epoch would train without selection")
-        steps = len(self.loader)   # fixed before the epoch: what it will yield
-        loop = trainer.fit_loop
-        # Lightning keeps the first epoch's batch count: the cap on later epochs' batches, the
-        # progress bar's total, the last-batch check and the end-of-epoch validation point.
-        combined = loop._combined_loader   # no public handle; `limits` itself is CombinedLoader's public API
-        if combined is not None and trainer.limit_train_batches == 1.0:
-            combined.limits = [float("inf")]
-        loop.max_batches = steps
-        if isinstance(trainer.val_check_interval, float):   # a share of the epoch (not a batch count or a time)
-            trainer.val_check_batch = max(1, int(steps * trainer.val_check_interval))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._reader.step_taken()   # after the optimizer step: the epoch closes after its last batch
+        self._reader.step_taken()   # after the optimizer step: the loader's epoch closes after its last batch
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.loader is not None and stage == "fit":
