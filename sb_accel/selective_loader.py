@@ -57,13 +57,16 @@ from .train.distributed import RankGroup
 from .train.driver import SelectionDriver
 from .train.engine_setup import resolve_engine
 
-__all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT"]
+__all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT", "MAX_DRY_PASSES"]
 
 HOOKED_BACKENDS = ("torch", "torch-graph")  # engines that run any forward and loss_fn (a per-example loss hook)
 # Snapshot engines (ONNX Runtime, TensorRT, torch snapshot) are refreshed every K steps, K the smallest that
 # keeps refreshing under this share of the training step's time (measured: the first refresh and steps).
 REFRESH_BUDGET = 0.05
 STATE_FORMAT = "sb_accel.SelectiveLoader/1"
+# Passes in a row that may go by without one training batch before the loader gives up (under DDP
+# lockstep steps wait for the rank that keeps least, which may need several passes per step).
+MAX_DRY_PASSES = 8
 
 
 class SelectiveLoader:
@@ -164,9 +167,11 @@ class SelectiveLoader:
         self.epoch = 0                              # epochs completed
         self.steps = 0                              # batches handed out (optimizer steps), all epochs
         self._plan: Optional[int] = None            # len() of the current epoch, once fixed
+        self._run_steps: Optional[int] = None       # len() of each of the planned epochs
         self._current: Optional[TrainBatch] = None
         self._observed = True
         self._iterating = False
+        self._dry_passes = 0                        # passes opened since the last batch was handed out
         self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
         self._seconds = {"selection": 0.0, "refresh": 0.0, "training": 0.0}
         self._refresh_seconds: Optional[float] = None
@@ -228,7 +233,9 @@ class SelectiveLoader:
         """Optimizer steps of the current (or next) epoch: fixed before it starts, honoured exactly;
         with ``epochs`` the same for each of them (``len(loader) * epochs`` is the run's step count)."""
         if self.epochs is not None and self.epoch < self.epochs:
-            return self._run_plan()
+            if self._run_steps is None:  # fixed once: InfoBatch's nominal share moves with its scores
+                self._run_steps = self._run_plan()
+            return self._run_steps
         if self._plan is None:  # before the first epoch every rank computes the same number alone
             self._plan = self._plan_epoch(agree=False)
         return self._plan
@@ -243,17 +250,16 @@ class SelectiveLoader:
     def _plan_epoch(self, agree: bool) -> int:
         """Past the planned ``epochs`` (or without them): ``round(expected kept examples up to the end of
         this epoch's pass / batch_size)``, >= 1, so epochs and passes re-align; with ``agree`` under DDP
-        summed over the ranks (one all-reduce, made by every rank at the end of the previous epoch)."""
+        the smallest over the ranks (lockstep steps wait for the rank that keeps least; one all-reduce,
+        made by every rank at the end of the previous epoch)."""
         passes = range(max(self._pass, 0), self.epoch + 1)
         expected = float(self.pending())
         for p in passes:
             left = len(self._order) - (self._cursor if p == self._pass else 0)
             expected += left * self._share(p)
-        batch = self.batch_size
         if agree and self.group is not None:
-            (expected,) = self.group.sum([expected], kind="counters")
-            batch *= self.group.world_size
-        return max(1, int(round(expected / batch)))
+            expected = self.group.min_int(int(round(expected)))
+        return max(1, int(round(expected / self.batch_size)))
 
     def _share(self, p: int) -> float:
         """The kept share expected in pass ``p``: 1.0 where the strategy trains on everything (priming,
@@ -284,7 +290,7 @@ class SelectiveLoader:
                     continue
                 batch = self._ready.popleft()
                 user = self.rows.gather(batch.x)
-                self._current, self._observed = batch, False
+                self._current, self._observed, self._dry_passes = batch, False, 0
                 left_at = time.perf_counter()
                 yield user
                 self._seconds["training"] += time.perf_counter() - left_at
@@ -333,9 +339,10 @@ class SelectiveLoader:
         if self._pass_order is not None and self._cursor < len(self._pass_order):
             order = self._pass_order  # resuming inside a pass
         else:
-            if self._pass >= self.epoch + 2:
-                raise RuntimeError(f"two passes over the data kept too few examples for {wanted} more step(s): "
-                                   "the strategy keeps far fewer than planned")
+            if self._dry_passes >= MAX_DRY_PASSES:  # the same count on every rank: all raise together
+                raise RuntimeError(f"{MAX_DRY_PASSES} passes over the data kept too few examples for one more step: "
+                                   f"the strategy keeps almost nothing (stats: {self.stats()})")
+            self._dry_passes += 1
             self._pass += 1
             self._cursor = 0
             order = self._pass_order = self._order.epoch()
@@ -453,6 +460,7 @@ class SelectiveLoader:
                 "batch_size": self.batch_size, "world_size": 1 if self.group is None else self.group.world_size,
                 "epoch": self.epoch, "steps": self.steps, "pass": self._pass, "cursor": self._cursor,
                 "pass_order": self._pass_order, "order": self._order.state_dict(), "plan": self._plan,
+                "run_steps": self._run_steps,
                 "driver": self.driver.state_dict(), "ready": [_batch_state(b) for b in self._ready],
                 "row_ids": live, "rows": rows, "seconds": dict(self._seconds), "kept_window": list(self._kept_window)}
 
@@ -482,6 +490,7 @@ class SelectiveLoader:
         self._order.load_state_dict(state["order"])
         self.epoch, self.steps, self._pass, self._cursor = (int(state[k]) for k in ("epoch", "steps", "pass", "cursor"))
         self._pass_order, self._plan, self._candidates = state["pass_order"], state["plan"], None
+        self._run_steps = state["run_steps"]
         self._seconds.update(state["seconds"])
         self._kept_window = deque(tuple(w) for w in state["kept_window"])
 
