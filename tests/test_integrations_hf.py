@@ -125,32 +125,6 @@ def test_causal_lm_is_selected_per_sequence(tmp_path):
     assert abs((stats["kept"] - N) / stats["forwards"] - 0.5) < 0.1
 
 
-def test_model_output_and_dict_batches_through_the_plain_loader():
-    """An HF model (ModelOutput, dict batches) under SB with the torch engine in a plain loop."""
-    torch.manual_seed(0)
-    model = _bert()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    # a short history: with 320 examples the default 1024 losses reach back over three passes of a loss
-    # that AdamW drives down fast, and SB would keep far fewer than `selectivity` against them
-    loader = sb_accel.SelectiveLoader(Sequences(), model, batch_size=BATCH, selectivity=SELECTIVITY,
-                                      engine="torch-fp32", epochs=3, history=64)
-    planned = len(loader)
-    losses = []
-    for epoch in range(3):
-        for batch in loader:
-            assert set(batch) == {"input_ids", "attention_mask", "labels"} and len(batch["labels"]) == BATCH
-            output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss = loader.loss(sb_accel.per_example_loss(output, batch))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    assert len(losses) == 3 * planned == loader.steps
-    stats = loader.stats()
-    assert stats["forwards"] > 0 and abs((stats["kept"] - N) / stats["forwards"] - SELECTIVITY) < 0.1
-    assert stats["engine"].startswith("torch")
-
-
 def test_bad_settings_are_clear_errors(tmp_path):
     for bad, match in (({"num_train_epochs": 1.5}, "integer num_train_epochs"),
                        ({"max_steps": 10}, "no max_steps")):

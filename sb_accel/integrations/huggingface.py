@@ -13,7 +13,7 @@ What the subclass changes in the Trainer:
 
 * ``get_train_dataloader`` returns an :class:`sb_accel.SelectiveLoader` over the training set (the
   Trainer's collator, batch size, workers and seed): each batch is a full batch of kept examples,
-  one optimizer step.
+  one optimizer step (or one micro-batch under gradient accumulation).
 * The loader is planned for ``num_train_epochs``: every epoch has the same, known number of
   batches, so the Trainer's step count (``len(loader) x epochs``, from which it builds the LR
   scheduler) is the run's real one: the schedule completes, and no step is taken without a batch.
