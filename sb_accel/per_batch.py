@@ -27,7 +27,8 @@ import torch.nn as nn
 
 from .adapters import Forward, LossFn, default_forward, per_example_loss
 from .data.batch_structure import Batch, num_rows, take_rows
-from .engines.torch_backend import eval_mode
+from .engines import EngineContext
+from .engines.torch_backend import TorchEngine
 from .selection import SelectiveBackpropPolicy
 
 __all__ = ["BatchSelector", "select_batch"]
@@ -40,6 +41,8 @@ class BatchSelector:
     Args:
         model: the training model; its selection forward runs in eval mode without gradients.
         selectivity: expected kept share of each batch (``beta = 1/s - 1``).
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the selection forward under
+            autocast (the torch engine's), cheaper on a GPU; losses come back in FP32.
         loss_fn: ``loss_fn(output, batch) -> (N,)`` per-example losses; default
             :func:`sb_accel.per_example_loss` (logits from a tensor / tuple / ``ModelOutput``, labels
             from ``batch[1]`` or ``batch["labels"]``; :func:`sb_accel.causal_lm_loss` for causal LMs).
@@ -56,12 +59,15 @@ class BatchSelector:
     on full batches for a while, simply do not call the selector in those steps.
     """
 
-    def __init__(self, model: nn.Module, selectivity: float = 0.33, *, loss_fn: Optional[LossFn] = None,
-                 forward: Optional[Forward] = None, history: int = 1024, min_keep: int = 1, seed: int = 0,
-                 **policy_options: Any) -> None:
+    def __init__(self, model: nn.Module, selectivity: float = 0.33, *, precision: str = "fp32",
+                 loss_fn: Optional[LossFn] = None, forward: Optional[Forward] = None, history: int = 1024,
+                 min_keep: int = 1, seed: int = 0, **policy_options: Any) -> None:
         if min_keep < 1:
             raise ValueError(f"min_keep must be >= 1 (an optimizer step needs an example), got {min_keep}")
         self.model = model
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        self.engine = TorchEngine(model, precision, EngineContext(device=device))   # reads the live model
         self.loss_fn = loss_fn or per_example_loss
         self.forward = forward or default_forward
         self.min_keep = min_keep
@@ -76,8 +82,7 @@ class BatchSelector:
 
     def losses(self, batch: Batch) -> torch.Tensor:
         """Selection losses of ``batch``'s rows: the live model, eval mode, no gradients."""
-        with torch.no_grad(), eval_mode(self.model):
-            losses = self.loss_fn(self.forward(self.model, batch), batch)
+        losses = self.engine.batch_losses(batch, self.forward, self.loss_fn)
         rows = num_rows(batch)
         if losses.shape != (rows,):
             raise ValueError(f"loss_fn returned shape {tuple(losses.shape)} for a batch of {rows} examples: it must "
@@ -106,8 +111,9 @@ class BatchSelector:
         self.seen, self.kept = state["seen"], state["kept"]
 
 
-def select_batch(model: nn.Module, batch: Batch, *, selectivity: float = 0.33, loss_fn: Optional[LossFn] = None,
-                 forward: Optional[Forward] = None, selector: Optional[BatchSelector] = None) -> Batch:
+def select_batch(model: nn.Module, batch: Batch, *, selectivity: float = 0.33, precision: str = "fp32",
+                 loss_fn: Optional[LossFn] = None, forward: Optional[Forward] = None,
+                 selector: Optional[BatchSelector] = None) -> Batch:
     """The rows of ``batch`` that Selective-Backprop keeps (one call, the functional form).
 
     Without ``selector`` the CDF covers only this batch's own losses (every call starts a fresh
@@ -115,7 +121,7 @@ def select_batch(model: nn.Module, batch: Batch, *, selectivity: float = 0.33, l
     losses across batches, as the paper does.
     """
     if selector is None:
-        selector = BatchSelector(model, selectivity, loss_fn=loss_fn, forward=forward)
+        selector = BatchSelector(model, selectivity, precision=precision, loss_fn=loss_fn, forward=forward)
     elif selector.model is not model:
         raise ValueError("select_batch: the selector was built for another model; pass selector=None or its model")
     return selector(batch)

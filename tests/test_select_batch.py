@@ -99,6 +99,15 @@ def test_dict_batches_with_a_model_output_and_namedtuples():
     assert isinstance(out, Pair) and len(out.x) == len(out.y)
 
 
+def test_reduced_precision_selection_forward():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    seen = []
+    model[2].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    selector = BatchSelector(model, 0.5, precision="bf16")
+    assert selector.losses((torch.randn(10, 4), torch.randint(0, 3, (10,)))).dtype == torch.float32
+    assert seen == [torch.bfloat16]
+
+
 def test_selection_forward_leaves_the_model_training_and_builds_no_graph():
     model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3)).train()
     seen = []
@@ -116,6 +125,8 @@ def test_bad_loss_shape_and_bad_arguments_are_clear_errors():
         BatchSelector(model, min_keep=0)
     with pytest.raises(ValueError, match="selectivity"):
         BatchSelector(model, selectivity=1.5)
+    with pytest.raises(Exception, match="precision"):
+        BatchSelector(model, precision="int4")
     with pytest.raises(ValueError, match="another model"):
         select_batch(nn.Linear(3, 2), batch, selector=BatchSelector(model))
 
