@@ -38,9 +38,9 @@ class Sequences(Dataset):
         return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
 
 
-def _bert():
+def _bert(**config):
     config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=SEQ, num_labels=3)
+                                     intermediate_size=32, max_position_embeddings=SEQ, num_labels=3, **config)
     return transformers.BertForSequenceClassification(config)
 
 
@@ -123,6 +123,33 @@ def test_causal_lm_is_selected_per_sequence(tmp_path):
     assert trainer.state.global_step == loader.steps == 2 * round(1.5 * N / (2 * BATCH))
     stats = loader.stats()
     assert abs((stats["kept"] - N) / stats["forwards"] - 0.5) < 0.1
+
+
+def test_resumes_from_an_epoch_end_checkpoint_as_if_uninterrupted(tmp_path):
+    args = _args(tmp_path, save_strategy="epoch", num_train_epochs=2)
+    # no dropout: the loader's candidate DataLoader draws a seed from the global RNG when it restarts
+    # on resume, which would move dropout masks (not something the checkpoint can bring back)
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    torch.manual_seed(0)
+    whole = SelectiveBackpropTrainer(model=_bert(**no_dropout), args=args, train_dataset=Sequences(),
+                                     engine="torch-fp32")
+    whole.train()
+    per_epoch = whole.state.global_step // 2
+    first_epoch = tmp_path / f"checkpoint-{per_epoch}"
+    assert (first_epoch / "selective_loader-0.pt").is_file()
+
+    torch.manual_seed(1)   # other initial weights: the checkpoint must bring back the model and the loader
+    resumed = SelectiveBackpropTrainer(model=_bert(**no_dropout), args=args, train_dataset=Sequences(),
+                                       engine="torch-fp32")
+    resumed.train(resume_from_checkpoint=str(first_epoch))
+    assert resumed.state.global_step == whole.state.global_step == resumed.selective_loader.steps
+    assert resumed.selective_loader.stats()["kept"] == whole.selective_loader.stats()["kept"]
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+    (first_epoch / "selective_loader-0.pt").unlink()
+    with pytest.raises(ValueError, match="epoch-end checkpoint"):
+        SelectiveBackpropTrainer(model=_bert(), args=args, train_dataset=Sequences()).train(str(first_epoch))
 
 
 def test_bad_settings_are_clear_errors(tmp_path):

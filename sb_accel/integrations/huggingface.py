@@ -21,9 +21,15 @@ What the subclass changes in the Trainer:
   after ``len()`` batches).
 * ``compute_loss`` in training computes per-example losses and returns ``loader.loss(...)`` (the
   strategy's weighted mean; Stale-SB and InfoBatch learn from it). Evaluation is unchanged.
+* Checkpoints taken at an epoch's end (``save_strategy="epoch"``) also hold the loader's state
+  (``selective_loader-<process>.pt``), and ``train(resume_from_checkpoint=...)`` restores it; a
+  checkpoint taken mid-epoch has none (the loader's state exists between epochs) and is refused
+  for resuming.
 """
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -32,6 +38,7 @@ from torch.utils.data import DataLoader
 
 try:
     from transformers import Trainer, TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
     from transformers.utils import is_datasets_available
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("sb_accel.integrations.huggingface needs transformers and accelerate: "
@@ -41,7 +48,9 @@ from ..adapters import Forward, LossFn, default_forward, per_example_loss
 from ..selective_loader import SelectiveLoader
 from .stepping import FrameworkLoader
 
-__all__ = ["SelectiveBackpropTrainer"]
+__all__ = ["SelectiveBackpropTrainer", "LOADER_STATE"]
+
+LOADER_STATE = "selective_loader-{process}.pt"   # in a Trainer checkpoint folder, one per process
 
 
 class SelectiveBackpropTrainer(Trainer):
@@ -71,13 +80,24 @@ class SelectiveBackpropTrainer(Trainer):
         # compute_loss returns a per-batch mean: the Trainer divides it for gradient accumulation
         # itself and needs no token count
         self.model_accepts_loss_kwargs = False
-        self.add_callback(_CloseEpochs(self))
+        self._resume_state: Optional[Dict[str, Any]] = None
+        self.add_callback(_LoaderHooks(self))
 
-    def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any):
+    def train(self, resume_from_checkpoint: Optional[str | bool] = None, *args: Any, **kwargs: Any):
+        """The Trainer's ``train``; resuming restores the loader's state saved in the checkpoint."""
+        self._resume_state = None
         if resume_from_checkpoint:
-            raise ValueError("SelectiveBackpropTrainer cannot resume from a Trainer checkpoint yet: the selecting "
-                             "loader's state (loss history, carried examples) is not saved in it; start a new run")
-        return super().train(None, *args, **kwargs)
+            if resume_from_checkpoint is True:
+                resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+                if resume_from_checkpoint is None:
+                    raise ValueError(f"no checkpoint found in {self.args.output_dir} to resume from")
+            path = os.path.join(resume_from_checkpoint, LOADER_STATE.format(process=self.args.process_index))
+            if not os.path.isfile(path):
+                raise ValueError(f"{resume_from_checkpoint} holds no selecting-loader state "
+                                 f"({os.path.basename(path)}): it was not taken at an epoch's end; resume from an "
+                                 "epoch-end checkpoint (save_strategy='epoch')")
+            self._resume_state = torch.load(path, weights_only=False)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _planned_epochs(self) -> int:
         epochs = self.args.num_train_epochs
@@ -108,6 +128,9 @@ class SelectiveBackpropTrainer(Trainer):
             self.selective_loader.close()
         self.selective_loader = SelectiveLoader(data, self.model, epochs=epochs,
                                                 **{"seed": self.args.seed, **self.loader_options})
+        if self._resume_state is not None:
+            self.selective_loader.load_state_dict(self._resume_state)
+            self._resume_state = None
         self._reader = FrameworkLoader(self.selective_loader)
         return self._reader
 
@@ -131,12 +154,29 @@ def _is_hf_dataset(dataset: Any) -> bool:
     return isinstance(dataset, datasets.Dataset)
 
 
-class _CloseEpochs(TrainerCallback):
-    """Closes the loader's epoch after its last optimizer step (see :class:`FrameworkLoader`)."""
+class _LoaderHooks(TrainerCallback):
+    """Closes the loader's epoch after its last optimizer step (see :class:`FrameworkLoader`) and
+    saves the loader's state into epoch-end checkpoints."""
 
     def __init__(self, trainer: SelectiveBackpropTrainer) -> None:
         self.trainer = trainer
+        self._warned = False
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.trainer._reader is not None:
             self.trainer._reader.step_taken()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        loader = self.trainer.selective_loader
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if loader is None or not os.path.isdir(folder):
+            return
+        try:
+            loader_state = loader.state_dict()
+        except RuntimeError:   # mid-epoch: the loader's state exists between epochs only
+            if not self._warned:
+                warnings.warn("a checkpoint taken mid-epoch holds no selecting-loader state and cannot be resumed "
+                              "from; use save_strategy='epoch'", stacklevel=2)
+                self._warned = True
+            return
+        torch.save(loader_state, os.path.join(folder, LOADER_STATE.format(process=args.process_index)))
