@@ -90,22 +90,26 @@ def test_trains_with_selection_and_the_schedule_completes(tmp_path):
     assert module.validations == EPOCHS + 1      # + Lightning's sanity check
 
 
-def test_checkpoint_carries_the_loader_state(tmp_path):
-    module = Module(engine="torch-fp32")
-    trainer = _trainer(tmp_path, limit_val_batches=0)
-    trainer.fit(module)
-    path = tmp_path / "sb.ckpt"
-    trainer.save_checkpoint(path)
-    state = torch.load(path, weights_only=False)["callbacks"]
-    (saved,) = [v for k, v in state.items() if k.startswith("SelectiveBackpropCallback")]
-    assert saved["loader"]["steps"] == trainer.global_step
+def test_resumes_from_an_epoch_end_checkpoint_as_if_uninterrupted(tmp_path):
+    def trainer():
+        every_epoch = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1)
+        return L.Trainer(accelerator="cpu", devices=1, max_epochs=EPOCHS, logger=False, callbacks=[every_epoch],
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         limit_val_batches=0)
 
+    torch.manual_seed(0)
+    whole = Module(engine="torch-fp32")
+    trainer().fit(whole)
+    (checkpoint,) = (tmp_path / "ckpt").glob("epoch=1-*.ckpt")
+    torch.manual_seed(1)   # other initial weights: the checkpoint must bring back the model and the loader
     resumed = Module(engine="torch-fp32")
-    more = L.Trainer(accelerator="cpu", devices=1, max_epochs=EPOCHS, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                     limit_val_batches=0)
-    more.fit(resumed, ckpt_path=path)     # already complete: restores, trains nothing more
-    assert resumed.sb.loader.steps == trainer.global_step and resumed.sb.loader.epoch == EPOCHS
+    again = trainer()
+    again.fit(resumed, ckpt_path=checkpoint)
+    assert set(resumed.batches) == {2, 3}    # only the epochs after the checkpoint were trained
+    assert again.global_step == resumed.sb.loader.steps == whole.sb.loader.steps
+    assert resumed.sb.loader.stats()["kept"] == whole.sb.loader.stats()["kept"]
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_misuse_is_a_clear_error(tmp_path):
