@@ -10,17 +10,27 @@
 Strategies that remember examples across epochs (``"stale-sb"``, ``"infobatch"``) also need the
 examples' dataset indices (``sb.select(x, y, indices)``) and ``dataset_size``. Epoch boundaries are
 noticed from the indices (an index seen again opens a new epoch), or told with ``new_epoch()``.
+
+This is the low level under :class:`sb_accel.SelectiveLoader` (which makes the candidate batches,
+the epochs, Kath18's pre-samples and the step count itself): it stays for loops that make their own
+candidate batches (GPU-side augmentation, as the Trainer's ``CandidateLoader``), and both drive the
+same :class:`~sb_accel.train.driver.SelectionDriver`. Its silent traps warn once instead: no
+indices under a priming strategy (it never leaves the priming epoch unless told ``new_epoch()``),
+Kath18 candidate batches smaller than its pre-sample.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from .engines import EngineContext, EngineRefresher, RefreshSchedule, parse_engine_spec
-from .selection import StrategyOptions, TrainBatch, create_strategy, strategy_info
+from .selection import StrategyOptions, TrainBatch, create_strategy, priming_epochs, strategy_info
+from .selective_loader import api_nonfinite_message, guard_training_losses
 from .train.driver import SelectionDriver
+from .train.engine_setup import resolve_engine
 
 __all__ = ["SelectiveBackprop"]
 
@@ -34,7 +44,8 @@ class SelectiveBackprop:
         strategy: a registered strategy: ``"sb"`` (default), ``"stale-sb"``, ``"kath18"``,
             ``"infobatch"``, ``"traditional"``.
         batch_size: training batch size; default: the size of the first candidate batch.
-        engine: ``"torch-fp32"``, ``"torch-bf16"``, ``"onnxruntime-int8"``, ``"tensorrt-fp16"``...
+        engine: ``"auto"`` (the Trainer's: torch-graph-fp16 on CUDA, torch-fp32 on the CPU),
+            ``"torch-fp32"``, ``"torch-bf16"``, ``"onnxruntime-int8"``, ``"tensorrt-fp16"``...
         refresh_every: refresh a snapshot engine every this many ``step()`` calls (0: never).
             Keep it small: stale selection hurts SB (see README). The default torch engine reads
             the live model and is never refreshed.
@@ -50,7 +61,7 @@ class SelectiveBackprop:
     """
 
     def __init__(self, model: nn.Module, selectivity: float = 0.33, *, strategy: str = "sb",
-                 batch_size: Optional[int] = None, engine: str = "torch-fp32", refresh_every: int = 1,
+                 batch_size: Optional[int] = None, engine: str = "auto", refresh_every: int = 1,
                  dataset_size: Optional[int] = None, epochs: Optional[int] = None, end_of_epoch: str = "carry",
                  calibration: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None, **options: Any) -> None:
         unknown = sorted(set(options) - set(StrategyOptions.__dataclass_fields__))
@@ -61,7 +72,10 @@ class SelectiveBackprop:
         if self.info.needs_dataset_size and not dataset_size:
             raise ValueError(f"strategy {strategy!r} keeps a value per training example: pass dataset_size= "
                              "(the number of training examples) and the indices to select(x, y, indices)")
-        self._engine_spec = parse_engine_spec(engine)  # a misspelt engine fails here, not at the first batch
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        # a misspelt engine fails here, not at the first batch
+        self._engine_spec = None if engine == "auto" else parse_engine_spec(engine)
         if refresh_every < 0:
             raise ValueError(f"refresh_every must be >= 0, got {refresh_every}")
         self.model = model
@@ -78,6 +92,8 @@ class SelectiveBackprop:
         self._seen: Optional[torch.Tensor] = None  # indices seen this epoch, to notice the next one
         self._batch: Optional[TrainBatch] = None   # the batch select() last yielded
         self._observed = True
+        self._bad_loss: Optional[torch.Tensor] = None  # a device-side flag of non-finite training losses
+        self._warned = set()
 
     # --- set-up -------------------------------------------------------------------------------
     def _setup(self, x: torch.Tensor, y: torch.Tensor) -> SelectionDriver:
@@ -88,7 +104,7 @@ class SelectiveBackprop:
         if policy.needs_selection_forward:
             context = EngineContext(device=x.device, sample_batches=self._calibration or [(x, y)],
                                     max_batch=max(len(y), 512))
-            backend, precision = self._engine_spec
+            backend, precision = self._engine_spec or resolve_engine("auto", "auto", x.device)
             refresher = EngineRefresher.create(backend, self.model, context,
                                                RefreshSchedule(self._refresh_every, every_epoch=False),
                                                precision=precision)
@@ -122,16 +138,32 @@ class SelectiveBackprop:
             if self.info.needs_dataset_size:
                 raise ValueError(f"strategy {self.info.name!r} needs the examples' dataset indices: "
                                  "select(x, y, indices)")
+            if priming_epochs(self.info.name, self.options.prime_epochs) > driver.epoch:
+                self._warn_once("priming", f"strategy {self.info.name!r} trains on everything in its priming epoch and "
+                                "select() without indices cannot see epochs end: call new_epoch() at each epoch's end "
+                                "(or use sb_accel.SelectiveLoader, which does)")
             indices = torch.arange(len(y))
         else:
-            indices = torch.as_tensor(indices).reshape(-1).cpu()
+            indices = torch.as_tensor(indices).reshape(-1)
+            if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+                raise ValueError(f"indices must be integer dataset indices, got dtype {indices.dtype}")
+            indices = indices.cpu()
             if len(indices) != len(y):
                 raise ValueError(f"got {len(indices)} indices for {len(y)} examples")
             if self._starts_new_epoch(indices):
                 yield from self.new_epoch()
             self._mark_seen(indices)
-        for batch in driver.select(x, y, indices):
-            yield from self._hand_out(batch)
+        multiplier = driver.candidates_per_batch()
+        if multiplier > 1 and len(y) <= self.batch_size:
+            self._warn_once("presample", f"strategy {self.info.name!r} draws one training batch from each pre-sample of "
+                            f"{multiplier * self.batch_size} candidates; candidate batches of {len(y)} keep them all: "
+                            f"pass candidate batches of {multiplier * self.batch_size} (or use sb_accel.SelectiveLoader, "
+                            "which does)")
+        try:  # lazily: the user's steps on earlier batches come before later selection forwards
+            for batch in driver.select(x, y, indices):
+                yield from self._hand_out(batch)
+        except FloatingPointError as exc:
+            raise FloatingPointError(api_nonfinite_message(exc)) from exc
 
     def loss(self, per_example: torch.Tensor) -> torch.Tensor:
         """The training loss of the batch last yielded: per-example losses (``reduction="none"``)
@@ -139,6 +171,7 @@ class SelectiveBackprop:
         strategy (Stale-SB and InfoBatch learn from them)."""
         if self._batch is None:
             raise RuntimeError("loss() comes after select() has yielded a batch")
+        self._bad_loss = guard_training_losses(per_example, self._bad_loss)
         self.driver.observe(self._batch, per_example)
         self._observed = True
         return (per_example * self._batch.weights.to(per_example.device)).mean()
@@ -160,6 +193,7 @@ class SelectiveBackprop:
         boundary the indices passed to :meth:`select` do not tell, and once after the last epoch."""
         if self.driver is None:
             return
+        self._bad_loss = guard_training_losses(None, self._bad_loss)
         for batch in self.driver.end_epoch():
             yield from self._hand_out(batch)
         self._collect(self.driver.after_epoch(self.model, self.steps))
@@ -173,11 +207,19 @@ class SelectiveBackprop:
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue selection exactly (policy, buffered examples, counters)."""
-        return {"steps": self.steps, "driver": None if self.driver is None else self.driver.state_dict(),
-                "seen": self._seen}
+        return {"strategy": self.info.name, "dataset_size": self.dataset_size, "steps": self.steps,
+                "driver": None if self.driver is None else self.driver.state_dict(), "seen": self._seen}
 
     def load_state_dict(self, state: Dict[str, Any], sample: Tuple[torch.Tensor, torch.Tensor]) -> None:
-        """Restore :meth:`state_dict`; ``sample`` is one candidate batch ``(x, y)`` to build the engine."""
+        """Restore :meth:`state_dict`; ``sample`` is one candidate batch ``(x, y)`` to build the engine.
+        A state from another strategy or dataset size is refused."""
+        if not isinstance(state, dict) or not {"strategy", "dataset_size", "steps", "driver"} <= set(state):
+            raise ValueError(f"not a SelectiveBackprop state dict (keys: {sorted(state) if isinstance(state, dict) else type(state).__name__}): "
+                             "pass what SelectiveBackprop.state_dict() returned")
+        for key, mine in (("strategy", self.info.name), ("dataset_size", self.dataset_size)):
+            if state[key] != mine:
+                raise ValueError(f"the state is from strategy/dataset {key}={state[key]!r}, this one has {mine!r}: "
+                                 "resume with the settings it was saved with")
         driver = self.driver or self._setup(*sample)
         if state["driver"] is not None:
             driver.load_state_dict(state["driver"], sample[0].device)
@@ -188,6 +230,11 @@ class SelectiveBackprop:
     def _hand_out(self, batch: TrainBatch) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         self._batch, self._observed = batch, False
         yield batch.x, batch.y
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
 
     def _collect(self, events: List[dict]) -> List[dict]:
         self.events.extend(events)
@@ -226,3 +273,5 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, values: bool = True) -> None:
         raise ValueError(f"x must be a floating-point tensor (normalised inputs), got {x.dtype}")
     if values and len(y) and int(y.min()) < 0:
         raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")
+    if values and not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN/inf inputs: clean or filter these examples in the data")

@@ -57,7 +57,8 @@ from .train.distributed import RankGroup
 from .train.driver import SelectionDriver
 from .train.engine_setup import resolve_engine
 
-__all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT", "MAX_DRY_PASSES"]
+__all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT", "MAX_DRY_PASSES",
+           "guard_training_losses", "api_nonfinite_message"]
 
 HOOKED_BACKENDS = ("torch", "torch-graph")  # engines that run any forward and loss_fn (a per-example loss hook)
 # Snapshot engines (ONNX Runtime, TensorRT, torch snapshot) are refreshed every K steps, K the smallest that
@@ -160,6 +161,7 @@ class SelectiveLoader:
         self.events: List[dict] = [] if self.refresher is None else self.refresher.after_step(self.model, 0)
         self._ready: Deque[TrainBatch] = deque()  # full batches selected, not yet handed out
         self._kept_window: Deque[Tuple[int, int]] = deque()  # (candidates, kept) of recent selecting batches
+        self._selecting = [0, 0]  # candidates and kept in selecting passes (not priming or annealing)
         self._pass = -1                             # the pass (the driver's epoch) candidates come from
         self._pass_order: Optional[torch.Tensor] = None
         self._cursor = 0                            # candidates of the pass consumed
@@ -172,7 +174,7 @@ class SelectiveLoader:
         self._observed = True
         self._iterating = False
         self._dry_passes = 0                        # passes opened since the last batch was handed out
-        self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._bad_loss: Optional[torch.Tensor] = None  # device-side flag of non-finite training losses
         self._seconds = {"selection": 0.0, "refresh": 0.0, "training": 0.0}
         self._refresh_seconds: Optional[float] = None
         self._since_refresh = 0
@@ -211,9 +213,10 @@ class SelectiveLoader:
         calls = self._call_size(max(1, self.policy.candidate_multiplier))
         samples = [(sample[0], sample[1])] if self._plain(sample) else []
         context = EngineContext(device=self.device, sample_batches=samples, max_batch=calls)
-        # the loader decides when to refresh (_cadence); the schedule itself never fires
+        # the loader decides when to refresh (_cadence); the schedule itself never fires. Eager torch
+        # runs the model itself: nothing to validate against it.
         return EngineRefresher.create(backend, self.model, context, RefreshSchedule(0, every_epoch=False),
-                                      precision=precision, validate=bool(samples))
+                                      precision=precision, validate=bool(samples) and backend != "torch")
 
     def _plain(self, batch: Batch) -> bool:
         """An ``(inputs, labels)`` batch of tensors scored with the default forward and loss: what an
@@ -323,7 +326,7 @@ class SelectiveLoader:
             self._measure(len(indices), self.driver.kept - kept)
             self.rows.release([b.x for b in self.driver.buffered()] + [b.x for b in self._ready])
         except FloatingPointError as exc:
-            raise FloatingPointError(_api_nonfinite(exc)) from exc
+            raise FloatingPointError(api_nonfinite_message(exc)) from exc
         finally:
             self._seconds["selection"] += time.perf_counter() - start
 
@@ -332,6 +335,8 @@ class SelectiveLoader:
         if expected_share(self.policy, self._pass, self.epochs if self.epochs is not None else self._pass + 1) >= 1.0:
             return
         self._kept_window.append((candidates, kept))
+        self._selecting[0] += candidates
+        self._selecting[1] += kept
         while sum(n for n, _ in self._kept_window) - self._kept_window[0][0] >= len(self._order):
             self._kept_window.popleft()
 
@@ -384,12 +389,7 @@ class SelectiveLoader:
         if per_example.shape != (len(self._current),):
             raise ValueError(f"loss() needs one loss per example of the batch ({len(self._current)}), got shape "
                              f"{tuple(per_example.shape)}: compute it with reduction='none'")
-        finite = torch.isfinite(per_example.detach()).all()
-        if per_example.device.type == "cpu":
-            if not bool(finite):
-                raise FloatingPointError(_TRAINING_NONFINITE)
-        else:
-            self._bad_loss |= ~finite.to(self._bad_loss.device)
+        self._bad_loss = guard_training_losses(per_example, self._bad_loss)
         self.driver.observe(self._current, per_example)
         self._observed = True
         return (per_example * self._current.weights.to(per_example.device, per_example.dtype)).mean()
@@ -421,21 +421,21 @@ class SelectiveLoader:
         return max(1, math.ceil(self._refresh_seconds / (REFRESH_BUDGET * max(step, 1e-9))))
 
     def _close_epoch(self) -> None:
-        if bool(self._bad_loss):
-            self._bad_loss.zero_()
-            raise FloatingPointError(_TRAINING_NONFINITE)
+        self._bad_loss = guard_training_losses(None, self._bad_loss)
         self.epoch += 1
         # every rank is here: the one point where the next plan may all-reduce
         self._plan = self._plan_epoch(agree=True)
 
     # --- reporting ----------------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
-        """Kept share, time shares (host wall-clock: selection incl. loading, refresh, the user's
-        training step), untrained remainder, steps and epochs so far."""
+        """Kept share (all candidates, and ``kept_share_selecting``: in passes where the strategy
+        selects, i.e. after priming), time shares (host wall-clock: selection incl. loading, refresh,
+        the user's training step), untrained remainder, steps and epochs so far."""
         d = self.driver
         total = sum(self._seconds.values()) or 1.0
         return {"epoch": self.epoch, "steps": self.steps, "passes": self._pass + 1,
                 "candidates": d.candidates, "kept": d.kept, "kept_share": d.kept / d.candidates if d.candidates else 0.0,
+                "kept_share_selecting": self._selecting[1] / self._selecting[0] if self._selecting[0] else None,
                 "forwards": d.forwards, "untrained_remainder": self.pending(),
                 "engine": None if self.refresher is None else self.refresher.engine.name,
                 "refreshes": 0 if self.refresher is None else self.refresher.count,
@@ -462,7 +462,8 @@ class SelectiveLoader:
                 "pass_order": self._pass_order, "order": self._order.state_dict(), "plan": self._plan,
                 "run_steps": self._run_steps,
                 "driver": self.driver.state_dict(), "ready": [_batch_state(b) for b in self._ready],
-                "row_ids": live, "rows": rows, "seconds": dict(self._seconds), "kept_window": list(self._kept_window)}
+                "row_ids": live, "rows": rows, "seconds": dict(self._seconds), "kept_window": list(self._kept_window),
+                "selecting": list(self._selecting)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (refused, named, when it is from another strategy, dataset or setup)."""
@@ -493,6 +494,7 @@ class SelectiveLoader:
         self._run_steps = state["run_steps"]
         self._seconds.update(state["seconds"])
         self._kept_window = deque(tuple(w) for w in state["kept_window"])
+        self._selecting = list(state["selecting"])
 
 
 def _unpack(data: Any) -> Tuple[Dataset, Optional[int], Dict[str, Any], bool]:
@@ -569,11 +571,27 @@ def _remap_rows(state: Any, remap) -> Any:
     return state
 
 
-_TRAINING_NONFINITE = ("training losses passed to loader.loss() are NaN/inf: the model has diverged (lower the "
+_TRAINING_NONFINITE = ("training losses passed to loss() are NaN/inf: the model has diverged (lower the "
                        "learning rate, add warm-up or gradient clipping) or the data holds NaN/inf")
 
 
-def _api_nonfinite(exc: FloatingPointError) -> str:
+def guard_training_losses(losses: Optional[torch.Tensor], flag: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Refuse non-finite training losses before a strategy stores them: on the CPU at once; on a GPU
+    folded into the device-side ``flag`` (no host sync per step) and raised when called with
+    ``losses=None`` (at the epoch's end). Returns the flag to keep."""
+    if losses is None:
+        if flag is not None and bool(flag):
+            raise FloatingPointError(_TRAINING_NONFINITE)
+        return None
+    finite = torch.isfinite(losses.detach()).all()
+    if losses.device.type == "cpu":
+        if not bool(finite):
+            raise FloatingPointError(_TRAINING_NONFINITE)
+        return flag
+    return ~finite if flag is None else flag | ~finite
+
+
+def api_nonfinite_message(exc: FloatingPointError) -> str:
     """The policy's divergence message in the loader's words (no CLI flags)."""
     return ("selection losses are NaN/inf: the model has diverged (lower the learning rate, add warm-up or "
             "gradient clipping) or the engine produced garbage (try engine='torch-fp32') [" + str(exc).split(":")[0] + "]")

@@ -137,3 +137,47 @@ def test_api_and_trainer_keep_the_same_examples(tmp_path, synthetic, monkeypatch
     assert kept_by_api == kept_by_trainer
     if strategy != "traditional":
         assert sum(map(len, kept_by_api)) < cfg.epochs * len(synthetic.y_train)
+
+
+def test_api_misuse_is_named():
+    model = create_model("small_cnn", width=4)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        sb_accel.SelectiveBackprop(model, batch_size=0)
+    sb = sb_accel.SelectiveBackprop(model, strategy="stale-sb", dataset_size=64, batch_size=8)
+    with pytest.raises(ValueError, match="integer dataset indices"):
+        next(sb.select(x, y, torch.arange(16).float()))
+    with pytest.raises(ValueError, match="outside"):
+        next(sb_accel.SelectiveBackprop(model, strategy="stale-sb", dataset_size=8).select(x, y, torch.arange(16)))
+    with pytest.raises(ValueError, match="not a SelectiveBackprop state dict"):
+        sb.load_state_dict({}, (x, y))
+    traditional = sb_accel.SelectiveBackprop(model, strategy="traditional").state_dict()
+    with pytest.raises(ValueError, match="strategy='traditional', this one has 'stale-sb'"):
+        sb.load_state_dict(traditional, (x, y))
+    other = sb_accel.SelectiveBackprop(model, strategy="stale-sb", dataset_size=32).state_dict()
+    with pytest.raises(ValueError, match="dataset_size=32, this one has 64"):
+        sb.load_state_dict(other, (x, y))
+    nan = x.clone()
+    nan[0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf inputs"):
+        next(sb_accel.SelectiveBackprop(model, prime_epochs=0).select(nan, y))
+    later = sb_accel.SelectiveBackprop(model, prime_epochs=0, batch_size=16)
+    list(later.select(x, y))
+    with pytest.raises(FloatingPointError, match="lower the learning rate") as caught:
+        next(later.select(nan, y))  # later batches: the selection losses' own check, in the API's words
+    assert "--" not in str(caught.value)  # no CLI flags in an API message
+    learner = sb_accel.SelectiveBackprop(model, strategy="infobatch", dataset_size=16, batch_size=8, epochs=2)
+    next(learner.select(x, y, torch.arange(16)))
+    with pytest.raises(FloatingPointError, match="training losses passed to loss"):
+        learner.loss(torch.full((8,), float("inf")))
+
+
+def test_api_warns_once_about_its_silent_traps():
+    model = create_model("small_cnn", width=4)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    sb = sb_accel.SelectiveBackprop(model, batch_size=16)
+    with pytest.warns(UserWarning, match="cannot see epochs end: call new_epoch"):
+        list(sb.select(x, y))
+    kath = sb_accel.SelectiveBackprop(model, strategy="kath18", batch_size=16)
+    with pytest.warns(UserWarning, match="pre-sample of 48 candidates; candidate batches of 16 keep them all"):
+        list(kath.select(x, y))

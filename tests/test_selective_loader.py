@@ -310,7 +310,7 @@ def test_non_finite_training_losses_are_refused_not_stored():
     model = _model()
     loader = sb_accel.SelectiveLoader(_data(), model, batch_size=B, strategy="infobatch", epochs=2)
     batch = next(iter(loader))
-    with pytest.raises(FloatingPointError, match="training losses passed to loader.loss"):
+    with pytest.raises(FloatingPointError, match=r"training losses passed to loss\(\) are NaN"):
         loader.loss(torch.full((len(batch[1]),), float("nan")))
     assert loader.driver.observed == 0  # the NaN losses never reached InfoBatch's table
 
@@ -323,3 +323,38 @@ def test_the_loss_must_go_through_the_loader_for_strategies_that_learn_from_it()
     with pytest.raises(RuntimeError, match=r"loader.loss\(F.cross_entropy"):
         for x, y in loader:
             F.cross_entropy(model(x), y).backward()
+
+
+# --- the per-example loss hook on the engines -------------------------------------------------------
+def test_torch_graph_replays_any_batch_structure_like_eager_torch():
+    from sb_accel.engines import EngineContext, TorchEngine
+    from test_torch_graph_engine import EagerGraphEngine
+
+    model = DictModel()
+    context = EngineContext(max_batch=32, options={"bucket_sizes": [8, 16, 32]})
+    engine = EagerGraphEngine(model, "fp32", context)
+    forward = lambda m, b: m(pixels=b["pixels"])  # noqa: E731
+    eager = TorchEngine(model)
+    for n in (3, 8, 20, 40):
+        x, y = _data(n=n, seed=n).tensors
+        batch = {"pixels": x, "labels": y}
+        torch.testing.assert_close(engine.batch_losses(batch, forward, per_example_loss),
+                                   eager.batch_losses(batch, forward, per_example_loss), atol=1e-5, rtol=1e-5)
+    assert engine.captures == 1  # one structure, one capture
+    engine.batch_losses({"pixels": torch.randn(4, 3, 4, 4), "labels": torch.zeros(4, dtype=torch.long)},
+                        lambda m, b: m(pixels=b["pixels"]), per_example_loss)
+    assert engine.captures == 2  # another forward function: captured again
+    with pytest.raises(EngineError, match="every part is a tensor"):
+        engine.batch_losses({"pixels": x, "names": ["a"] * len(x)}, forward, per_example_loss)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loader_selects_dict_batches_with_cuda_graphs_on_a_gpu():
+    model = DictModel().cuda()
+    loader = sb_accel.SelectiveLoader(DictData(_data(n=512)), model, batch_size=32, engine="torch-graph-fp16",
+                                      epochs=2, prime_epochs=0)
+    planned = len(loader)
+    per_epoch, _ = _train(loader, model, 2, forward=lambda m, b: m(pixels=b["pixels"]), labels=lambda b: b["labels"])
+    assert per_epoch == [planned] * 2 and loader.stats()["engine"] == "torch-graph-fp16"
+    assert loader.refresher.engine.captures == 1

@@ -26,10 +26,12 @@ import contextlib
 import copy
 import time
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .base import EngineContext, SelectionEngine
 from .buckets import plan_buckets, usable_buckets
@@ -76,6 +78,8 @@ class TorchGraphEngine(SelectionEngine):
         self._module: Any = self.model if self.compile_mode == "off" else torch.compile(
             self.model, mode=self.compile_mode, dynamic=False)
         self._graphs: Dict[int, CapturedBatch] = {}
+        self._structure_graphs: Dict[int, Tuple[CapturedBatch, List[torch.Tensor]]] = {}  # batch_losses' buckets
+        self._structure_key: Optional[tuple] = None
         self._image_shape: Optional[Tuple[int, ...]] = None
         self._pointers: list = []
         self._warned = False
@@ -100,39 +104,52 @@ class TorchGraphEngine(SelectionEngine):
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What a graph captures: the eval-mode forward under the precision's autocast (its weight
         cache off: cached casts would outlive the capture) and the FP32 per-example loss."""
-        dtype = _AUTOCAST[self.precision]
-        # FP32 turns autocast off explicitly: a capture triggered inside the caller's autocast
-        # region (an AMP training loop) must not inherit its dtype.
-        autocast = (torch.autocast(x.device.type, enabled=False) if dtype is None else
-                    torch.autocast(x.device.type, dtype=dtype, cache_enabled=False))
         with torch.no_grad(), eval_mode(self.model):
-            with autocast:
+            with self._autocast(x.device):
                 logits = self._module(x)
             return per_example_loss(logits, y)
 
     def _capture_all(self, image_shape: Tuple[int, ...]) -> None:
         """Capture every bucket for images of ``image_shape`` (in eval mode: :meth:`_forward`)."""
-        start = time.perf_counter()
         self._graphs = {}  # the old graphs (if any) go before the new ones take memory
         memory_format = input_memory_format(self.model) if len(image_shape) == 3 else torch.contiguous_format
+
+        def inputs(bucket: int) -> Tuple[Callable, torch.Tensor, torch.Tensor]:
+            x = torch.zeros((bucket, *image_shape), device=self.device).contiguous(memory_format=memory_format)
+            return self._forward, x, torch.zeros(bucket, dtype=torch.int64, device=self.device)
+
+        self._graphs = {bucket: graph for bucket, (graph, _) in self._capture_buckets(inputs).items()}
+        self._image_shape = image_shape
+
+    def _capture_buckets(self, inputs: Callable[[int], Tuple[Callable, torch.Tensor, torch.Tensor]]
+                         ) -> Dict[int, Tuple[CapturedBatch, Any]]:
+        """``inputs(bucket) -> (forward, x, y)``: static buffers and what to capture on them, for each
+        bucket; returns each bucket's graph with its ``inputs``."""
+        start = time.perf_counter()
         cuda = self.device.type == "cuda"
         pool = torch.cuda.graph_pool_handle() if cuda else None
         stream = torch.cuda.Stream(self.device) if cuda else None
         device = torch.cuda.device(self.device) if cuda else contextlib.nullcontext()
+        graphs: Dict[int, Tuple[CapturedBatch, Any]] = {}
         try:
             with device:  # streams, pool and capture on the model's GPU, whichever is current
                 for bucket in self.buckets:
-                    x = torch.zeros((bucket, *image_shape), device=self.device).contiguous(memory_format=memory_format)
-                    y = torch.zeros(bucket, dtype=torch.int64, device=self.device)
-                    self._graphs[bucket] = self.capture(self._forward, x, y, pool, stream, WARMUP_ITERATIONS)
+                    made = inputs(bucket)
+                    graphs[bucket] = (self.capture(made[0], made[1], made[2], pool, stream, WARMUP_ITERATIONS), made)
         except RuntimeError as exc:  # a host sync or data-dependent control flow in the model's forward
-            self._graphs = {}
             raise EngineError(f"torch-graph could not capture {type(self.model).__name__}'s forward in a CUDA graph "
                               f"({exc}); use torch-{self.precision} (eager) instead") from exc
-        self._image_shape = image_shape
         self._pointers = pointer_table(self.model)
         self.captures += 1
         self.capture_seconds += time.perf_counter() - start
+        return graphs
+
+    def _autocast(self, device: torch.device) -> Any:
+        dtype = _AUTOCAST[self.precision]
+        # FP32 turns autocast off explicitly: a capture triggered inside the caller's autocast
+        # region (an AMP training loop) must not inherit its dtype.
+        return (torch.autocast(device.type, enabled=False) if dtype is None else
+                torch.autocast(device.type, dtype=dtype, cache_enabled=False))
 
     def _ensure_captured(self, image_shape: Tuple[int, ...]) -> None:
         if self._image_shape == image_shape and pointers_unchanged(self._pointers):
@@ -160,6 +177,51 @@ class TorchGraphEngine(SelectionEngine):
             out[start:stop].copy_(graph.out[:rows])
         return out.to(x.device)
 
+    @torch.no_grad()
+    def batch_losses(self, batch: Any, forward: Callable[[nn.Module, Any], Any],
+                     loss_fn: Callable[[Any, Any], torch.Tensor]) -> torch.Tensor:
+        """The per-example loss hook, replayed: ``loss_fn(forward(model, batch), batch)`` for a batch
+        structure of tensors (dicts of token ids, tuples) captured per bucket on static buffers of its
+        leaves' shapes (re-captured when the structure, a leaf's shape past the batch dimension, the
+        functions or the model's tensors change). ``forward`` and ``loss_fn`` must be capturable: no
+        host reads, no shape that depends on values."""
+        leaves, spec = tree_flatten(_plain_containers(batch))
+        if not leaves or not all(torch.is_tensor(t) for t in leaves):
+            raise EngineError("torch-graph scores batches whose every part is a tensor; use torch-"
+                              f"{self.precision} (eager) for this batch")
+        n = leaves[0].shape[0]
+        key = (spec, tuple((tuple(t.shape[1:]), t.dtype) for t in leaves), forward, loss_fn)
+        if key != self._structure_key or not pointers_unchanged(self._pointers):
+            self._capture_structure(key, leaves, spec, forward, loss_fn)
+        out = torch.empty(n, dtype=torch.float32, device=self.device)
+        for start, stop, bucket in plan_buckets(n, self.buckets):
+            graph, static = self._structure_graphs[bucket]
+            rows = stop - start
+            for buffer, leaf in zip(static, leaves):
+                buffer[:rows].copy_(leaf[start:stop])
+            graph.replay()
+            out[start:stop].copy_(graph.out[:rows])
+        return out
+
+    def _capture_structure(self, key: tuple, leaves: List[torch.Tensor], spec: Any,
+                           forward: Callable[[nn.Module, Any], Any], loss_fn: Callable[[Any, Any], torch.Tensor]) -> None:
+        self._structure_graphs = {}
+
+        def run(static: List[torch.Tensor]) -> torch.Tensor:
+            batch = tree_unflatten(static, spec)
+            with torch.no_grad(), eval_mode(self.model):
+                with self._autocast(self.device):
+                    output = forward(self._module, batch)
+                return loss_fn(output, batch).float()
+
+        def inputs(bucket: int) -> Tuple[Callable, torch.Tensor, torch.Tensor]:
+            static = [torch.zeros((bucket, *t.shape[1:]), dtype=t.dtype, device=self.device) for t in leaves]
+            return (lambda _x, _y: run(static)), static[0], static
+
+        captured = self._capture_buckets(inputs)
+        self._structure_graphs = {bucket: (graph, made[2]) for bucket, (graph, made) in captured.items()}
+        self._structure_key = key
+
     def refresh(self, model: nn.Module, full: bool = False) -> None:
         """Live: nothing to do. Snapshot: the new weights copied into the captured tensors in place."""
         if not self.snapshot:
@@ -174,6 +236,16 @@ class TorchGraphEngine(SelectionEngine):
 
     def close(self) -> None:
         """Wait for queued replays before their graphs and memory pool go."""
-        if self._graphs and self.device.type == "cuda":
+        if (self._graphs or self._structure_graphs) and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._graphs = {}
+        self._structure_graphs = {}
+
+
+def _plain_containers(batch: Any) -> Any:
+    """``batch`` with every mapping as a dict (a Hugging Face ``BatchEncoding`` is not a pytree node)."""
+    if isinstance(batch, Mapping):
+        return {k: _plain_containers(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(_plain_containers(v) for v in batch)
+    return batch
