@@ -154,6 +154,7 @@ def test_resumes_from_an_epoch_end_checkpoint_as_if_uninterrupted(tmp_path):
 
 def test_bad_settings_are_clear_errors(tmp_path):
     for bad, match in (({"num_train_epochs": 1.5}, "integer num_train_epochs"),
+                       ({"train_sampling_strategy": "group_by_length"}, "own order"),
                        ({"max_steps": 10}, "no max_steps")):
         trainer = SelectiveBackpropTrainer(model=_bert(), args=_args(tmp_path, **bad), train_dataset=Sequences())
         with pytest.raises(ValueError, match=match):

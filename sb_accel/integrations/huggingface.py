@@ -116,13 +116,18 @@ class SelectiveBackpropTrainer(Trainer):
             raise ValueError("SelectiveBackpropTrainer does not run under DataParallel (several GPUs in one "
                              "process): launch one process per GPU with torchrun")
         epochs = self._planned_epochs()
+        sampling = getattr(self.args, "train_sampling_strategy",   # transformers 5; 4.x: group_by_length
+                           "group_by_length" if getattr(self.args, "group_by_length", False) else "random")
+        if sampling not in ("random", "sequential"):
+            raise ValueError(f"train_sampling_strategy={sampling!r} cannot be kept: the selecting loader draws its "
+                             "own order of the dataset (use 'random' or 'sequential')")
         dataset, collator = self.train_dataset, self.data_collator
         # the Trainer's own column clean-up (datasets.Dataset columns, or a collator that drops them)
         if _is_hf_dataset(dataset):
             dataset = self._remove_unused_columns(dataset, description="training")
         else:
             collator = self._get_collator_with_removed_columns(collator, description="training")
-        data = DataLoader(dataset, batch_size=self._train_batch_size, shuffle=True, collate_fn=collator,
+        data = DataLoader(dataset, batch_size=self._train_batch_size, shuffle=sampling == "random", collate_fn=collator,
                           num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         if self.selective_loader is not None:
             self.selective_loader.close()
