@@ -71,7 +71,8 @@ class BatchSelector:
         self.loss_fn = loss_fn or per_example_loss
         self.forward = forward or default_forward
         self.min_keep = min_keep
-        self.policy = SelectiveBackpropPolicy(selectivity, history=history, seed=seed, **policy_options)
+        # history and generator on the model's device: decisions without a host round trip
+        self.policy = SelectiveBackpropPolicy(selectivity, history=history, seed=seed, **policy_options).to(device)
         self.seen = 0   # rows scored so far
         self.kept = 0   # rows returned so far
 
@@ -92,8 +93,6 @@ class BatchSelector:
     def __call__(self, batch: Batch) -> Batch:
         """The rows of ``batch`` that SB keeps, in ``batch``'s own structure (tuple, list, dict ...)."""
         losses = self.losses(batch)
-        if self.policy.device != losses.device:
-            self.policy.to(losses.device)   # history and generator follow the model's device once
         keep = self.policy.select(losses, torch.arange(losses.numel(), device=losses.device), epoch=0)
         rows = keep.nonzero().flatten()
         if rows.numel() < min(self.min_keep, losses.numel()):
