@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .engines import EngineContext, EngineRefresher, RefreshSchedule, parse_engine_spec
 from .selection import StrategyOptions, TrainBatch, create_strategy, priming_epochs, strategy_info
-from .selective_loader import api_nonfinite_message, guard_training_losses
+from .loader_checks import api_nonfinite_message, guard_training_losses
 from .train.driver import SelectionDriver
 from .train.engine_setup import resolve_engine
 

@@ -8,15 +8,16 @@ handed out. Batches go as soon as no buffered row refers to them (:meth:`Candida
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from .data.batch_structure import Batch, concat, num_rows, take_rows
 from .engines import EngineRefresher, SelectionEngine
+from .selection import TrainBatch
 
-__all__ = ["CandidateRows", "StoredRowsEngine"]
+__all__ = ["CandidateRows", "StoredRowsEngine", "batch_state", "remap_row_ids"]
 
 
 class CandidateRows:
@@ -119,3 +120,19 @@ class StoredRowsEngine(SelectionEngine):
     def refresh(self, model: nn.Module, full: bool = False) -> None:
         """Refreshes belong to the refresher (:meth:`EngineRefresher.after_step`)."""
         raise RuntimeError("StoredRowsEngine is refreshed through its EngineRefresher")
+
+
+def batch_state(b: TrainBatch) -> Dict[str, torch.Tensor]:
+    """A batch of row ids as its checkpoint form (on the CPU)."""
+    return {"x": b.x.cpu(), "y": b.y.cpu(), "indices": b.indices.cpu(), "weights": b.weights.cpu()}
+
+
+def remap_row_ids(state: Any, remap: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``state`` (a driver state dict) with the row ids of every stored batch mapped by ``remap``."""
+    if isinstance(state, dict):
+        if {"x", "y", "indices", "weights"} <= set(state):
+            return {**state, "x": remap(state["x"]), "y": remap(state["y"])}
+        return {k: remap_row_ids(v, remap) for k, v in state.items()}
+    if isinstance(state, list):
+        return [remap_row_ids(v, remap) for v in state]
+    return state

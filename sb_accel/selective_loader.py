@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
@@ -41,15 +40,15 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, default_collate
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .adapters import Forward, LossFn, default_forward, labels_of, logits_of, per_example_loss, IGNORE_INDEX
-from .candidate_rows import CandidateRows, StoredRowsEngine
-from .data.batch_structure import Batch, leaves, move, num_rows
+from .adapters import Forward, LossFn, default_forward, logits_of, per_example_loss
+from .candidate_rows import CandidateRows, StoredRowsEngine, batch_state, remap_row_ids
+from .data.batch_structure import Batch, move, num_rows
 from .data.sampler import DistributedEpochSampler
 from .engines import EngineContext, EngineError, EngineRefresher, RefreshSchedule, parse_engine_spec
 from .engines.torch_backend import eval_mode
+from .loader_checks import api_nonfinite_message, check_candidates, guard_training_losses, layout_error, unpack_data
 from .selection import StrategyOptions, TrainBatch, create_strategy, strategy_info
 from .selection.expected_share import expected_share
 from .train.candidates import selection_call_size
@@ -57,8 +56,7 @@ from .train.distributed import RankGroup
 from .train.driver import SelectionDriver
 from .train.engine_setup import resolve_engine
 
-__all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT", "MAX_DRY_PASSES",
-           "guard_training_losses", "api_nonfinite_message"]
+__all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT", "MAX_DRY_PASSES"]
 
 HOOKED_BACKENDS = ("torch", "torch-graph")  # engines that run any forward and loss_fn (a per-example loss hook)
 # Snapshot engines (ONNX Runtime, TensorRT, torch snapshot) are refreshed every K steps, K the smallest that
@@ -119,7 +117,7 @@ class SelectiveLoader:
                              "(the planned number of epochs), or it never anneals")
         if epochs is not None and epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
-        self.dataset, loader_batch, self._loading, default_shuffle = _unpack(data)
+        self.dataset, loader_batch, self._loading, default_shuffle = unpack_data(data)
         batch_size = loader_batch if batch_size is None else batch_size
         if batch_size is None:
             raise ValueError("pass batch_size= (the training batch size): the DataLoader has none")
@@ -194,7 +192,7 @@ class SelectiveLoader:
                 output = self.forward(self.model, sample)
                 losses = self.loss_fn(output, sample)
         except RuntimeError as exc:
-            raise _layout_error(sample, exc) from exc
+            raise layout_error(sample, exc) from exc
         if not torch.is_tensor(losses) or losses.shape != (num_rows(sample),):
             raise ValueError(f"loss_fn must return one loss per example, shape ({num_rows(sample)},), got "
                              f"{tuple(losses.shape) if torch.is_tensor(losses) else type(losses).__name__}")
@@ -319,7 +317,7 @@ class SelectiveLoader:
                 return
             indices, batch = item
             self._cursor += len(indices)
-            self._check_candidates(batch, indices)
+            check_candidates(batch, indices, self.num_classes)
             ids = self.rows.add(move(batch, self.device))
             kept = self.driver.kept
             self._ready.extend(self.driver.select(ids, ids, indices))
@@ -360,24 +358,6 @@ class SelectiveLoader:
         chunks = list(order.split(size))
         loader = DataLoader(self.dataset, batch_sampler=[c.tolist() for c in chunks], **self._loading)
         return zip(chunks, loader)
-
-    def _check_candidates(self, batch: Batch, indices: torch.Tensor) -> None:
-        """Host-side checks of a candidate batch before it goes to the device (no device sync): NaN/inf
-        inputs, and labels outside the model's classes with the default loss."""
-        for t in leaves(batch):
-            if t.device.type == "cpu" and t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"a candidate batch holds NaN/inf inputs (dataset indices {indices[:8].tolist()}"
-                                 f"{'...' if len(indices) > 8 else ''}): clean or filter these examples in the Dataset")
-        if self.num_classes is None:
-            return
-        labels = labels_of(batch)
-        if torch.is_tensor(labels) and labels.device.type == "cpu" and labels.numel():
-            valid = labels[labels != IGNORE_INDEX]
-            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.num_classes):
-                bad = int(valid.min()) if int(valid.min()) < 0 else int(valid.max())
-                raise ValueError(f"label {bad} is outside the model's {self.num_classes} classes (0.."
-                                 f"{self.num_classes - 1}) in the candidates at dataset indices "
-                                 f"{indices[:8].tolist()}: fix the labels or the model's number of outputs")
 
     def loss(self, per_example: torch.Tensor) -> torch.Tensor:
         """The training loss of the batch just yielded: its per-example losses (``reduction="none"``)
@@ -461,7 +441,7 @@ class SelectiveLoader:
                 "epoch": self.epoch, "steps": self.steps, "pass": self._pass, "cursor": self._cursor,
                 "pass_order": self._pass_order, "order": self._order.state_dict(), "plan": self._plan,
                 "run_steps": self._run_steps,
-                "driver": self.driver.state_dict(), "ready": [_batch_state(b) for b in self._ready],
+                "driver": self.driver.state_dict(), "ready": [batch_state(b) for b in self._ready],
                 "row_ids": live, "rows": rows, "seconds": dict(self._seconds), "kept_window": list(self._kept_window),
                 "selecting": list(self._selecting)}
 
@@ -485,7 +465,7 @@ class SelectiveLoader:
         self.rows.clear()
         if state["rows"] is not None:
             self.rows.add(move(state["rows"], self.device))
-        self.driver.load_state_dict(_remap_rows(state["driver"], remap), self.device)
+        self.driver.load_state_dict(remap_row_ids(state["driver"], remap), self.device)
         self._ready = deque(TrainBatch(remap(b["x"]), remap(b["y"]), b["indices"].to(self.policy.device),
                                        b["weights"].to(self.policy.device)) for b in state["ready"])
         self._order.load_state_dict(state["order"])
@@ -495,32 +475,6 @@ class SelectiveLoader:
         self._seconds.update(state["seconds"])
         self._kept_window = deque(tuple(w) for w in state["kept_window"])
         self._selecting = list(state["selecting"])
-
-
-def _unpack(data: Any) -> Tuple[Dataset, Optional[int], Dict[str, Any], bool]:
-    """The dataset, batch size, DataLoader settings kept, and whether to shuffle by default."""
-    if isinstance(data, DataLoader):
-        dataset = data.dataset
-        sampler = data.sampler
-        if getattr(sampler, "replacement", False):  # RandomSampler(replacement=True), WeightedRandomSampler
-            raise ValueError(f"the DataLoader's {type(sampler).__name__} draws with replacement: an epoch would offer "
-                             "some examples several times and others never; use shuffle=True (a permutation)")
-        if not isinstance(sampler, (RandomSampler, SequentialSampler, DistributedSampler)):
-            raise ValueError(f"the DataLoader has a custom sampler ({type(sampler).__name__}): the selecting loader "
-                             "draws its own per-epoch order to know every example's dataset index; pass the Dataset "
-                             "or a DataLoader with shuffle=True/False")
-        shuffle = not isinstance(sampler, SequentialSampler) and getattr(sampler, "shuffle", True)
-        loading = {"collate_fn": data.collate_fn, "num_workers": data.num_workers, "pin_memory": data.pin_memory,
-                   "worker_init_fn": data.worker_init_fn, "timeout": data.timeout}
-        if data.num_workers:
-            loading["multiprocessing_context"] = data.multiprocessing_context
-        batch_size = data.batch_size
-    else:
-        dataset, batch_size, loading, shuffle = data, None, {"collate_fn": default_collate}, True
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-        raise TypeError(f"SelectiveLoader needs a map-style Dataset (__getitem__ and __len__), got "
-                        f"{type(dataset).__name__}: it selects examples by index")
-    return dataset, batch_size, loading, bool(shuffle)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -544,54 +498,3 @@ def _auto_engine(device: torch.device, plain: bool) -> Tuple[str, str]:
     if backend == "torch-graph" and not plain:
         return "torch", "fp16"
     return backend, precision
-
-
-def _layout_error(sample: Batch, exc: RuntimeError) -> Exception:
-    """A forward that failed on the first batch, with the likely cause named (channels-last images)."""
-    first = sample[0] if isinstance(sample, (tuple, list)) else None
-    if torch.is_tensor(first) and first.dim() == 4 and first.shape[-1] in (1, 3, 4) and first.shape[1] not in (1, 3, 4):
-        return ValueError(f"the model failed on the first batch, whose images have shape {tuple(first.shape)}: that "
-                          "looks channels-last (N, H, W, C); models take (N, C, H, W): permute in the Dataset or "
-                          f"transform (x.permute(2, 0, 1) per image) ({exc})")
-    return RuntimeError(f"the model or loss_fn failed on the first batch: {exc}")
-
-
-def _batch_state(b: TrainBatch) -> Dict[str, torch.Tensor]:
-    return {"x": b.x.cpu(), "y": b.y.cpu(), "indices": b.indices.cpu(), "weights": b.weights.cpu()}
-
-
-def _remap_rows(state: Any, remap) -> Any:
-    """``state`` (a driver state dict) with the row ids of every stored batch mapped by ``remap``."""
-    if isinstance(state, dict):
-        if {"x", "y", "indices", "weights"} <= set(state):
-            return {**state, "x": remap(state["x"]), "y": remap(state["y"])}
-        return {k: _remap_rows(v, remap) for k, v in state.items()}
-    if isinstance(state, list):
-        return [_remap_rows(v, remap) for v in state]
-    return state
-
-
-_TRAINING_NONFINITE = ("training losses passed to loss() are NaN/inf: the model has diverged (lower the "
-                       "learning rate, add warm-up or gradient clipping) or the data holds NaN/inf")
-
-
-def guard_training_losses(losses: Optional[torch.Tensor], flag: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Refuse non-finite training losses before a strategy stores them: on the CPU at once; on a GPU
-    folded into the device-side ``flag`` (no host sync per step) and raised when called with
-    ``losses=None`` (at the epoch's end). Returns the flag to keep."""
-    if losses is None:
-        if flag is not None and bool(flag):
-            raise FloatingPointError(_TRAINING_NONFINITE)
-        return None
-    finite = torch.isfinite(losses.detach()).all()
-    if losses.device.type == "cpu":
-        if not bool(finite):
-            raise FloatingPointError(_TRAINING_NONFINITE)
-        return flag
-    return ~finite if flag is None else flag | ~finite
-
-
-def api_nonfinite_message(exc: FloatingPointError) -> str:
-    """The policy's divergence message in the loader's words (no CLI flags)."""
-    return ("selection losses are NaN/inf: the model has diverged (lower the learning rate, add warm-up or "
-            "gradient clipping) or the engine produced garbage (try engine='torch-fp32') [" + str(exc).split(":")[0] + "]")
