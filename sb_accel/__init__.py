@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
-__all__ = ["SelectiveLoader", "per_example_loss", "causal_lm_loss", "SelectiveBackprop", "TrainConfig",
-           "ConfigError", "__version__"]
+__all__ = ["SelectiveLoader", "per_example_loss", "causal_lm_loss", "BatchSelector", "select_batch",
+           "SelectiveBackprop", "TrainConfig", "ConfigError", "__version__"]
 
 _LAZY = {"SelectiveLoader": ".selective_loader", "per_example_loss": ".adapters", "causal_lm_loss": ".adapters",
+         "BatchSelector": ".per_batch", "select_batch": ".per_batch",
          "SelectiveBackprop": ".api", "TrainConfig": ".config", "ConfigError": ".config"}
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .api import SelectiveBackprop
     from .selective_loader import SelectiveLoader
     from .config import ConfigError, TrainConfig
+    from .per_batch import BatchSelector, select_batch
 
 
 def __getattr__(name: str) -> Any:
