@@ -20,6 +20,8 @@ Kath18 candidate batches smaller than its pre-sample.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -29,6 +31,7 @@ import torch.nn as nn
 from .engines import EngineContext, EngineRefresher, RefreshSchedule, parse_engine_spec
 from .selection import StrategyOptions, TrainBatch, create_strategy, priming_epochs, strategy_info
 from .loader_checks import api_nonfinite_message, guard_training_losses
+from .train.candidates import loss_history_size
 from .train.driver import SelectionDriver
 from .train.engine_setup import resolve_engine
 
@@ -80,6 +83,7 @@ class SelectiveBackprop:
             raise ValueError(f"refresh_every must be >= 0, got {refresh_every}")
         self.model = model
         self.options = StrategyOptions(selectivity=selectivity, **options)
+        self._history = int(options.get("history", 0))  # R; 0: automatic, fixed at the first batch
         self.dataset_size = dataset_size
         self.epochs = epochs
         self.end_of_epoch = end_of_epoch
@@ -98,6 +102,8 @@ class SelectiveBackprop:
     # --- set-up -------------------------------------------------------------------------------
     def _setup(self, x: torch.Tensor, y: torch.Tensor) -> SelectionDriver:
         self.batch_size = self.batch_size or len(y)
+        # R must hold more than one selection call, or SB's CDF covers only the batch it scores
+        self.options = dataclasses.replace(self.options, history=loss_history_size(self._history, len(y)))
         policy = create_strategy(self.info.name, self.options, batch_size=self.batch_size,
                                  dataset_size=self.dataset_size).to(x.device)
         refresher = None

@@ -50,7 +50,7 @@ from .engines.torch_backend import eval_mode
 from .loader_checks import api_nonfinite_message, check_candidates, guard_training_losses, layout_error, unpack_data
 from .selection import StrategyOptions, TrainBatch, create_strategy, strategy_info
 from .selection.expected_share import expected_share
-from .train.candidates import selection_call_size
+from .train.candidates import loss_history_size, selection_call_size
 from .train.distributed import RankGroup
 from .train.driver import SelectionDriver
 from .train.engine_setup import resolve_engine
@@ -143,9 +143,12 @@ class SelectiveLoader:
             raise ValueError(f"the dataset has {self.dataset_size} examples, fewer than one batch of {batch_size} "
                              f"per rank on {world} rank(s): use a smaller batch_size")
         self._order = DistributedEpochSampler(self.dataset_size, world, rank, seed=seed, shuffle=self.shuffle)
+        self._selection_batch = selection_batch_size
+        # R must hold more than one selection call (all ranks' under the global history), or SB's CDF
+        # covers only the batch it scores: 0 (default) picks twice a call, at least 1024
+        options["history"] = loss_history_size(int(options.get("history", 0)), self._call_size(1) * world)
         self.policy = create_strategy(self.info.name, StrategyOptions(selectivity=selectivity, seed=seed, **options),
                                       batch_size=batch_size, dataset_size=self.dataset_size).to(self.device)
-        self._selection_batch = selection_batch_size
         self.rows = CandidateRows()
         sample = self._fetch(torch.arange(min(batch_size, self.dataset_size)))
         self.num_classes = self._check_sample(sample)
@@ -358,7 +361,10 @@ class SelectiveLoader:
     def _batches(self, order: torch.Tensor, size: int) -> Iterator[Tuple[torch.Tensor, Batch]]:
         """``(dataset indices, collated batch)`` of ``order`` in chunks of ``size``, through a DataLoader."""
         chunks = list(order.split(size))
-        loader = DataLoader(self.dataset, batch_sampler=[c.tolist() for c in chunks], **self._loading)
+        # its own generator: a DataLoader without one draws its worker seed from the global RNG, which
+        # would shift the user's dropout masks and make a resumed run differ from an uninterrupted one
+        loading = {"generator": torch.Generator().manual_seed(self.seed * 1_000_003 + self._pass), **self._loading}
+        loader = DataLoader(self.dataset, batch_sampler=[c.tolist() for c in chunks], **loading)
         return zip(chunks, loader)
 
     def loss(self, per_example: torch.Tensor) -> torch.Tensor:
