@@ -177,7 +177,8 @@ class SelectiveBackprop:
         strategy (Stale-SB and InfoBatch learn from them)."""
         if self._batch is None:
             raise RuntimeError("loss() comes after select() has yielded a batch")
-        self._bad_loss = guard_training_losses(per_example, self._bad_loss)
+        if self.driver.policy.uses_training_losses:  # only what a strategy stores needs guarding
+            self._bad_loss = guard_training_losses(per_example, self._bad_loss)
         self.driver.observe(self._batch, per_example)
         self._observed = True
         return (per_example * self._batch.weights.to(per_example.device)).mean()

@@ -72,6 +72,7 @@ def layout_error(sample: Batch, exc: RuntimeError) -> Exception:
     return RuntimeError(f"the model or loss_fn failed on the first batch: {exc}")
 
 
+_HOST = torch.device("cpu")
 _TRAINING_NONFINITE = ("training losses passed to loss() are NaN/inf: the model has diverged (lower the "
                        "learning rate, add warm-up or gradient clipping) or the data holds NaN/inf")
 
@@ -85,7 +86,7 @@ def guard_training_losses(losses: Optional[torch.Tensor], flag: Optional[torch.T
             raise FloatingPointError(_TRAINING_NONFINITE)
         return None
     finite = torch.isfinite(losses.detach()).all()
-    if losses.device.type == "cpu":
+    if losses.device == _HOST:  # an accelerator (any indexed device) defers the read
         if not bool(finite):
             raise FloatingPointError(_TRAINING_NONFINITE)
         return flag

@@ -377,7 +377,8 @@ class SelectiveLoader:
         if per_example.shape != (len(self._current),):
             raise ValueError(f"loss() needs one loss per example of the batch ({len(self._current)}), got shape "
                              f"{tuple(per_example.shape)}: compute it with reduction='none'")
-        self._bad_loss = guard_training_losses(per_example, self._bad_loss)
+        if self.driver.policy.uses_training_losses:  # only what a strategy stores needs guarding
+            self._bad_loss = guard_training_losses(per_example, self._bad_loss)
         self.driver.observe(self._current, per_example)
         self._observed = True
         return (per_example * self._current.weights.to(per_example.device, per_example.dtype)).mean()
