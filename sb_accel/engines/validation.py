@@ -32,7 +32,7 @@ from .base import EngineContext, SelectionEngine
 from .errors import EngineError
 from .torch_backend import TorchEngine
 
-__all__ = ["Validation", "Tolerance", "check_engine", "require_valid", "rank_correlation", "rank_agreement",
+__all__ = ["Validation", "Tolerance", "judge", "check_engine", "require_valid", "rank_correlation", "rank_agreement",
            "relative_error", "DEFAULT_TOLERANCES", "TIE_RESOLUTION", "CHECK_METRICS"]
 
 # Pairs whose FP32 losses differ by less than this share of the mean loss are near-ties: left out
@@ -131,16 +131,14 @@ def relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
     return error / scale if scale > 0 else (0.0 if error == 0 else math.inf)
 
 
-def check_engine(engine: SelectionEngine, model: nn.Module, validation: Validation) -> dict:
-    """Compare ``engine`` with FP32 PyTorch on ``model``; returns the metrics and a verdict.
+def judge(got: torch.Tensor, reference: torch.Tensor, tolerance: Tolerance) -> dict:
+    """The metrics of engine losses ``got`` against FP32 ``reference`` losses and the verdict.
 
     Returns:
         ``{"rank_agreement", "relative_error", "max_abs_error", "rank_correlation", "ok",
         "problem"}``; ``problem`` says which threshold failed (None when ``ok``).
     """
-    reference = TorchEngine(model, "fp32").losses(validation.x, validation.y).float().cpu()
-    got = engine.losses(validation.x, validation.y).float().cpu()
-    tolerance = validation.tolerance_for(engine.precision)
+    got, reference = got.detach().float().cpu(), reference.detach().float().cpu()
     metrics = {"rank_agreement": rank_agreement(got, reference), "relative_error": relative_error(got, reference),
                "max_abs_error": float((got - reference).abs().max()), "rank_correlation": rank_correlation(got, reference)}
     problem = None
@@ -154,6 +152,12 @@ def check_engine(engine: SelectionEngine, model: nn.Module, validation: Validati
     elif not metrics["relative_error"] <= tolerance.max_relative_error:
         problem = f"relative loss error vs torch fp32 {metrics['relative_error']:.3g} > {tolerance.max_relative_error:g}"
     return {**metrics, "ok": problem is None, "problem": problem}
+
+
+def check_engine(engine: SelectionEngine, model: nn.Module, validation: Validation) -> dict:
+    """Compare ``engine`` with FP32 PyTorch on ``model`` on the validation batch: :func:`judge`."""
+    reference = TorchEngine(model, "fp32").losses(validation.x, validation.y)
+    return judge(engine.losses(validation.x, validation.y), reference, validation.tolerance_for(engine.precision))
 
 
 def require_valid(engine: SelectionEngine, model: nn.Module, validation: Optional[Validation]) -> dict:
