@@ -13,10 +13,11 @@ ResNet-18 reach 1e5-1e6 while its BatchNorm statistics catch up, and an absolute
   and selection treats them alike; without any separated pair the ranks are not judged.
 * **relative error**: mean |engine loss - torch loss| / mean |torch loss|.
 
-A broken engine (wrong, permuted or zeroed weights, a dropped bias) orders the losses no better
-than chance (agreement near 0, measured on small_cnn and ResNet-18: see :data:`DEFAULT_TOLERANCES`),
-while a healthy INT8 one, even with activation scales gone stale, stays above 0.7. The max |loss
-difference| and the Spearman correlation are logged too, for the record, but judge nothing.
+A broken engine (wrong, permuted or zeroed weights) orders the losses no better than chance
+(agreement near 0, measured on small_cnn and ResNet-18: see :data:`DEFAULT_TOLERANCES`), while a
+healthy INT8 one stays above 0.67; a cheap INT8 refresh whose activation scales have gone stale can
+fall below, and the refresher then recalibrates. The max |loss difference| and the Spearman
+correlation are logged too, for the record, but judge nothing.
 """
 from __future__ import annotations
 
@@ -57,17 +58,17 @@ class Tolerance:
     max_relative_error: float
 
 
-# Measured on CIFAR-10 validation batches of 32 (small_cnn over its first 160 steps, ResNet-18 over
-# its first 40, both from scratch; /tmp-free script in benchmarks/refresh_share.py's docstring):
-# healthy INT8 engines, cheap refreshes with stale activation scales included, agree >= 0.83 with
-# relative error <= 0.06; permuted or zeroed weights agree -0.3..0.35. FP32 engines agree 1.0 with
-# relative error ~1e-6; FP16/BF16 lose ~1e-3 / ~1e-2 of the loss.
+# Measured on CIFAR-10 validation batches of 32 (engines/README.md has the numbers): healthy INT8
+# engines agree 0.67-1.0 (a freshly recalibrated ResNet-18 sits lowest around steps 30-40, when its
+# eval-mode losses bunch up near 2.3) with relative error <= 0.05; permuted or zeroed weights agree
+# -0.41..0.39 (Kendall's tau of 32 unrelated values has a standard deviation of ~0.12). FP32 engines
+# agree 1.0 with relative error ~1e-6; FP16/BF16 lose ~1e-3 / ~1e-2 of the loss.
 DEFAULT_TOLERANCES: Dict[str, Tolerance] = {
     "fp32": Tolerance(min_rank_agreement=0.9, max_relative_error=1e-3),
     "fp16": Tolerance(min_rank_agreement=0.8, max_relative_error=0.05),
     "bf16": Tolerance(min_rank_agreement=0.7, max_relative_error=0.1),
-    "int8": Tolerance(min_rank_agreement=0.6, max_relative_error=0.25),
-    "fp8": Tolerance(min_rank_agreement=0.6, max_relative_error=0.25),
+    "int8": Tolerance(min_rank_agreement=0.5, max_relative_error=0.25),
+    "fp8": Tolerance(min_rank_agreement=0.5, max_relative_error=0.25),
 }
 
 
