@@ -107,7 +107,7 @@ def run_once(name: str, cfg: TrainConfig, data) -> Dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = load_dataset(args.dataset).subset(train=args.train_subset, test=1000, seed=0)
+    data = load_dataset(args.dataset).subset(train=args.train_subset, test=500, seed=0)
     configs = {"traditional": {"strategy": "traditional"}}
     configs.update({f"sb/{spec}": {"strategy": "sb", "engine": spec} for spec in args.engines})
     names = list(configs)
@@ -124,14 +124,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 result["round"] = r
                 runs.append(result)
                 print(f"round {r} {name}: {result['seconds']:.1f} s, load {result['load_before']:.2f}", flush=True)
+            write(args, argv, runs)  # after every round: a run cut short keeps what it measured
+    return 0
+
+
+def write(args: argparse.Namespace, argv: Optional[Sequence[str]], runs: List[Dict[str, Any]]) -> None:
+    """Compare every SB run with its round's Traditional run; write the JSON and the table."""
     table = []
-    for r in range(args.rounds):
+    for r in sorted({x["round"] for x in runs}):
         trad = next(x for x in runs if x["round"] == r and x["name"] == "traditional")
         for run in (x for x in runs if x["round"] == r and x["name"] != "traditional"):
             for e in range(1, args.epochs):
                 table.append({"round": r, "config": run["name"], "epoch": e, **compare(trad["epochs"][e], run["epochs"][e])})
     medians = {}
-    for name in names[1:]:
+    for name in sorted({t["config"] for t in table}):
         rows = [t for t in table if t["config"] == name]
         medians[name] = {k: statistics.median(t[k] for t in rows) for k in ("refresh_share", "speedup", "bound",
                                                                            "efficiency", "kept")}
@@ -141,8 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "refresh_share.json", result)
     (args.out / "refresh_share.md").write_text(report(result))
-    print(report(result))
-    return 0
+    print(report(result), flush=True)
 
 
 def report(result: Dict[str, Any]) -> str:
