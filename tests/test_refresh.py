@@ -430,3 +430,15 @@ def test_resnet18_int8_trains_through_epochs_without_refresh_error(tmp_path):
     assert events and all(e["event"] == "refresh" for e in events)
     assert all(e["step"] > 12 for e in events)  # epoch 0 primes (12 steps): no refresh in it
     assert any(e["validated"] for e in events)
+
+
+def test_driver_makes_no_refresh_after_the_last_epoch(cnn):
+    from sb_accel.selection import SelectiveBackpropPolicy
+    from sb_accel.train import SelectionDriver
+
+    refresher = EngineRefresher(TorchEngine(cnn, "fp32", EngineContext(options={"snapshot": True})), RefreshSchedule())
+    driver = SelectionDriver(SelectiveBackpropPolicy(), 8, refresher, num_epochs=2)
+    driver.start_epoch(0)
+    assert driver.after_epoch(cnn, 1)[0]["reason"] == "epoch"
+    driver.start_epoch(1)
+    assert driver.after_epoch(cnn, 2) == []  # nothing selects after the run's last epoch

@@ -227,10 +227,11 @@ class SelectionDriver:
         return self.refresher.after_step(model, step, selecting=self.selects(self.epoch))
 
     def after_epoch(self, model: nn.Module, step: int) -> List[dict]:
-        """Epoch-end engine refresh if due and the next epoch selects; returns the RunLog events."""
+        """Epoch-end engine refresh if due and a next epoch selects; returns the RunLog events."""
         if self.refresher is None:
             return []
-        return self.refresher.after_epoch(model, step, selecting=self.selects(self.epoch + 1))
+        last = self.num_epochs is not None and self.epoch + 1 >= self.num_epochs
+        return self.refresher.after_epoch(model, step, selecting=not last and self.selects(self.epoch + 1))
 
     def selects(self, epoch: int) -> bool:
         """Whether the policy may ask for selection forwards in ``epoch`` (False while priming): its
