@@ -428,7 +428,8 @@ def test_resnet18_int8_trains_through_epochs_without_refresh_error(tmp_path):
     assert summary["epochs"] == 3 and summary["forwards"] == 2 * 768
     events = [e for e in load_run(tmp_path / "run").events if e["event"] in ("refresh", "refresh_failed")]
     assert events and all(e["event"] == "refresh" for e in events)
-    assert all(e["step"] > 12 for e in events)  # epoch 0 primes (12 steps): no refresh in it
+    # epoch 0 primes (steps 1-12): no refresh in it, one at its end before selection starts
+    assert events[0]["reason"] == "resume" and events[0]["step"] == 12 and all(e["step"] >= 12 for e in events)
     assert any(e["validated"] for e in events)
 
 
