@@ -443,3 +443,24 @@ def test_driver_makes_no_refresh_after_the_last_epoch(cnn):
     assert driver.after_epoch(cnn, 1)[0]["reason"] == "epoch"
     driver.start_epoch(1)
     assert driver.after_epoch(cnn, 2) == []  # nothing selects after the run's last epoch
+
+
+def test_refresh_share_benchmark_arithmetic():
+    """benchmarks/refresh_share.py: Amdahl's bound keeps Traditional's non-training time, scales its
+    training by the kept share and adds SB's extra selection time."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "refresh_share", Path(__file__).resolve().parents[1] / "benchmarks" / "refresh_share.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    trad = {"wall": 100.0, "candidates": 1000, "backprops": 1000,
+            "phases": {"train_forward": 30.0, "backward": 40.0, "optimizer": 10.0, "selection": 1.0, "data": 19.0}}
+    sb = {"wall": 50.0, "candidates": 1000, "backprops": 250,
+          "phases": {"train_forward": 7.5, "backward": 10.0, "optimizer": 2.5, "selection": 11.0, "refresh": 2.0}}
+    got = module.compare(trad, sb)
+    assert got["bound"] == pytest.approx(100 / (100 - 80 + 0.25 * 80 + 10))  # 2.0x
+    assert got["speedup"] == 2.0 and got["efficiency"] == pytest.approx(1.0) and got["refresh_share"] == 0.04
+    with pytest.raises(SystemExit):
+        module.parse_args(["--epochs", "1", "--out", "x"])  # epoch 0 primes: nothing to compare
