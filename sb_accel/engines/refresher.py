@@ -110,6 +110,7 @@ class EngineRefresher:
         self._outside_since: Optional[float] = None  # when the last after_step returned
         self._training_seconds = 0.0  # outside after_step since the last step refresh
         self._costs: List[Tuple[float, float]] = []  # (refresh, training before it) of the probe
+        self._cost_checked = False
         self._standby = standby
         self._shadow: Optional[nn.Module] = None  # the snapshot the standby is refreshed from
         self._job: Optional[_Job] = None
@@ -196,14 +197,14 @@ class EngineRefresher:
     def _check_cost(self, seconds: float) -> None:
         """Refuse step refreshes that cost more than the training between them (module docstring)."""
         training, self._training_seconds = self._training_seconds, 0.0
-        if len(self._costs) > COST_PROBE or self.count <= 1:
+        if self._cost_checked or self.count <= 1:
             return  # decided already, or the first refresh (warm-up)
         self._costs.append((seconds, training))
         if len(self._costs) < COST_PROBE:
             return
         refresh = statistics.median(c[0] for c in self._costs)
         between = statistics.median(c[1] for c in self._costs)
-        self._costs.append((math.nan, math.nan))  # decided: no more probing
+        self._cost_checked = True
         if refresh > between:
             every = self.schedule.every_steps * max(2, math.ceil(10 * refresh / max(between, 1e-9)))
             event = {"event": "refresh_refused", "engine": self.engine.name, "refresh_seconds": refresh,
