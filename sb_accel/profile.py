@@ -13,15 +13,20 @@ For every model x batch size, on real data:
   an H100, per ../shared/ENGINES-NOTES.md), so the time of one batch size mispredicts the others.
 
 Each time is the median over ``repeats`` after ``warmup`` untimed repeats, with the quartiles as
-spread; the :class:`~sb_accel.train.timer.PhaseTimer` uses CUDA events on a GPU.
+spread; the :class:`~sb_accel.train.timer.PhaseTimer` uses CUDA events on a GPU. Every selection
+time the cost model uses is measured *in the training loop* (a selection call, then a training
+step, repeated), the engines' as the torch precisions': alone, with the caches warm and no
+training between calls, a selection forward is faster than between training steps (small_cnn on
+2 CPU cores: the prediction from standalone times was 2.49x for SB where the loop gave 1.65-1.8x).
 
 The cost model (one steady-state epoch of ``N`` examples at batch ``B`` and selectivity ``s``;
 SB's first, priming epoch costs as much as Traditional's)::
 
     Traditional:  N/B * step                       step = train forward + backward + optimizer
     SB (engine):  selection(engine) + s * N/B * step + (s * N/B / K + 1) * refresh(engine)
-    selection:    N/S * a + N * b                  (fit over call sizes; S = the selection batch)
-                  N/B * selection forward at B     (without a fit)
+    selection:    N/B * sel(B) * f(S) / f(B)       f(n) = a + b * n: the per-call fit (S = the
+                                                   selection batch), scaled to the in-loop time
+                  N/B * sel(B)                     sel(B) at the training batch (without a fit)
 
 with a refresh every ``K`` optimizer steps and one at the epoch end (``K = 0``: only the latter).
 A refresh is costed at the engine's usual one (cheap where it has a cheap path); a negative fitted
@@ -41,7 +46,7 @@ from .data import ArrayDataset, load_dataset
 from .device import resolve_device
 from .engines import EngineContext, SelectionEngine, create_engine, list_engines, parse_engine_spec
 from .measure import (build_engine, call_costs, check_engine_specs, default_call_sizes, real_batch, refresh_costs,
-                      seconds_cell, selection_seconds, spread_fields, time_phases)
+                      seconds_cell, spread_fields, time_phases)
 from .models import create_model, list_models
 from .reporting.plots import plot_profile
 from .files import atomic_write_json
@@ -177,9 +182,9 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
                 for build, refresh in zip(builds, refreshes):
                     row = {**base, "kind": "engine", "name": build.spec, "status": build.status,
                            "build_s": build.build_s, **refresh, **calls.get(build.spec, {})}
-                    if build.engine is not None:
-                        seconds, _ = selection_seconds(build.engine, [(x, y)], dev, repeats, warmup)
-                        row.update(spread_fields("selection", seconds))
+                    if build.engine is not None:  # in the loop, like the precisions' selection times
+                        t = _train_step_timing(model, build.engine, precisions[0], x, y, dev, repeats, warmup)
+                        row.update(spread_fields("selection", t["selection"]))
                         row["selection_over_backward"] = row["selection_ms"] / reference
                     rows.append(row)
         finally:
@@ -191,12 +196,16 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
 
 def selection_epoch_seconds(row: Dict[str, Any], examples: float, selection_batch: int) -> float:
     """Seconds to score ``examples`` candidates in calls of ``selection_batch`` with the engine of
-    ``row``: ``calls * a + examples * b`` from its per-call fit, else the time of one forward at the
-    row's batch size times the number of such batches."""
+    ``row``: its in-loop time of one call at the row's batch size per that many examples, scaled by
+    its per-call fit ``f(n) = a + b * n`` from the row's batch to ``selection_batch`` (the fit,
+    measured alone, gives how the cost changes with the call size; the loop gives its level)."""
+    per_example_s = row["selection_ms"] / 1e3 / row["batch"]
     if row.get("per_example_us") is not None:
-        return (examples / selection_batch * max(row["call_overhead_ms"], 0.0) / 1e3
-                + examples * row["per_example_us"] / 1e6)
-    return examples / row["batch"] * row["selection_ms"] / 1e3
+        def fit(n: float) -> float:
+            return max(row["call_overhead_ms"], 0.0) / 1e3 + n * row["per_example_us"] / 1e6
+
+        per_example_s *= (fit(selection_batch) / selection_batch) / (fit(row["batch"]) / row["batch"])
+    return examples * per_example_s
 
 
 def predict_epoch_costs(rows: Sequence[Dict[str, Any]], selectivity: float = 0.33,

@@ -15,7 +15,7 @@ PUBLIC = ["EngineContext", "EngineError", "EngineSpecError", "SelectionEngine", 
           "OnnxRuntimeEngine", "TensorRTEngine",
           "export_loss_model", "ExportResult", "quantize_int8", "QuantizedModel", "QUANT_FORMATS", "convert_to_fp16",
           "EngineRefresher", "RefreshSchedule", "RefreshError", "Validation", "check_engine", "rank_correlation",
-          "DEFAULT_MAX_ABS_ERROR", "load_recipe", "cache_key", "artifact_dir"]
+          "DEFAULT_TOLERANCES", "Tolerance", "load_recipe", "cache_key", "artifact_dir"]
 
 
 def _loaded_after(code: str) -> set:

@@ -94,9 +94,11 @@ def test_call_cost_fit_on_synthetic_timings():
             measure.fit_call_cost(sizes, seconds)
 
 
-def test_cost_model_uses_the_per_call_fit():
-    """1000 examples scored in calls of 250: 4 calls x 2 ms + 1000 x 5 us = 13 ms, whatever was
-    measured at the training batch; a negative fitted a (noise) counts as 0."""
+def test_cost_model_scales_the_in_loop_time_by_the_per_call_fit():
+    """The level comes from the in-loop selection time (10 ms per 100 examples), how it changes
+    with the call size from the per-call fit f(n) = 2 ms + 5 us * n: calls of 250 cost
+    f(250) / 250 = 13 us per example against f(100) / 100 = 25 us at the measured size, so 1000
+    examples cost 1000 x 100 us x 13/25. A negative fitted a (noise) counts as 0."""
     base = {"model": "m", "batch": 100, "dataset_size": 1000}
     train = {**base, "kind": "train", "name": "fp16", "status": "ok", "selection_ms": 10.0,
              "train_forward_ms": 20.0, "backward_ms": 50.0, "optimizer_ms": 30.0,
@@ -104,10 +106,10 @@ def test_cost_model_uses_the_per_call_fit():
     graph = {**base, "kind": "engine", "name": "torch-graph-fp16", "status": "ok", "selection_ms": 1.0,
              "refresh_s": None, "call_overhead_ms": -0.1, "per_example_us": 3.0}
     costs = {c["strategy"]: c for c in predict_epoch_costs([train, graph], 0.25, selection_batch=250)}
-    assert costs["sb torch-fp16"]["selection_s"] == pytest.approx(4 * 0.002 + 1000 * 5e-6)
-    assert costs["sb torch-graph-fp16"]["selection_s"] == pytest.approx(1000 * 3e-6)
+    assert costs["sb torch-fp16"]["selection_s"] == pytest.approx(1000 * 100e-6 * 13 / 25)
+    assert costs["sb torch-graph-fp16"]["selection_s"] == pytest.approx(1000 * 10e-6)  # no a: size-free
     default = {c["strategy"]: c for c in predict_epoch_costs([train], 0.25)}  # calls of the training batch
-    assert default["sb torch-fp16"]["selection_s"] == pytest.approx(10 * 0.002 + 1000 * 5e-6)
+    assert default["sb torch-fp16"]["selection_s"] == pytest.approx(10 * 0.010)  # the in-loop time itself
 
 
 def test_profile_reports_the_per_call_fit(synthetic):

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .tensorrt_backend import TensorRTEngine
     from .torch_backend import TorchEngine, per_example_loss
     from .torch_graph import TorchGraphEngine
-    from .validation import DEFAULT_MAX_ABS_ERROR, Validation, check_engine, rank_correlation
+    from .validation import DEFAULT_TOLERANCES, Tolerance, Validation, check_engine, rank_correlation
 
 # public name -> the module (relative to this package) that defines it
 _EXPORTS: Dict[str, str] = {
@@ -40,7 +40,7 @@ _EXPORTS: Dict[str, str] = {
     "convert_to_fp16": "fp16",
     "EngineRefresher": "refresher", "RefreshError": "refresher", "RefreshSchedule": "schedule",
     "Validation": "validation", "check_engine": "validation", "rank_correlation": "validation",
-    "DEFAULT_MAX_ABS_ERROR": "validation",
+    "DEFAULT_TOLERANCES": "validation", "Tolerance": "validation",
     "load_recipe": "recipes", "cache_key": "cache", "artifact_dir": "cache",
 }
 
@@ -49,7 +49,7 @@ __all__ = [  # a literal, for linters and type checkers; tests check it equals _
     "register_engine", "TorchEngine", "per_example_loss", "TorchGraphEngine", "OnnxRuntimeEngine", "TensorRTEngine",
     "export_loss_model", "ExportResult", "quantize_int8", "QuantizedModel", "QUANT_FORMATS", "convert_to_fp16",
     "EngineRefresher", "RefreshError", "RefreshSchedule", "Validation", "check_engine", "rank_correlation",
-    "DEFAULT_MAX_ABS_ERROR", "load_recipe", "cache_key", "artifact_dir",
+    "DEFAULT_TOLERANCES", "Tolerance", "load_recipe", "cache_key", "artifact_dir",
 ]
 
 

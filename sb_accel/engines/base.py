@@ -72,11 +72,13 @@ class SelectionEngine(abc.ABC):
     snapshot up to date with the live training model; ``snapshot_step`` is the optimizer step of the
     weights it holds (set by whoever refreshes it), so staleness can be logged.
 
-    ``refresh_kind`` says what the last refresh was: ``"full"`` (served from scratch: INT8
-    recalibrated, engine rebuilt, session reopened from the graph) or ``"cheap"`` (the fast path:
-    weights written into what is served: INT8 re-quantized with the kept activation scales, FP32/FP16
-    weights by name, a TensorRT refit). Backends without a cheap path leave it ``"full"``; the
-    refresher validates every full refresh and every N-th cheap one.
+    ``refresh_kind`` says what the last refresh was: ``"exact"`` (the weights copied as they are
+    into the module that serves: a PyTorch snapshot; nothing a check could find wrong, so never
+    validated), ``"cheap"`` (the fast path of a converted engine: weights written into what is
+    served, INT8 re-quantized with the kept activation scales, FP32/FP16 weights by name, a TensorRT
+    refit) or ``"full"`` (served from scratch: INT8 recalibrated, engine rebuilt, session reopened
+    from the graph). Backends without a cheap path leave it ``"full"``; the refresher validates
+    every full refresh and every N-th cheap one.
 
     ``refresh_detail`` says why the last refresh went as it did when that is news (a refused
     TensorRT refit and the weights it reported missing); the refresher logs it with the event.

@@ -3,11 +3,15 @@
 :class:`EngineRefresher` applies the schedule to an engine and reports each refresh as a RunLog
 event. A live engine (torch reading the training model) is never refreshed. Two more duties:
 
+* **Only while selection runs.** ``after_step``/``after_epoch`` are told whether the steps that
+  follow select (``selecting``; the driver asks the policy: not during priming epochs). A refresh
+  due while they do not is skipped, and one refresh (reason ``"resume"``) is made before selection
+  resumes.
 * **Validation.** With a :class:`~sb_accel.engines.validation.Validation` batch, every built
   engine, every full refresh and every ``schedule.validate_every``-th cheap refresh is compared
-  with the PyTorch model it was built from (max |loss difference|, Spearman rank correlation,
-  logged in the event). A cheap refresh that fails gets one full refresh before failing (stale
-  INT8 activation scales early in training). A failed build, refresh or validation raises
+  with the PyTorch model it was built from (rank agreement and relative error of the losses,
+  logged in the event); exact copies (a PyTorch snapshot) are not. A cheap refresh that fails gets
+  one full refresh before failing (stale INT8 activation scales). A failed build, refresh or validation raises
   :class:`RefreshError` (default) or, with ``fallback="torch"``, replaces the engine with a
   PyTorch FP32 snapshot engine and logs why.
 * **Background refresh.** Given a second ("standby") engine, a due refresh copies the weights into
@@ -20,12 +24,20 @@ event. A live engine (torch reading the training model) is never refreshed. Two 
   one copy of the model; engines that refresh in place (TensorRT refit) are only ever refreshed
   while they are the standby.
 
-Refresh events count cheap and full refreshes: an engine says which one it just did through
+Refresh events count exact, cheap and full refreshes: an engine says which one it just did through
 :attr:`~sb_accel.engines.base.SelectionEngine.refresh_kind`.
+
+**A refresh must cost less than the training it follows.** The refresher times its synchronous
+step refreshes and the training between them (everything outside ``after_step``); if, over
+:data:`COST_PROBE` refreshes after the first, the median refresh takes longer than the median
+training between two refreshes, it raises :class:`RefreshError` naming an interval that fits (on
+CUDA, a host-side engine refreshed every step copies every weight to the host each time).
 """
 from __future__ import annotations
 
 import copy
+import math
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,11 +51,14 @@ from .errors import EngineError
 from .registry import create_engine, parse_engine_spec
 from .schedule import RefreshSchedule
 from .torch_backend import TorchEngine
-from .validation import Validation, check_engine, require_valid
+from .validation import CHECK_METRICS, Validation, check_engine, require_valid
 
-__all__ = ["EngineRefresher", "RefreshError"]
+__all__ = ["EngineRefresher", "RefreshError", "COST_PROBE"]
 
 _FALLBACKS = ("raise", "torch")
+_KINDS = ("exact", "cheap", "full")
+# Step refreshes (after the first, which may pay a warm-up) timed before the cost check decides.
+COST_PROBE = 5
 
 
 class RefreshError(EngineError):
@@ -90,8 +105,12 @@ class EngineRefresher:
         self.validation = validation
         self.fallback = fallback
         self.count = 0
-        self.cheap_count = 0
-        self.full_count = 0
+        self.kind_counts = dict.fromkeys(_KINDS, 0)
+        self._behind = False  # a refresh was skipped while no selection ran
+        self._outside_since: Optional[float] = None  # when the last after_step returned
+        self._training_seconds = 0.0  # outside after_step since the last step refresh
+        self._costs: List[Tuple[float, float]] = []  # (refresh, training before it) of the probe
+        self._cost_checked = False
         self._standby = standby
         self._shadow: Optional[nn.Module] = None  # the snapshot the standby is refreshed from
         self._job: Optional[_Job] = None
@@ -133,19 +152,68 @@ class EngineRefresher:
         refresher._pending.append(event)
         return refresher
 
+    @property
+    def cheap_count(self) -> int:
+        return self.kind_counts["cheap"]
+
+    @property
+    def full_count(self) -> int:
+        return self.kind_counts["full"]
+
     # --- schedule -----------------------------------------------------------------------------
-    def after_step(self, model: nn.Module, step: int) -> List[dict]:
-        """Call after optimizer step ``step``; returns RunLog events of any refresh done."""
+    def after_step(self, model: nn.Module, step: int, selecting: bool = True) -> List[dict]:
+        """Call after optimizer step ``step``; returns RunLog events of any refresh done.
+
+        ``selecting``: whether the steps that follow run selection (False: a due refresh is
+        skipped and made up for before selection resumes).
+        """
+        entered = time.perf_counter()
+        if self._outside_since is not None:
+            self._training_seconds += entered - self._outside_since
         events = self._poll(model, step)
-        if not self.engine.is_live and self.schedule.due_after_step(step):
-            events += self._due(model, step, "steps")
+        due = not self.engine.is_live and self.schedule.due_after_step(step)
+        events += self._if_selecting(model, step, due, "steps", selecting)
+        if events and events[-1].get("reason") == "steps" and events[-1].get("mode") == "sync":
+            self._check_cost(events[-1]["seconds"])
+        self._outside_since = time.perf_counter()
         return events
 
-    def after_epoch(self, model: nn.Module, step: int) -> List[dict]:
+    def after_epoch(self, model: nn.Module, step: int, selecting: bool = True) -> List[dict]:
+        """Call at an epoch's end; ``selecting``: whether the next epoch runs selection."""
         events = self._poll(model, step)
-        if not self.engine.is_live and self.schedule.due_after_epoch():
-            events += self._due(model, step, "epoch")
-        return events
+        due = not self.engine.is_live and self.schedule.due_after_epoch()
+        return events + self._if_selecting(model, step, due, "epoch", selecting)
+
+    def _if_selecting(self, model: nn.Module, step: int, due: bool, reason: str, selecting: bool) -> List[dict]:
+        """Refresh if ``due`` and selection runs next; remember a skipped one and make it up."""
+        if not selecting:
+            self._behind = self._behind or due
+            return []
+        if self._behind:
+            self._behind = False
+            return self._due(model, step, "resume")
+        return self._due(model, step, reason) if due else []
+
+    def _check_cost(self, seconds: float) -> None:
+        """Refuse step refreshes that cost more than the training between them (module docstring)."""
+        training, self._training_seconds = self._training_seconds, 0.0
+        if self._cost_checked or self.count <= 1:
+            return  # decided already, or the first refresh (warm-up)
+        self._costs.append((seconds, training))
+        if len(self._costs) < COST_PROBE:
+            return
+        refresh = statistics.median(c[0] for c in self._costs)
+        between = statistics.median(c[1] for c in self._costs)
+        self._cost_checked = True
+        if refresh > between:
+            every = self.schedule.every_steps * max(2, math.ceil(10 * refresh / max(between, 1e-9)))
+            event = {"event": "refresh_refused", "engine": self.engine.name, "refresh_seconds": refresh,
+                     "training_seconds": between, "every_steps": self.schedule.every_steps}
+            raise RefreshError(
+                f"a {self.engine.name} refresh takes {refresh * 1e3:.1f} ms, more than the {between * 1e3:.1f} ms of "
+                f"training between two refreshes (every {self.schedule.every_steps} steps): refresh every {every} "
+                "steps (--refresh-every-steps / RefreshSchedule(every_steps=...)), refresh in the background "
+                "(--refresh-background), or use an engine that reads the live model (torch, torch-graph)", event)
 
     def _due(self, model: nn.Module, step: int, reason: str) -> List[dict]:
         if self._standby is None:
@@ -178,13 +246,11 @@ class EngineRefresher:
     def _record(self, step: int, reason: str, mode: str, seconds: float, check: dict) -> dict:
         kind = self.engine.refresh_kind
         self.count += 1
-        if kind == "cheap":
-            self.cheap_count += 1
-        else:
-            self.full_count += 1
+        self.kind_counts[kind] = self.kind_counts.get(kind, 0) + 1
         return {"event": "refresh", "step": step, "reason": reason, "engine": self.engine.name,
-                "seconds": seconds, "count": self.count, "kind": kind, "cheap_count": self.cheap_count,
-                "full_count": self.full_count, "mode": mode, "snapshot_step": self.engine.snapshot_step,
+                "seconds": seconds, "count": self.count, "kind": kind,
+                **{f"{k}_count": n for k, n in self.kind_counts.items()},
+                "mode": mode, "snapshot_step": self.engine.snapshot_step,
                 "staleness": self.staleness(step), "validated": bool(check), **check,
                 **({"detail": self.engine.refresh_detail} if self.engine.refresh_detail else {})}
 
@@ -232,7 +298,7 @@ class EngineRefresher:
             events.append(self._fail(problem, model, step, job.reason, job.seconds))
             return events
         self.engine, self._standby = self._standby, self.engine
-        check = {k: job.check[k] for k in ("max_abs_error", "rank_correlation") if k in job.check}
+        check = {k: job.check[k] for k in CHECK_METRICS if k in job.check}
         events.append(self._record(step, job.reason, "background", job.seconds, check))
         if self._deferred is not None:
             reason, self._deferred = self._deferred, None

@@ -10,8 +10,10 @@ __all__ = ["RefreshSchedule"]
 class RefreshSchedule:
     """Refresh every ``every_steps`` optimizer steps (0: never by steps) and/or at epoch ends.
 
-    ``validate_every``: with validation on, check every N-th refresh against PyTorch (1: all).
-    Full refreshes (rebuilds, INT8 recalibrations) and epoch-end refreshes are always checked.
+    ``validate_every``: with validation on, check every N-th cheap step refresh against PyTorch
+    (1: all). Full refreshes (rebuilds, INT8 recalibrations) and refreshes for other reasons (epoch
+    end, selection resuming after priming) are always checked; exact ones (the weights copied into
+    a PyTorch module as they are) never: they cannot go wrong in a way a check would see.
     Refreshing every step makes the check (a torch forward and an engine forward on a small batch)
     the largest part of a cheap refresh; checking every N-th bounds a broken refresh to N - 1
     steps of selection, which only chooses examples and never touches the gradients.
@@ -29,6 +31,8 @@ class RefreshSchedule:
 
     def validates(self, count: int, kind: str, reason: str) -> bool:
         """Whether refresh number ``count`` (1-based) of ``kind`` done for ``reason`` is checked."""
+        if kind == "exact":
+            return False
         return kind != "cheap" or reason != "steps" or count % self.validate_every == 0
 
     def due_after_step(self, step: int) -> bool:

@@ -44,6 +44,7 @@ class TorchEngine(SelectionEngine):
 
     backend = "torch"
     precisions = tuple(_AUTOCAST)
+    refresh_kind = "exact"  # a snapshot refresh copies the weights as they are
 
     def __init__(self, model: nn.Module, precision: str = "fp32", context: EngineContext | None = None) -> None:
         context = context or EngineContext()

@@ -235,12 +235,24 @@ class SelectionDriver:
 
     # --- engine -------------------------------------------------------------------------------
     def after_step(self, model: nn.Module, step: int) -> List[dict]:
-        """Refresh the engine if due after optimizer step ``step``; returns the RunLog events."""
-        return [] if self.refresher is None else self.refresher.after_step(model, step)
+        """Refresh the engine if due after optimizer step ``step`` and selection runs in this epoch;
+        returns the RunLog events."""
+        if self.refresher is None:
+            return []
+        return self.refresher.after_step(model, step, selecting=self.selects(self.epoch))
 
     def after_epoch(self, model: nn.Module, step: int) -> List[dict]:
-        """Epoch-end engine refresh if due; returns the RunLog events."""
-        return [] if self.refresher is None else self.refresher.after_epoch(model, step)
+        """Epoch-end engine refresh if due and a next epoch selects; returns the RunLog events."""
+        if self.refresher is None:
+            return []
+        last = self.num_epochs is not None and self.epoch + 1 >= self.num_epochs
+        return self.refresher.after_epoch(model, step, selecting=not last and self.selects(self.epoch + 1))
+
+    def selects(self, epoch: int) -> bool:
+        """Whether the policy may ask for selection forwards in ``epoch`` (False while priming): its
+        ``requires_forward`` on no candidates is a plain ``False`` exactly when it asks for none."""
+        no_candidates = torch.empty(0, dtype=torch.long, device=self.policy.device)
+        return self.policy.requires_forward(no_candidates, epoch) is not False
 
     def staleness(self, step: int) -> int:
         """Optimizer steps the engine's weights are behind the model (0 without an engine)."""

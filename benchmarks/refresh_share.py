@@ -1,0 +1,174 @@
+"""What engine refreshes cost a Selective-Backprop epoch, and how close SB gets to its bound.
+
+    python benchmarks/refresh_share.py --model small_cnn --train-subset 10000 --epochs 3 --rounds 2 \\
+        --out benchmarks/results/<date>-x86_64-cpu2-refresh
+
+In ONE process, each round runs, in an order that rotates from round to round (background load
+then hits every configuration alike): Traditional, and SB with each ``--engines`` selection engine
+(default: torch-fp32, the live model, and onnxruntime-int8, refreshed every step). Each is a
+:class:`~sb_accel.train.Trainer` run of ``--epochs`` epochs on the same data subset; SB's epoch 0
+primes (trains on everything, no selection, no refresh), so epochs 1.. are its steady state and are
+compared with Traditional's same epochs of the same round. Per steady epoch (from the Trainer's
+``epoch`` events: wall clock without evaluation, and the phase times):
+
+* ``refresh_share``: the ``refresh`` phase over the SB epoch's wall clock;
+* ``speedup``: Traditional's epoch wall over SB's;
+* ``bound``: Amdahl's bound for SB given its own selection cost: with ``P`` Traditional's
+  train-forward + backward + optimizer time, ``k`` SB's kept fraction (backprops / candidates)
+  and ``S`` SB's selection phase minus Traditional's (the forwards; batching costs both)::
+
+      bound = T_trad / (T_trad - P + k * P + S)
+
+  i.e. everything but training and selection forwards (data, bookkeeping, refresh) is taken at
+  Traditional's cost: refresh and any other overhead show up as ``efficiency = speedup / bound``
+  below 1.
+
+The load average (``os.getloadavg``) is recorded before every run. Writes ``refresh_share.json``
+and ``refresh_share.md`` (the per-epoch table and the medians over rounds) to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from sb_accel.config import TrainConfig
+from sb_accel.data import load_dataset
+from sb_accel.files import atomic_write_json
+from sb_accel.reporting import load_run
+from sb_accel.train import Trainer
+
+TRAINING_PHASES = ("train_forward", "backward", "optimizer")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--train-subset", type=int, default=10000)
+    parser.add_argument("--epochs", type=int, default=3, help="per run; SB's epoch 0 primes")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--engines", nargs="+", default=["torch-fp32", "onnxruntime-int8"])
+    parser.add_argument("--refresh-every-steps", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.epochs < 2 or args.rounds < 1:
+        parser.error("--epochs must be >= 2 (epoch 0 primes) and --rounds >= 1")
+    return args
+
+
+def epoch_rows(run_dir: Path) -> List[Dict[str, Any]]:
+    """Per-epoch wall, phases and counters of a run (its ``epoch`` events hold running totals)."""
+    run = load_run(run_dir)
+    rows, last = [], {"wall": 0.0, "phases": {}, "candidates": 0, "backprops": 0}
+    for e in run.of("epoch"):
+        phases = {k: v - last["phases"].get(k, 0.0) for k, v in e["phases"].items()}
+        rows.append({"epoch": e["epoch"] - 1, "wall": e["wall"] - last["wall"], "phases": phases,
+                     "candidates": e["candidates"] - last["candidates"], "backprops": e["backprops"] - last["backprops"]})
+        last = e
+    return rows
+
+
+def compare(trad: Dict[str, Any], sb: Dict[str, Any]) -> Dict[str, float]:
+    """Refresh share, speedup, Amdahl bound and efficiency of one SB epoch against Traditional's."""
+    p = sum(trad["phases"].get(k, 0.0) for k in TRAINING_PHASES)
+    kept = sb["backprops"] / max(sb["candidates"], 1)
+    selection = sb["phases"].get("selection", 0.0) - trad["phases"].get("selection", 0.0)
+    bound = trad["wall"] / (trad["wall"] - p + kept * p + selection)
+    speedup = trad["wall"] / sb["wall"]
+    return {"refresh_share": sb["phases"].get("refresh", 0.0) / sb["wall"], "speedup": speedup, "bound": bound,
+            "efficiency": speedup / bound, "kept": kept, "sb_wall": sb["wall"], "trad_wall": trad["wall"],
+            "selection_s": sb["phases"].get("selection", 0.0), "refresh_s": sb["phases"].get("refresh", 0.0)}
+
+
+def run_once(name: str, cfg: TrainConfig, data) -> Dict[str, Any]:
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    summary = Trainer(cfg, data=data).fit()
+    rows = epoch_rows(Path(cfg.run_dir))
+    refreshes = load_run(Path(cfg.run_dir)).of("refresh")
+    return {"name": name, "load_before": load, "seconds": time.perf_counter() - start, "epochs": rows,
+            "refreshes": len(refreshes), "validated": sum(1 for e in refreshes if e.get("validated")),
+            "kinds": {k: sum(1 for e in refreshes if e.get("kind") == k) for k in ("exact", "cheap", "full")},
+            "refresh_steps": [e["step"] for e in refreshes][:3], "test_acc": summary["test_acc"]}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = load_dataset(args.dataset).subset(train=args.train_subset, test=500, seed=0)
+    configs = {"traditional": {"strategy": "traditional"}}
+    configs.update({f"sb/{spec}": {"strategy": "sb", "engine": spec} for spec in args.engines})
+    names = list(configs)
+    runs: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                cfg = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                                  refresh_every_steps=args.refresh_every_steps, threads=args.threads, seed=r,
+                                  run_dir=f"{tmp}/{r}-{name.replace('/', '-')}", progress=False, checkpoint=False,
+                                  **configs[name])
+                result = run_once(name, cfg, data)
+                result["round"] = r
+                runs.append(result)
+                print(f"round {r} {name}: {result['seconds']:.1f} s, load {result['load_before']:.2f}", flush=True)
+            write(args, argv, runs)  # after every round: a run cut short keeps what it measured
+    return 0
+
+
+def write(args: argparse.Namespace, argv: Optional[Sequence[str]], runs: List[Dict[str, Any]]) -> None:
+    """Compare every SB run with its round's Traditional run; write the JSON and the table."""
+    table = []
+    for r in sorted({x["round"] for x in runs}):
+        trad = next(x for x in runs if x["round"] == r and x["name"] == "traditional")
+        for run in (x for x in runs if x["round"] == r and x["name"] != "traditional"):
+            for e in range(1, args.epochs):
+                table.append({"round": r, "config": run["name"], "epoch": e, **compare(trad["epochs"][e], run["epochs"][e])})
+    medians = {}
+    for name in sorted({t["config"] for t in table}):
+        rows = [t for t in table if t["config"] == name]
+        medians[name] = {k: statistics.median(t[k] for t in rows) for k in ("refresh_share", "speedup", "bound",
+                                                                           "efficiency", "kept")}
+    result = {"command": " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+              "args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "epochs": table, "medians": medians}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "refresh_share.json", result)
+    (args.out / "refresh_share.md").write_text(report(result))
+    print(report(result), flush=True)
+
+
+def report(result: Dict[str, Any]) -> str:
+    lines = [f"`{result['command']}`", "", "| round | config | epoch | SB s | Trad s | kept | refresh share | speedup | "
+             "bound | efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in result["epochs"]:
+        lines.append(f"| {t['round']} | {t['config']} | {t['epoch']} | {t['sb_wall']:.1f} | {t['trad_wall']:.1f} | "
+                     f"{t['kept']:.2f} | {t['refresh_share']:.1%} | {t['speedup']:.2f}x | {t['bound']:.2f}x | "
+                     f"{t['efficiency']:.1%} |")
+    lines += ["", "Medians over steady epochs and rounds:", "", "| config | refresh share | speedup | bound | efficiency |",
+              "|---|---|---|---|---|"]
+    for name, m in result["medians"].items():
+        lines.append(f"| {name} | {m['refresh_share']:.1%} | {m['speedup']:.2f}x | {m['bound']:.2f}x | "
+                     f"{m['efficiency']:.1%} |")
+    lines += ["", "Runs (load average before each; refreshes: count, validated, by kind):", ""]
+    for run in result["runs"]:
+        lines.append(f"- round {run['round']} {run['name']}: {run['seconds']:.0f} s, load {run['load_before']:.2f}, "
+                     f"refreshes {run['refreshes']} (validated {run['validated']}, {run['kinds']}), first at steps "
+                     f"{run['refresh_steps']}, test acc {run['test_acc']:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
