@@ -30,7 +30,7 @@ def test_stale_forwards_are_gathered_into_full_selection_batches():
     """Stale-SB asks for forwards on part of each candidate batch: the engine still sees only full
     selection batches (and one smaller batch at the epoch's end), and forwards == stale examples."""
     n, size = 96, 16
-    policy = StaleSB(n, n=2, selectivity=0.5)
+    policy = StaleSB(n, n=2, selectivity=0.5, rule="age-reset")  # the rule with a partial forward set every epoch
     engine = _RecordingEngine()
     driver = SelectionDriver(policy, batch_size=8, refresher=EngineRefresher(engine), forward_batch_size=size)
     x = torch.rand(n, 4)

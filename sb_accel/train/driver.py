@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ..engines import EngineRefresher, SelectionEngine
 from ..selection import BackpropBatcher, SelectionPolicy, TrainBatch
+from ..selection.batcher import kept_rows
 from ..transfer import to_device
 from .distributed import RankGroup
 from .lockstep import LockstepBatches
@@ -171,7 +172,7 @@ class SelectionDriver:
         # indices where the policy's tables are: the batcher then never indexes host indices with device rows
         scored.indices = to_device(scored.indices, self.policy.device)
         decision = decide(self.policy, scored, self.epoch)
-        rows = decision.keep.nonzero().squeeze(1)  # the one host read per candidate batch: how many were kept
+        rows = kept_rows(decision.keep)  # the one host read per candidate batch: how many were kept
         self.candidates += len(scored.indices)
         self.forwards += scored.forwards
         self.kept += len(rows)

@@ -106,7 +106,7 @@ class Trainer:
         with self.timer.phase("refresh"):  # building the first engine is a real cost of the method
             refresher = None
             if policy.needs_selection_forward:
-                max_batch = max(self._candidate_batch(policy.candidates_per_batch(e)) for e in range(cfg.epochs))
+                max_batch = self._candidate_batch(policy.candidate_multiplier)  # the most it may ask for
                 samples = sample_batches(data, cfg.batch_size, self.device, self.memory_format)
                 refresher = build_refresher(cfg, self.model, samples, self.device, max_batch, self.step)
         self.driver = SelectionDriver(policy, self.batch_size, refresher, end_of_epoch=cfg.end_of_epoch,
