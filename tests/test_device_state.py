@@ -12,11 +12,12 @@ import warnings
 import pytest
 import torch
 
-from sb_accel.selection import InfoBatch, Primed, SelectiveBackpropPolicy, StaleSB
+from sb_accel.selection import InfoBatch, Kath18, Primed, SelectiveBackpropPolicy, StaleSB
 from sb_accel.train import SelectionDriver
 from sb_accel.train.divergence import DivergenceGuard
 
-READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero"}
+READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero",
+         "repeat_interleave"}
 
 
 class Watched(torch.Tensor):
@@ -67,10 +68,14 @@ def _candidates(batches, n=64, seed=0):
         yield torch.randn(n, 3, 4, 4, generator=g), torch.randint(0, 10, (n,), generator=g), idx
 
 
-@pytest.mark.parametrize("strategy", ["sb", "infobatch"])
+@pytest.mark.parametrize("strategy", ["sb", "infobatch", "kath18"])
 def test_one_host_read_per_candidate_batch(strategy):
     if strategy == "sb":
         policy = _deferred(SelectiveBackpropPolicy(seed=0, history=256))
+    elif strategy == "kath18":  # importance sampling on: a draw with replacement, trained as repeated rows
+        policy = Kath18(32, seed=0)
+        policy.tau = torch.tensor(5.0, dtype=torch.float64)
+        _deferred(policy)
     else:
         policy = InfoBatch(640, seed=0)
         policy.observe(torch.arange(640), torch.rand(640, dtype=torch.float64), 0)
@@ -84,14 +89,16 @@ def test_one_host_read_per_candidate_batch(strategy):
             steps += 1
             driver.observe(batch, torch.rand(len(batch)).as_subclass(Watched))
     assert steps >= 2 and driver.kept < driver.candidates
-    assert Watched.reads == ["nonzero"] * 10, "the only read per candidate batch is how many were kept"
+    rows = "repeat_interleave" if strategy == "kath18" else "nonzero"
+    assert Watched.reads == [rows] * 10, "the only read per candidate batch is how many were kept"
 
 
 def test_stale_sb_reads_its_forward_mask_once_more():
-    """Stale-SB's partial forward sets need the mask read once (to gather the stale candidates)."""
+    """Stale-SB's partial forward sets (in a stale epoch, the examples with no loss yet) need the mask
+    read once (to gather them into selection batches)."""
     policy = _deferred(StaleSB(640, n=3, seed=0, history=256))
     policy.observe(torch.arange(640), torch.rand(640), 0)
-    policy.loss_epoch[::2] = -10  # half the examples are stale
+    policy.cached_loss[::2] = float("nan")  # half the examples have no loss yet: they need a forward
     driver = SelectionDriver(policy, 32, _Refresher(), forward_batch_size=64)
     driver.start_epoch(1)
     Watched.reads.clear()

@@ -36,7 +36,8 @@ class SelectionPolicy:
     4. After the train step, ``observe(indices, losses, epoch)`` with the training-forward losses
        of the examples that were backpropagated.
 
-    ``on_epoch_start(epoch, num_epochs)`` runs before an epoch's first candidate batch and
+    ``on_epoch_start(epoch, num_epochs)`` (``num_epochs`` None: the run's length is unknown) runs
+    before an epoch's first candidate batch and
     ``on_epoch_end(epoch)`` after its last one has been decided. The selection driver
     (:class:`sb_accel.train.SelectionDriver`) is the one caller of this lifecycle.
 
@@ -71,7 +72,7 @@ class SelectionPolicy:
         """Raise ``FloatingPointError`` if non-finite selection losses were seen since the last
         check; policies on a GPU defer this check to avoid a host sync per candidate batch."""
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+    def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
         """Hook for per-epoch state (default: nothing)."""
 
     def on_epoch_end(self, epoch: int) -> None:
@@ -133,7 +134,7 @@ class Primed(SelectionPolicy):
     def check_finite(self) -> None:
         self.policy.check_finite()
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+    def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
         self.policy.on_epoch_start(epoch, num_epochs)
 
     def on_epoch_end(self, epoch: int) -> None:

@@ -9,7 +9,7 @@ gradient is unchanged. ``keep_ratio = 1 - prune_ratio`` clamped to ``[0.1, 1]`` 
 does (a prune ratio of 0.95 keeps 10% with weight 10, not 5% with weight 20).
 
 Annealing: from epoch ``floor(delta * E)`` on (``delta = 1 - anneal``, 0-based epochs, ``E`` the
-run's epochs) every example is trained, unscaled. The reference's sampler counts one reset at its
+run's epochs) every example is trained, unscaled; a run of unknown length never anneals. The reference's sampler counts one reset at its
 construction, so its epoch ``e`` prunes while ``e + 1 <= delta * E``: the first full epoch is
 ``floor(delta * E)``, e.g. epoch 7 of 8 and epoch 8 of 10 for ``delta = 0.875``.
 
@@ -79,8 +79,8 @@ class InfoBatch(SelectionPolicy):
         """The reference's first annealing epoch, ``floor((1 - anneal) * num_epochs)`` (0-based)."""
         return math.floor((1.0 - anneal) * num_epochs + 1e-9)  # 1e-9: 0.875 * 8 is 7, not 6.999...
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        self.pruning = epoch < self.first_full_epoch(num_epochs, self.anneal)
+    def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
+        self.pruning = num_epochs is None or epoch < self.first_full_epoch(num_epochs, self.anneal)
         self.pruned.zero_()
         self.upweighted.zero_()
         seen = ~torch.isnan(self.scores)

@@ -104,7 +104,7 @@ class Kath18(SelectionPolicy):
         """Whether the next epoch would start with importance sampling on."""
         return self._tau_passes()
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+    def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
         self.epoch = epoch
         self.sampling = self._tau_passes()
 
@@ -133,8 +133,8 @@ class Kath18(SelectionPolicy):
         self._update_tau(scores)  # their code: the pre-sample's scores, before the draw
         weights = scores.clamp_min(1e-12)  # all-zero scores: a uniform draw
         chosen = torch.multinomial(weights, take, replacement=self.replacement, generator=self.generator)
-        if self.replacement:
-            return torch.bincount(chosen, minlength=n)
+        if self.replacement:  # counts by index_add_, not bincount: bincount reads its maximum back on a GPU
+            return torch.zeros(n, dtype=torch.long, device=self.device).index_add_(0, chosen, torch.ones_like(chosen))
         return torch.zeros(n, dtype=torch.bool, device=self.device).index_fill_(0, chosen, True)
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:

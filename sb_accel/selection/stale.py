@@ -76,7 +76,7 @@ class StaleSB(SelectiveBackpropPolicy):
         """Whether ``epoch`` gives every example a selection pass (the published schedule)."""
         return epoch % self.n == 0
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+    def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
         self.all_cached = not bool(torch.isnan(self.cached_loss).any())  # one host read per epoch
 
     def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:

@@ -64,7 +64,8 @@ class SelectionDriver:
             policies that never ask for a selection forward.
         end_of_epoch: ``"carry"``, ``"partial"`` or ``"drop"`` (see :class:`BackpropBatcher`; under
             DDP :class:`~sb_accel.train.lockstep.LockstepBatches`).
-        num_epochs: length of the run in epochs, for policies that anneal (InfoBatch); None: unknown.
+        num_epochs: length of the run in epochs, for policies that anneal (InfoBatch); None: unknown
+            (InfoBatch then never anneals).
         group: the ranks under DistributedDataParallel (None: a single process). ``batch_size`` is
             then this rank's share of the global batch.
         dataset_size: number of training examples (needed with ``group``: the per-example tables).
@@ -129,7 +130,7 @@ class SelectionDriver:
         self.epoch_open = True
         if self.tables is not None:
             self.tables.snapshot()
-        self.policy.on_epoch_start(epoch, self.num_epochs if self.num_epochs is not None else epoch + 1)
+        self.policy.on_epoch_start(epoch, self.num_epochs)
 
     def end_epoch(self) -> Iterator[TrainBatch]:
         """The remainder of kept examples as the end-of-epoch rule says (``"partial"``: one batch;
