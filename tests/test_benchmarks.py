@@ -2,9 +2,15 @@
 keep their own clocks, epochs are chosen to fill the budget, schedules are laid over them."""
 import pytest
 
+from sb_accel.data import synthetic_dataset
 from sb_accel.budget import budget_config, compare_on_budget, epochs_for_budget, train_interleaved
 from sb_accel.config import TrainConfig
 from sb_accel.reporting import load_run
+
+
+@pytest.fixture(scope="module")
+def small():
+    return synthetic_dataset(train=256, test=64)
 
 
 def _config(tmp_path, name, **kw):
@@ -12,10 +18,10 @@ def _config(tmp_path, name, **kw):
                                  run_dir=str(tmp_path / name), progress=False, checkpoint=False), **kw})
 
 
-def test_interleaved_runs_take_turns_and_count_only_their_own_time(tmp_path, synthetic):
+def test_interleaved_runs_take_turns_and_count_only_their_own_time(tmp_path, small):
     order = []
     cfgs = {"a": _config(tmp_path, "a", strategy="traditional"), "b": _config(tmp_path, "b", strategy="sb", epochs=3)}
-    summaries, loads = train_interleaved(cfgs, synthetic, progress=lambda name, e, n: order.append((name, e)))
+    summaries, loads = train_interleaved(cfgs, small, progress=lambda name, e, n: order.append((name, e)))
     assert order == [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("b", 3)]  # one epoch of each in turn
     assert len(loads) == 3 and summaries["a"]["epochs"] == 2 and summaries["b"]["epochs"] == 3
     for name in "ab":  # a run's phases add up to its own training, not the other's turns
@@ -42,11 +48,11 @@ def test_budget_config_lays_the_whole_schedule_over_the_new_epochs(tmp_path):
                                                                                         str(tmp_path / "y"))
 
 
-def test_compare_on_budget_runs_both_views(tmp_path, synthetic):
+def test_compare_on_budget_runs_both_views(tmp_path, small):
     base = _config(tmp_path, "unused", epochs=2)
     plan = {"traditional": dict(strategy="traditional"), "sb": dict(strategy="sb"),
             "kath18": dict(strategy="kath18")}
-    result = compare_on_budget(base, plan, [0], tmp_path / "runs", synthetic, fixed_only=["kath18"])
+    result = compare_on_budget(base, plan, [0], tmp_path / "runs", small, fixed_only=["kath18"])
     assert set(result.fixed) == {"traditional-s0", "sb-s0", "kath18-s0"}
     assert set(result.budget) == {"traditional-s0", "sb-s0"} and result.epochs["traditional"] == 2
     assert result.budget_seconds == pytest.approx(result.fixed["traditional-s0"]["wall"])
