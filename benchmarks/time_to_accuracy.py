@@ -6,8 +6,7 @@ budget-matched view ("No Train No Gain", Kaddour et al. 2023), both over several
     python benchmarks/time_to_accuracy.py --preset gpu          # ResNet-18, full CIFAR-10, 20 epochs (one GPU)
     python benchmarks/time_to_accuracy.py --preset paper        # WRN-28-10, 200 epochs (GPU)
 
-Strategies: Traditional, SB, Stale-SB (n = 3, the published rule; on the CPU also the age-reset
-rule, fixed-schedule view only), Kath18, InfoBatch, and SB with every available accelerated engine
+Strategies: Traditional, SB, Stale-SB (n = 3, the published rule), Kath18, InfoBatch, and SB with every available accelerated engine
 (ONNX Runtime INT8 on CPU; TensorRT where present). The ``gpu`` preset selects with the
 ``torch-graph-fp16`` engine (CUDA graphs over the live model) in calls of 1024 candidates for every
 strategy that runs selection forwards and compares SB with eager FP32 selection (``sb-torch-fp32``).
@@ -65,21 +64,17 @@ PRESETS: Dict[str, Dict[str, object]] = {
 
 
 # Per preset: what every strategy that runs selection forwards uses (SB, Stale-SB, Kath18), the
-# accelerated engines tried for extra "sb-<engine>" runs by default, and the strategies that run in
-# the fixed-schedule view only.
+# accelerated engines tried for extra "sb-<engine>" runs by default.
 SELECTION: Dict[str, Dict[str, object]] = {
     "gpu": dict(engine="torch-graph", precision="fp16", selection_batch_size=1024),
 }
 DEFAULT_ENGINES = {"cpu": ["onnxruntime-int8", "tensorrt-fp16", "tensorrt-int8"], "gpu": ["torch-fp32"],
                    "paper": ["torch-graph-bf16", "tensorrt-fp16", "tensorrt-int8"]}
-FIXED_ONLY = {"cpu": ["stale-sb-age-reset"], "gpu": [], "paper": []}
 
 
-def strategies(available_engines: List[str], selection: Optional[Dict[str, object]] = None,
-               age_reset: bool = False) -> Dict[str, Dict[str, object]]:
+def strategies(available_engines: List[str], selection: Optional[Dict[str, object]] = None) -> Dict[str, Dict[str, object]]:
     """Name -> TrainConfig overrides of every strategy in the comparison; ``selection`` goes to every
-    strategy that runs selection forwards (and to the engine variants, whose engine it keeps);
-    ``age_reset`` adds Stale-SB with its age-reset rule (a measured option, see selection/stale.py)."""
+    strategy that runs selection forwards (and to the engine variants, whose engine it keeps)."""
     chosen = dict(selection or {})
     out: Dict[str, Dict[str, object]] = {
         "traditional": dict(strategy="traditional"),
@@ -88,8 +83,6 @@ def strategies(available_engines: List[str], selection: Optional[Dict[str, objec
         "kath18": dict(strategy="kath18", **chosen),
         "infobatch": dict(strategy="infobatch"),
     }
-    if age_reset:
-        out["stale-sb-age-reset"] = dict(strategy="stale-sb", stale_n=3, stale_rule="age-reset", **chosen)
     for spec in available_engines:
         backend, precision = parse_engine_spec(spec)
         out[f"sb-{spec}"] = dict(strategy="sb", **{**chosen, "engine": backend, "precision": precision})
@@ -173,8 +166,7 @@ def main(argv: List[str] | None = None) -> int:
         data = data.subset(int(preset.pop("train_subset")), seed=0)
     preset.pop("train_subset", None)
     engines = args.engines if args.engines is not None else DEFAULT_ENGINES[args.preset]
-    fixed_only = FIXED_ONLY[args.preset]
-    plan = strategies(available_engines(engines), SELECTION.get(args.preset), age_reset=bool(fixed_only))
+    plan = strategies(available_engines(engines), SELECTION.get(args.preset))
     if args.only:
         unknown = set(args.only) - set(plan)
         if unknown:
@@ -184,7 +176,7 @@ def main(argv: List[str] | None = None) -> int:
     base = TrainConfig(**preset, threads=args.threads, progress=False, log_every_steps=50, checkpoint=False)
     uptimes = [_uptime()]
     print(f"{len(plan)} strategies x {len(args.seeds)} seeds, interleaved; {uptimes[0]}", flush=True)
-    result = compare_on_budget(base, plan, args.seeds, runs_dir, data, fixed_only,
+    result = compare_on_budget(base, plan, args.seeds, runs_dir, data,
                                progress=lambda name, e, n: print(f"  {name}: epoch {e}/{n}", flush=True))
     uptimes.append(_uptime())
     print(f"budget T = {result.budget_seconds:.1f} s; epochs per strategy: {result.epochs}; {uptimes[-1]}")

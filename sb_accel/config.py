@@ -53,7 +53,6 @@ class TrainConfig:
     history_mode: str = "batch"
     prime_epochs: Optional[int] = None   # None: 1 for sb / stale-sb (authors' code), else 0
     stale_n: int = 3
-    stale_rule: str = "every-n"          # or "age-reset" (see selection/stale.py)
     kath18_multiplier: int = 3
     kath18_replacement: bool = True      # draw with replacement, as Katharopoulos & Fleuret's code
     infobatch_ratio: float = 0.5
@@ -121,7 +120,6 @@ class TrainConfig:
         need(self.history_mode in ("batch", "sequential"), "history_mode", "must be 'batch' or 'sequential'")
         need(self.prime_epochs is None or self.prime_epochs >= 0, "prime_epochs", "must be >= 0")
         need(self.stale_n >= 1, "stale_n", "must be >= 1")
-        need(self.stale_rule in ("every-n", "age-reset"), "stale_rule", "must be 'every-n' or 'age-reset'")
         need(self.kath18_multiplier >= 1, "kath18_multiplier", "must be >= 1")
         need(0.0 <= self.infobatch_ratio < 1.0, "infobatch_ratio", "must be in [0, 1)")
         need(0.0 <= self.infobatch_anneal <= 1.0, "infobatch_anneal", "must be in [0, 1]")

@@ -123,18 +123,6 @@ def test_stale_sb_example_without_a_loss_gets_a_forward_in_a_stale_epoch():
         policy.select(torch.full((4,), float("nan")), torch.arange(4), 1)
 
 
-def test_stale_sb_age_reset_rule_counts_training_losses_as_fresh():
-    policy = StaleSB(dataset_size=6, n=3, seed=0, rule="age-reset")
-    idx = torch.arange(6)
-    assert policy.requires_forward(idx, 0).all()
-    policy.select(torch.arange(6.0), idx, 0)
-    assert not policy.requires_forward(idx, 2).any()
-    policy.observe(torch.tensor([0, 1]), torch.tensor([10.0, 11.0]), epoch=2)
-    assert policy.requires_forward(idx, 3).tolist() == [False, False, True, True, True, True]
-    with pytest.raises(ValueError, match="rule"):
-        StaleSB(dataset_size=6, rule="sometimes")
-
-
 # --- Kath18 ------------------------------------------------------------------------------------------
 def _their_variance_reduction(scores, vr=0.0, momentum=0.9):
     """idiap/importance-sampling VarianceReductionCondition.update, in numpy."""

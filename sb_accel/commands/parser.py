@@ -28,7 +28,6 @@ _HELP = {
     "history_mode": "'batch' (authors' code) or 'sequential' (paper Alg. 2)",
     "prime_epochs": "train on everything for this many first epochs (default: 1 for SB/Stale-SB)",
     "stale_n": "Stale-SB: selection passes every n-th epoch",
-    "stale_rule": "Stale-SB: 'every-n' (published) or 'age-reset' (a training loss counts as a selection pass)",
     "selection_batch_size": "candidate batch size (0: 1024 on CUDA, else batch size x policy's multiplier)",
     "end_of_epoch": "what happens to kept examples short of a full batch: carry, partial, drop",
     "milestones": "multistep LR milestones: fractions of the run (<1) or epochs (>=1)",

@@ -29,7 +29,6 @@ class StrategyOptions:
     floor: float = 0.0
     history_mode: str = "batch"
     stale_n: int = 3
-    stale_rule: str = "every-n"
     kath18_multiplier: int = 3
     kath18_replacement: bool = True
     infobatch_ratio: float = 0.5
