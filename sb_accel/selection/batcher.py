@@ -6,10 +6,11 @@ no example is lost or duplicated and the remainder carries over to the next cand
 
 End of epoch (``end_of_epoch``):
 
-* ``"carry"`` (default, as the authors' code): the remainder stays buffered and opens the next
-  epoch's first batch; every backprop batch is full. Whatever remains after the last epoch is
-  reported by :meth:`pending` and not trained on.
-* ``"partial"``: :meth:`end_epoch` yields the remainder as one smaller batch.
+* ``"carry"`` (default): the remainder stays buffered and opens the next epoch's first batch;
+  every backprop batch is full. Whatever remains after the last epoch is reported by
+  :meth:`pending` and not trained on.
+* ``"partial"`` (what the authors' code does: its ``get_batch(final=True)`` trains the remainder at
+  the epoch's last candidate batch): :meth:`end_epoch` yields the remainder as one smaller batch.
 * ``"drop"``: the remainder is discarded at the end of each epoch.
 """
 from __future__ import annotations
