@@ -117,12 +117,13 @@ def test_demo_runs_the_budget_matched_comparison_and_says_what_it_measured(tmp_p
 def test_demo_lines_are_computed_from_the_numbers():
     phases = {"selection": 10.0, "train_forward": 10.0, "backward": 20.0, "refresh": 0.0, "eval": 5.0, "other": 0.0}
     trad = {"wall": 100.0, "test_acc": 0.60, "phases": {**phases, "selection": 0.0, "backward": 80.0}}
-    sb = {"wall": 98.0, "test_acc": 0.615, "phases": phases}
-    lines = _budget_lines({"traditional": trad, "sb": sb, "sb-int8": {**sb, "test_acc": 0.59}},
-                          {"traditional": 5, "sb": 8, "sb-int8": 9}, 100.0)
-    assert lines[0].startswith("Budget T = 100 s of training (Traditional's 5 epochs")
-    assert lines[1] == ("sb: 8 epochs in 98 s, 61.50% test accuracy vs Traditional's 60.00% (+1.50 points); "
-                        "its selection pays here.")
-    assert lines[2].endswith("(-1.00 points); its selection does not pay here: Traditional is better at the same budget.")
+    sb = {"wall": 110.0, "test_acc": 0.615, "phases": phases}
+    lines = _budget_lines({"traditional": trad, "sb": sb, "sb-int8": {**sb, "test_acc": 0.62}},
+                          {"traditional": 5, "sb": 8, "sb-int8": 9}, {"traditional": 0.60, "sb": 0.605, "sb-int8": 0.59})
+    assert lines[0].startswith("Budget T = 100 s of training: Traditional's 5 epochs")
+    assert lines[1] == ("sb: 8 epochs in 110 s (1.10 T); within T 60.50% test accuracy vs Traditional's 60.00% "
+                        "(+0.50 points), at its end 61.50%; its selection pays here.")
+    assert lines[2].endswith("(-1.00 points), at its end 62.00%; its selection does not pay here: Traditional is "
+                             "better at the same budget.")
     assert lines[3] == ("Where the time went: SB 25% selection, 25% training forward, 50% backward of 40 s; "
                         "Traditional 11% training forward, 89% backward of 90 s.")
