@@ -65,6 +65,7 @@ class TrainConfig:
     prime_epochs: Optional[int] = None   # None: 1 for sb / stale-sb (authors' code), else 0
     stale_n: int = 3
     kath18_multiplier: int = 3
+    kath18_replacement: bool = True      # draw with replacement, as Katharopoulos & Fleuret's code
     infobatch_ratio: float = 0.5
     infobatch_anneal: float = 0.125
     selection_batch_size: int = 0  # 0: automatic (CUDA: 1024; CPU: batch_size x the policy's candidate multiplier)

@@ -12,7 +12,7 @@ import torch
 
 import sb_accel.data
 from sb_accel.cli import build_parser, main
-from sb_accel.commands.training import _equal_epochs_sentence, _equal_wall_sentence, _no_equal_wall_sentence
+from sb_accel.commands.training import _budget_lines
 from sb_accel.data import synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,40 +94,39 @@ def test_resume_with_no_other_flag_continues_with_the_saved_config(tmp_path, cap
     assert events[-1]["epochs"] == 3
 
 
-def test_demo_runs_equal_epochs_and_equal_wall_and_says_what_it_measured(tmp_path, capsys, monkeypatch):
+def test_demo_runs_the_budget_matched_comparison_and_says_what_it_measured(tmp_path, capsys, monkeypatch):
     data = synthetic_dataset(train=384, test=64)
     monkeypatch.setattr(sb_accel.data, "load_dataset", lambda *args, **kwargs: data)
     torch.set_num_threads(1)  # the demo uses torch's threads; one is fastest on a busy 2-core machine
-    assert main(["demo", "--epochs", "2", "--train-subset", "0", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--epochs", "2", "--train-subset", "0", "--test-subset", "0", "--no-int8",
+                 "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    summaries = {}
-    for name in os.listdir(tmp_path / "demo"):
-        events = [json.loads(line) for line in (tmp_path / "demo" / name / "log.jsonl").read_text().splitlines()]
-        summaries[name] = events[-1]
-    trad, sb = summaries["traditional"], summaries["sb"]
-    assert _equal_epochs_sentence(trad, sb, 2, 1) in out
-    if "sb-equal-wall" in summaries:  # SB's epochs were cheaper: it got more of them in the same time
-        wall = summaries["sb-equal-wall"]
-        assert wall["epochs"] > 2 and _equal_wall_sentence(trad, wall, wall["epochs"]) in out
-    else:
-        assert _no_equal_wall_sentence(trad, sb) in out
+    assert sorted(os.listdir(tmp_path / "demo" / "budget")) == ["sb-s0", "traditional-s0"]
+    epochs = {}
+    for name in ("sb", "traditional"):
+        log = (tmp_path / "demo" / "budget" / f"{name}-s0" / "log.jsonl").read_text().splitlines()
+        epochs[name] = json.loads(log[0])["config"]["epochs"]
+    assert epochs["traditional"] == 2
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("Plots: ") and (tmp_path / "demo" / "report" / "error_curves.png").is_file()
+    assert lines[-2].startswith("Where the time went: SB ")
+    assert lines[-3].startswith(f"sb: {epochs['sb']} epochs in ")
+    assert "try more" not in out
 
 
-def test_demo_sentences_are_computed_from_the_numbers():
-    trad = {"backprops": 1000, "wall": 100.0, "test_acc": 0.60}
-    sb = {"backprops": 550, "wall": 62.0, "test_acc": 0.58}
-    assert _equal_epochs_sentence(trad, sb, 3, 1) == (
-        "Equal epochs (3): SB backpropagated 0.55x Traditional's examples (its first epoch trains on everything) "
-        "in 0.62x its training time and reached 58.00% test accuracy vs Traditional's 60.00% (-2.00 points).")
-    longer = {"backprops": 900, "wall": 98.0, "test_acc": 0.615}
-    assert _equal_wall_sentence(trad, longer, 5) == (
-        "Equal training time: given Traditional's 100 s, SB trained 5 epochs in 98 s and reached 61.50% test "
-        "accuracy vs Traditional's 60.00% (+1.50 points): ahead of Traditional at about the same training time.")
-    assert "behind Traditional" in _equal_wall_sentence(trad, sb, 5)
-    assert _no_equal_wall_sentence(trad, sb) == (
-        "Equal training time: SB used 62 s of Traditional's 100 s and the 38 s left do not fit another SB epoch; "
-        "the equal-epochs runs are the comparison (try more --epochs).")
-    assert "SB took 120 s, no less than Traditional's 100 s" in _no_equal_wall_sentence(trad, {**sb, "wall": 120.0})
+def test_demo_lines_are_computed_from_the_numbers():
+    phases = {"selection": 10.0, "train_forward": 10.0, "backward": 20.0, "refresh": 0.0, "eval": 5.0, "other": 0.0}
+    trad = {"wall": 100.0, "test_acc": 0.60, "phases": {**phases, "selection": 0.0, "backward": 80.0}}
+    sb = {"wall": 110.0, "test_acc": 0.615, "phases": phases}
+    lines = _budget_lines({"traditional": trad, "sb": sb, "sb-int8": {**sb, "test_acc": 0.62}},
+                          {"traditional": 5, "sb": 8, "sb-int8": 9}, {"traditional": 0.60, "sb": 0.605, "sb-int8": 0.59})
+    assert lines[0].startswith("Budget T = 100 s of training: Traditional's 5 epochs")
+    assert lines[1] == ("sb: 8 epochs in 110 s (1.10 T); within T 60.50% test accuracy vs Traditional's 60.00% "
+                        "(+0.50 points), at its end 61.50%; its selection pays here.")
+    assert lines[2].endswith("(-1.00 points), at its end 62.00%; its selection does not pay here: Traditional is "
+                             "better at the same budget.")
+    assert lines[3] == ("Where the time went: SB 25% selection, 25% training forward, 50% backward of 40 s; "
+                        "Traditional 11% training forward, 89% backward of 90 s.")
 
 
 def test_train_help_groups_its_flags_by_section():

@@ -12,10 +12,27 @@ import warnings
 import pytest
 import torch
 
-from sb_accel.selection import InfoBatch, Primed, SelectiveBackpropPolicy, StaleSB
+from sb_accel.selection import InfoBatch, Kath18, Primed, SelectiveBackpropPolicy, StaleSB
 from sb_accel.train import SelectionDriver
 from sb_accel.train.divergence import DivergenceGuard
 from sb_accel.train.timer import PhaseTimer
+
+READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero",
+         "repeat_interleave"}
+
+
+class Watched(torch.Tensor):
+    """A tensor that records every host read made of it or of tensors computed from it."""
+
+    reads: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in READS:
+            cls.reads.append(name)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
 
 class _Engine:
     name = "test"
@@ -43,6 +60,47 @@ def _candidates(batches, n=64, seed=0):
     order = torch.randperm(batches * n, generator=g)
     for idx in order.split(n):
         yield torch.randn(n, 3, 4, 4, generator=g), torch.randint(0, 10, (n,), generator=g), idx
+
+
+@pytest.mark.parametrize("strategy", ["sb", "infobatch", "kath18"])
+def test_one_host_read_per_candidate_batch(strategy):
+    if strategy == "sb":
+        policy = _deferred(SelectiveBackpropPolicy(seed=0, history=256))
+    elif strategy == "kath18":  # importance sampling on: a draw with replacement, trained as repeated rows
+        policy = Kath18(32, seed=0)
+        policy.tau = torch.tensor(5.0, dtype=torch.float64)
+        _deferred(policy)
+    else:
+        policy = InfoBatch(640, seed=0)
+        policy.observe(torch.arange(640), torch.rand(640, dtype=torch.float64), 0)
+        _deferred(policy)
+    driver = SelectionDriver(policy, 32, _Refresher() if policy.needs_selection_forward else None)
+    driver.start_epoch(1)  # InfoBatch: scores for every example, so this epoch prunes
+    Watched.reads.clear()
+    steps = 0
+    for x, y, idx in _candidates(10):
+        for batch in driver.select(x.as_subclass(Watched), y, idx):
+            steps += 1
+            driver.observe(batch, torch.rand(len(batch)).as_subclass(Watched))
+    assert steps >= 2 and driver.kept < driver.candidates
+    rows = "repeat_interleave" if strategy == "kath18" else "nonzero"
+    assert Watched.reads == [rows] * 10, "the only read per candidate batch is how many were kept"
+
+
+def test_stale_sb_reads_its_forward_mask_once_more():
+    """Stale-SB's partial forward sets (in a stale epoch, the examples with no loss yet) need the mask
+    read once (to gather them into selection batches)."""
+    policy = _deferred(StaleSB(640, n=3, seed=0, history=256))
+    policy.observe(torch.arange(640), torch.rand(640), 0)
+    policy.cached_loss[::2] = float("nan")  # half the examples have no loss yet: they need a forward
+    driver = SelectionDriver(policy, 32, _Refresher(), forward_batch_size=64)
+    driver.start_epoch(1)
+    Watched.reads.clear()
+    for x, y, idx in _candidates(4):
+        list(driver.select(x, y, idx.as_subclass(Watched)))
+    # per candidate batch: the mask once, then how many were kept of the cached candidates and of
+    # each full selection batch of stale ones (64 candidates, half stale: one every other batch)
+    assert Watched.reads.count("nonzero") <= 4 + 4 + 2 and len(Watched.reads) == Watched.reads.count("nonzero")
 
 
 def test_deferred_nan_check_raises_at_the_next_check_not_per_batch():

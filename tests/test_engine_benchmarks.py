@@ -34,12 +34,12 @@ def test_scripts_parse_help_on_cpu(script):
 def test_gpu_preset_plans_torch_graph_selection_in_calls_of_1024(monkeypatch):
     bench = _module("time_to_accuracy", monkeypatch)
     preset = dict(bench.PRESETS["gpu"])
-    assert (preset["model"], preset["epochs"], preset["batch_size"], preset["lr"], preset["lr_schedule"],
-            preset["warmup_epochs"], preset["train_subset"], preset["device"]) == (
-        "resnet18", 20, 128, 0.1, "linear", 1.0, 0, "cuda")
-    plan = bench.strategies(bench.DEFAULT_ENGINES["gpu"], 16, bench.SELECTION["gpu"], bench.PIPELINES["gpu"])
-    assert set(plan) == {"traditional", "sb", "stale-sb-2", "stale-sb-3", "kath18", "infobatch", "sb-torch-fp32"}
-    for name in ("sb", "stale-sb-2", "stale-sb-3", "kath18"):
+    assert (preset["dataset"], preset["model"], preset["epochs"], preset["batch_size"], preset["lr"],
+            preset["lr_schedule"], preset["warmup_epochs"], preset["train_subset"], preset["device"]) == (
+        "cifar10", "resnet18", 20, 128, 0.1, "linear", 1.0, 0, "cuda")
+    plan = bench.strategies(bench.DEFAULT_ENGINES["gpu"], bench.SELECTION["gpu"])
+    assert set(plan) == {"traditional", "sb", "stale-sb", "kath18", "infobatch", "sb-torch-fp32"}
+    for name in ("sb", "stale-sb", "kath18"):
         assert (plan[name]["engine"], plan[name]["precision"], plan[name]["selection_batch_size"]) == (
             "torch-graph", "fp16", 1024)
     assert "engine" not in plan["traditional"] and "engine" not in plan["infobatch"]
@@ -47,8 +47,8 @@ def test_gpu_preset_plans_torch_graph_selection_in_calls_of_1024(monkeypatch):
     preset.pop("train_subset")
     for name, overrides in plan.items():  # every run's config is valid (checked without a GPU)
         TrainConfig(**{**preset, **overrides, "run_dir": f"runs/{name}"})
-    cpu = bench.strategies(["onnxruntime-int8"], 2)  # the CPU preset keeps its pipelined variant
-    assert cpu["sb-onnxruntime-int8-pipeline"]["pipeline"] and "selection_batch_size" not in cpu["sb"]
+    cpu = bench.strategies(["onnxruntime-int8"])
+    assert cpu["sb-onnxruntime-int8"]["precision"] == "int8" and "selection_batch_size" not in cpu["sb"]
 
 
 def test_gpu_engines_variants_and_cpu_refusal(monkeypatch, capsys):

@@ -30,11 +30,13 @@ def test_every_strategy_trains_and_logs(tmp_path, synthetic, strategy):
     if strategy == "sb":  # epoch 0 primes; epochs 1-2 select ~33%
         assert summary["forwards"] == 2 * n
         assert 0.2 < (summary["backprops"] - n) / (2 * n) < 0.5
-    if strategy == "stale-sb":  # priming caches every loss; n=2 -> fresh forwards only in epoch 2
-        assert 0 < summary["forwards"] < 2 * n
-    if strategy == "kath18":  # 3x pre-sampled candidates, exactly one batch kept from each
-        assert summary["forwards"] == 3 * n
-        assert summary["backprops"] == pytest.approx(n, abs=3 * 32)
+    if strategy == "stale-sb":  # priming caches every loss; n=2 -> every example is scored in epoch 2 only
+        # (and in epoch 1 the few of the first candidate batch that priming carried over untrained)
+        assert n <= summary["forwards"] <= n + 32
+    if strategy == "kath18":  # uniform batches, unscored, until sampling pays; then b of every 3b scored
+        sampled = summary["forwards"]  # the candidates of the importance-sampling epochs
+        assert sampled in (0, n, 2 * n, 3 * n)
+        assert summary["backprops"] == pytest.approx(3 * n - sampled + sampled // 3, abs=3 * 32)
 
 
 def test_sb_learns_real_cifar10_subset(tmp_path):

@@ -83,7 +83,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     _check_options(args)
     from ..reporting import build_report, load_runs
 
-    report = build_report(load_runs(args.run_dirs), args.baseline, args.targets)
+    report = build_report(load_runs(args.run_dirs), args.baseline, args.targets, budget=args.budget)
     tables = report.tables()
     print(f"baseline: {report.baseline.label} (chosen as {report.baseline_note}), final test error "
           f"{100 * report.baseline_error:.2f}%\n")
@@ -91,6 +91,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if report.notes:
         print()
+    if report.budget:
+        print(f"budget-matched to the baseline's training time:\n{tables['budget']}\n")
     for title, key in (("runs", "runs"), ("speedup to target error", "speedup"),
                        ("seconds per phase (mean over seeds)", "phases"), ("Pareto frontier", "pareto")):
         print(f"{title}:\n{tables[key]}\n")

@@ -30,7 +30,7 @@ _HELP = {
     "floor": "minimum keep probability",
     "history_mode": "'batch' (authors' code) or 'sequential' (paper Alg. 2)",
     "prime_epochs": "train on everything for this many first epochs (default: 1 for SB/Stale-SB)",
-    "stale_n": "Stale-SB: selection pass every n-th epoch per example",
+    "stale_n": "Stale-SB: selection passes every n-th epoch",
     "selection_batch_size": "candidate batch size (0: 1024 on CUDA, else batch size x policy's multiplier)",
     "end_of_epoch": "what happens to kept examples short of a full batch: carry, partial, drop",
     "milestones": "multistep LR milestones: fractions of the run (<1) or epochs (>=1)",
@@ -47,7 +47,8 @@ _HELP = {
     "channels_last": "NHWC memory format for model and batches",
     "eval_every_steps": "also evaluate every N optimizer steps (0: per epoch)",
     "run_dir": "where the log, config and checkpoint go",
-    "kath18_multiplier": "Kath18: candidates per training example",
+    "kath18_multiplier": "Kath18: candidates per training example once importance sampling is on",
+    "kath18_replacement": "Kath18: draw the batch with replacement (as the reference; --no-kath18-replacement: without)",
     "infobatch_ratio": "InfoBatch: fraction of well-learned examples pruned",
     "infobatch_anneal": "InfoBatch: final fraction of epochs trained on everything",
     "epochs": "training epochs",
@@ -192,13 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --run-dir")
 
     demo = sub.add_parser("demo", formatter_class=_HelpFormatter, usage="%(prog)s [--OPTION VALUE ...]",
-                          help="Traditional vs Selective-Backprop on CIFAR-10 with the small CNN, at equal epochs "
-                               "and at equal training time")
-    demo.add_argument("--epochs", type=int, default=3, help="epochs of the equal-epochs comparison")
-    demo.add_argument("--train-subset", type=int, default=25000, help="training examples used (0: all 50000)")
-    demo.add_argument("--equal-wall", action=argparse.BooleanOptionalAction, default=True,
-                      help="also run SB for as many epochs as fit into Traditional's training time")
-    demo.add_argument("--out", default="runs/demo", help="directory for the runs' logs")
+                          help="Traditional vs Selective-Backprop (FP32 and INT8 selection) at the same training-time "
+                               "budget, on Fashion-MNIST with the small CNN (a few minutes on a CPU)")
+    demo.add_argument("--epochs", type=int, default=5, help="Traditional's epochs: their training time is the budget")
+    demo.add_argument("--dataset", default="fashion_mnist", help="dataset (fashion_mnist, cifar10, ...)")
+    demo.add_argument("--train-subset", type=int, default=10000, help="training examples used (0: all)")
+    demo.add_argument("--test-subset", type=int, default=5000, help="test examples evaluated (0: all)")
+    demo.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                      help="also SB with ONNX Runtime INT8 selection")
+    demo.add_argument("--seed", type=int, default=0, help="seed of every run")
+    demo.add_argument("--out", default="runs/demo", help="directory for the runs' logs and the report")
     demo.add_argument("--data-dir", default=None, help="where datasets live (default: $SB_ACCEL_DATA or ./data)")
 
     sub.add_parser("list-models", help="print the registered models")
@@ -270,5 +274,8 @@ def _add_measurement_commands(sub: Any) -> None:
                         help="baseline run directory, configuration label or strategy (default: the Traditional run)")
     report.add_argument("--targets", nargs="+", type=float, default=list(TARGET_MULTIPLIERS),
                         help="target errors as multiples of the baseline's final error")
+    report.add_argument("--budget", action="store_true",
+                        help="the runs are budget-matched: each had the baseline's training time T with its own LR "
+                             "schedule decayed within T (benchmarks/time_to_accuracy.py); adds that view first")
     report.add_argument("--out", default="runs/report", help="directory for report.md, report.json and plots")
     report.add_argument("--json", default=None, help="write the JSON here instead of OUT/report.json")

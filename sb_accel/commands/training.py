@@ -1,5 +1,6 @@
 """``sb-accel train`` and ``demo``: settings from defaults, a saved run, a file and flags; the
-run-directory checks; the demo's Traditional vs Selective-Backprop runs and its closing sentences."""
+run-directory checks; the demo's budget-matched Traditional vs Selective-Backprop runs and its
+closing sentences."""
 from __future__ import annotations
 
 import argparse
@@ -60,87 +61,103 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # --- demo -------------------------------------------------------------------------------------------
+DEMO_STRATEGIES = {
+    "traditional": dict(strategy="traditional"),
+    "sb": dict(strategy="sb"),
+    "sb-int8": dict(strategy="sb", engine="onnxruntime", precision="int8"),
+}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Traditional vs SB (33%) on the same data, model, schedule and machine: at equal epochs, then
-    (``--equal-wall``) SB for as many epochs as fit into Traditional's training time, with the same
-    LR schedule stretched over them. The closing sentences are computed from the runs."""
+    """Traditional vs SB (PyTorch FP32 selection) vs SB with ONNX Runtime INT8 selection, on the
+    same data, model and machine, budget-matched (:mod:`sb_accel.budget`): Traditional's training
+    time is the budget, every strategy has its LR schedule decayed within it. The closing lines
+    are computed from the runs."""
+    from ..budget import compare_on_budget
     from ..data import check_run_fits, check_subsets, load_dataset
-    from ..reporting import epochs_in_budget, load_run
-    from ..reporting.tables import phase_table, summary_table
-    from ..selection import priming_epochs
-    from ..train import Trainer
+    from ..engines import EngineError
+    from ..reporting import build_report, load_run, load_runs
 
     if args.epochs < 1 or args.train_subset < 0:
         raise ConfigError("demo: --epochs must be >= 1 and --train-subset >= 0 (0: all training examples)")
-    data = load_dataset("cifar10", args.data_dir)
-    check_subsets(data, args.train_subset, 0)
+    data = load_dataset(args.dataset, args.data_dir)
+    check_subsets(data, args.train_subset, args.test_subset)
     if args.train_subset:
         data = data.subset(args.train_subset, seed=0)
-    base = TrainConfig(dataset="cifar10", model="small_cnn", epochs=args.epochs, lr=0.05, lr_schedule="linear",
-                       warmup_epochs=min(1.0, args.epochs / 4), nesterov=True)
+    base = TrainConfig(dataset=args.dataset, model="small_cnn", epochs=args.epochs, lr=0.05, lr_schedule="linear",
+                       warmup_epochs=1.0, test_subset=args.test_subset, checkpoint=False, progress=False)
     check_run_fits(base.batch_size, len(data.y_train))
+    plan = dict(DEMO_STRATEGIES)
+    if not args.int8:
+        plan.pop("sb-int8")
+    args.active_run_dir = args.out
+    print(f"== small_cnn on {args.dataset}, {len(data.y_train)} training examples; {', '.join(plan)} trained "
+          f"interleaved (one epoch of each in turn), first {args.epochs} epochs each, then budget-matched", flush=True)
 
-    def run(name: str, cfg: TrainConfig, what: str) -> Dict[str, Any]:
-        args.active_run_dir = cfg.run_dir
-        print(f"== {name}: small_cnn on CIFAR-10, {len(data.y_train)} training examples, {what}", flush=True)
-        summary = Trainer(cfg, data=data, overwrite=True).fit()
-        print(f"   test acc {100 * summary['test_acc']:.2f}% in {summary['wall']:.1f} s of training", flush=True)
-        return summary
+    def progress(name: str, epoch: int, epochs: int) -> None:
+        print(f"   {name}: epoch {epoch}/{epochs}", flush=True)
 
-    summaries: Dict[str, Dict[str, Any]] = {}
-    for strategy in ("traditional", "sb"):
-        cfg = base.replace(strategy=strategy, run_dir=f"{args.out}/{strategy}")
-        summaries[strategy] = run(strategy, cfg, f"{args.epochs} epochs")
-    trad, sb = summaries["traditional"], summaries["sb"]
-    lines = [_equal_epochs_sentence(trad, sb, args.epochs, priming_epochs("sb", base.prime_epochs))]
-    if args.equal_wall:
-        epochs = epochs_in_budget(trad["wall"], [e["wall"] for e in load_run(f"{args.out}/sb").evals])
-        if epochs > args.epochs:
-            stretch = epochs / args.epochs  # the same schedule shape over more epochs
-            cfg = base.replace(strategy="sb", epochs=epochs, warmup_epochs=base.warmup_epochs * stretch,
-                               run_dir=f"{args.out}/sb-equal-wall")
-            name = f"sb, {epochs} epochs"
-            summaries[name] = run(name, cfg, f"{epochs} epochs (as many as fit into Traditional's "
-                                             f"{trad['wall']:.0f} s)")
-            lines.append(_equal_wall_sentence(trad, summaries[name], epochs))
-        else:
-            lines.append(_no_equal_wall_sentence(trad, sb))
+    try:
+        result = compare_on_budget(base, plan, [args.seed], args.out, data, progress=progress)
+    except EngineError as exc:
+        raise ConfigError(f"demo: the INT8 engine cannot be built here ({exc}); run with --no-int8") from exc
+    report = build_report(load_runs(result.budget_dirs), "traditional", budget=True)
+    files = report.write(f"{args.out}/report")
     print()
-    print(summary_table(summaries))
+    print(report.tables()["budget"])
     print()
-    print(phase_table(summaries))
+    print(report.tables()["phases"])
     print()
-    print("\n".join(lines))
-    print(f"Run logs: {args.out}/*/{LOG_NAME} (sb-accel report {args.out} compares them)")
+    summaries = {name.rsplit("-s", 1)[0]: s for name, s in result.budget.items()}
+    budget = summaries["traditional"]["wall"]  # T as measured beside the others, under the same load
+    at_budget = {name: _accuracy_within(load_run(f"{args.out}/budget/{name}-s{args.seed}").evals, budget)
+                 for name in summaries}
+    for line in _budget_lines(summaries, result.epochs, at_budget):
+        print(line)
+    print(f"Plots: {files['error_curves'][0]} (error vs time), {files['phases'][0]} (where the time went); "
+          f"report: {files['report'][0]}. One seed: the committed 3-seed results are in "
+          "benchmarks/results/ (see the README).")
     return EXIT_OK
+
+
+def _accuracy_within(evals: list, budget: float) -> float:
+    """Test accuracy of the last evaluation within ``budget`` seconds of training (NaN: none was)."""
+    within = [e for e in evals if e["wall"] <= budget * (1 + 1e-9)]
+    return within[-1]["test_acc"] if within else float("nan")
+
+
+def _budget_lines(summaries: Dict[str, Dict[str, Any]], epochs: Dict[str, int], at_budget: Dict[str, float]) -> list:
+    """The verdict per SB variant against Traditional at the same budget T (Traditional's training
+    time, measured beside them), judged on the accuracy reached within T; then where SB's time went."""
+    trad = summaries["traditional"]
+    budget = trad["wall"]
+    lines = [f"Budget T = {budget:.0f} s of training: Traditional's {epochs['traditional']} epochs, its learning rate "
+             "decayed to zero within T; each SB variant ran the epochs its measured cost fits into T, with its own "
+             "schedule decayed within them."]
+    for name in [n for n in summaries if n != "traditional"]:
+        s, acc = summaries[name], at_budget[name]
+        gap = acc - trad["test_acc"]
+        verdict = ("its selection pays here" if gap > 0 else
+                   "its selection does not pay here: Traditional is better at the same budget" if gap <= 0 else
+                   "it did not finish an epoch within T")
+        lines.append(f"{name}: {epochs[name]} epochs in {s['wall']:.0f} s ({s['wall'] / budget:.2f} T); within T "
+                     f"{_accuracy_gap(acc, trad['test_acc'])}, at its end {100 * s['test_acc']:.2f}%; {verdict}.")
+    sb = summaries["sb"]
+    lines.append("Where the time went: " + _time_split("SB", sb) + "; " + _time_split("Traditional", trad) + ".")
+    return lines
+
+
+def _time_split(name: str, summary: Dict[str, Any]) -> str:
+    """``SB: 31% selection forwards, 42% backward, ... of 40 s``."""
+    phases = {k: v for k, v in summary["phases"].items() if k != "eval"}
+    total = sum(phases.values()) or 1.0
+    parts = [f"{100 * phases[k] / total:.0f}% {label}" for k, label in
+             (("selection", "selection"), ("train_forward", "training forward"), ("backward", "backward"),
+              ("refresh", "engine refresh")) if phases.get(k, 0.0) / total >= 0.01]
+    return f"{name} {', '.join(parts)} of {total:.0f} s"
 
 
 def _accuracy_gap(acc: float, baseline_acc: float) -> str:
     """``60.12% vs Traditional's 58.00% (+2.12 points)``."""
     return (f"{100 * acc:.2f}% test accuracy vs Traditional's {100 * baseline_acc:.2f}% "
             f"({100 * (acc - baseline_acc):+.2f} points)")
-
-
-def _equal_epochs_sentence(trad: Dict[str, Any], sb: Dict[str, Any], epochs: int, prime_epochs: int) -> str:
-    primed = {0: "", 1: " (its first epoch trains on everything)"}.get(
-        prime_epochs, f" (its first {prime_epochs} epochs train on everything)")
-    return (f"Equal epochs ({epochs}): SB backpropagated {sb['backprops'] / trad['backprops']:.2f}x Traditional's "
-            f"examples{primed} in {sb['wall'] / trad['wall']:.2f}x its training time and reached "
-            f"{_accuracy_gap(sb['test_acc'], trad['test_acc'])}.")
-
-
-def _equal_wall_sentence(trad: Dict[str, Any], sb: Dict[str, Any], epochs: int) -> str:
-    gap = sb["test_acc"] - trad["test_acc"]
-    verdict = "ahead of" if gap > 0 else ("behind" if gap < 0 else "level with")
-    return (f"Equal training time: given Traditional's {trad['wall']:.0f} s, SB trained {epochs} epochs in "
-            f"{sb['wall']:.0f} s and reached {_accuracy_gap(sb['test_acc'], trad['test_acc'])}: "
-            f"{verdict} Traditional at about the same training time.")
-
-
-def _no_equal_wall_sentence(trad: Dict[str, Any], sb: Dict[str, Any]) -> str:
-    if sb["wall"] >= trad["wall"]:
-        why = f"SB took {sb['wall']:.0f} s, no less than Traditional's {trad['wall']:.0f} s, so no extra epoch fits"
-    else:
-        why = (f"SB used {sb['wall']:.0f} s of Traditional's {trad['wall']:.0f} s and the "
-               f"{trad['wall'] - sb['wall']:.0f} s left do not fit another SB epoch")
-    return f"Equal training time: {why}; the equal-epochs runs are the comparison (try more --epochs)."

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..files import atomic_write_json, staged_directory
+from .budget import BUDGET_NOTE, budget_table
 from .grouping import (DIVERGED, FINISHED, RunGroup, check_same_dataset, describe_status, group_runs, group_status,
                        run_status)
 from .metrics import (TARGET_MULTIPLIERS, GroupSummary, TargetResult, eval_at_target, final_error, pareto_frontier,
@@ -128,6 +129,7 @@ class Report:
     phases_to_target: List[Optional[Dict[str, float]]]  # up to the largest target; None: not all seeds reached it
     frontier: List[int]                    # indices of groups on the Pareto frontier (diverged ones excluded)
     notes: List[str] = dataclasses.field(default_factory=list)     # runs skipped, and the baseline warning
+    budget: bool = False                   # the runs are budget-matched to the baseline's training time
 
     @property
     def baseline_error(self) -> float:
@@ -139,7 +141,7 @@ class Report:
 
     # --- text --------------------------------------------------------------------------------
     def tables(self) -> Dict[str, str]:
-        """Terminal tables: ``runs``, ``speedup``, ``phases``, ``pareto``."""
+        """Terminal tables: ``runs``, ``speedup``, ``phases``, ``pareto`` (and ``budget``)."""
         runs_rows = [[str(r.run_dir), g.label, r.config.get("seed"), f"{r.evals[-1]['epoch']:.2f}",
                       f"{100 * r.evals[-1]['test_error']:.2f}%", f"{r.evals[-1]['wall']:.1f}", r.evals[-1]["backprops"],
                       run_status(r)]
@@ -152,7 +154,9 @@ class Report:
         pareto_rows = [[s.label, _pm(s.wall_mean, s.wall_std), f"{_pm(s.final_error_mean, s.final_error_std, 100, 2)}%",
                         "yes" if i in self.frontier else ("no (diverged)" if group_status(g.runs) == DIVERGED else "")]
                        for i, (g, s) in enumerate(zip(self.groups, self.summaries))]
+        budget = {"budget": budget_table(self.groups, self.summaries, self.baseline)} if self.budget else {}
         return {
+            **budget,
             "runs": format_table(runs_rows, ["run", "configuration", "seed", "epochs", "final error", "train s",
                                              "backprops", "status"]),
             "speedup": format_table(speed_rows, ["configuration", "seeds", "final error", "train s"] + target_heads
@@ -173,7 +177,7 @@ class Report:
                          pareto=i in self.frontier, status=describe_status(g.runs),
                          run_status={str(r.run_dir): run_status(r) for r in g.runs})
             configurations.append(entry)
-        return {"baseline": self.baseline.label, "baseline_note": self.baseline_note,
+        return {"baseline": self.baseline.label, "baseline_note": self.baseline_note, "budget_matched": self.budget,
                 "baseline_status": describe_status(self.baseline.runs), "notes": list(self.notes),
                 "baseline_final_error": self.baseline_error,
                 "targets": [{"multiplier": m, "error": t} for m, t in self.targets],
@@ -218,6 +222,7 @@ class Report:
             "*diverged* runs had a NaN/inf loss, *unfinished* ones have no summary (crashed, interrupted or still "
             "running: their last eval counts).", "",
             *[f"**Note:** {note}\n" for note in self.notes],
+            *(["## Budget-matched comparison", BUDGET_NOTE, "", block(t["budget"])] if self.budget else []),
             "## Runs", block(t["runs"]),
             "## Speedup to target error (paper Table 1)",
             "Speedup = baseline's time to the target / the configuration's time to it.", "",
@@ -233,9 +238,10 @@ class Report:
 
 
 def build_report(runs: Sequence[Run], baseline: Optional[str] = None,
-                 multipliers: Sequence[float] = TARGET_MULTIPLIERS) -> Report:
+                 multipliers: Sequence[float] = TARGET_MULTIPLIERS, budget: bool = False) -> Report:
     """Group ``runs`` by configuration and compute the report against ``baseline``
-    (see :func:`choose_baseline`).
+    (see :func:`choose_baseline`); ``budget``: the runs are budget-matched to the baseline's
+    training time, and the report opens with that view (:mod:`~sb_accel.reporting.budget`).
 
     Runs without an eval are left out with a note; ``ValueError`` if no run is left, the runs are
     on different datasets (:func:`~sb_accel.reporting.metrics.check_same_dataset`), or a target
@@ -270,4 +276,4 @@ def build_report(runs: Sequence[Run], baseline: Optional[str] = None,
     points = [(s.wall_mean, s.final_error_mean) if group_status(g.runs) != DIVERGED else (math.nan, math.nan)
               for g, s in zip(groups, summaries)]
     return Report(groups, base, note, list(multipliers), summaries, [_mean_phases([r.phases for r in g.runs]) for g in groups],
-                  phases_to_target, pareto_frontier(points), notes)
+                  phases_to_target, pareto_frontier(points), notes, budget)

@@ -30,18 +30,21 @@ class SelectionPolicy:
     1. ``requires_forward(indices, epoch)`` -> bool mask of candidates that need a fresh
        selection-pass loss, or ``True``/``False`` for all/none (no mask to read back from the
        device). Candidates outside the mask reach ``select`` with a NaN loss.
-    2. ``select(losses, indices, epoch)`` -> bool keep mask (same length as ``indices``).
+    2. ``select(losses, indices, epoch)`` -> bool keep mask (same length as ``indices``), or
+       integer counts for a draw with replacement (a row drawn twice is trained twice).
     3. ``loss_weights(indices, epoch)`` -> per-example loss weights for kept examples, or None.
     4. After the train step, ``observe(indices, losses, epoch)`` with the training-forward losses
        of the examples that were backpropagated.
 
-    ``on_epoch_start(epoch, num_epochs)`` runs before an epoch's first candidate batch and
+    ``on_epoch_start(epoch, num_epochs)`` (``num_epochs`` None: the run's length is unknown) runs
+    before an epoch's first candidate batch and
     ``on_epoch_end(epoch)`` after its last one has been decided. The selection driver
     (:class:`sb_accel.train.SelectionDriver`) is the one caller of this lifecycle.
 
     Class attributes describe the policy to its callers:
-    ``candidate_multiplier``: training batches' worth of candidates wanted per candidate batch
-    (3 for Kath18's pre-sampling, 1 otherwise); ``needs_selection_forward``: whether it ever asks
+    ``candidate_multiplier``: the most training batches' worth of candidates it wants per
+    candidate batch (3 for Kath18's pre-sampling, 1 otherwise; ``candidates_per_batch(epoch)``
+    says how many in an epoch); ``needs_selection_forward``: whether it ever asks
     for a selection pass (False: no engine is needed); ``uses_training_losses``: whether
     ``observe`` feeds its decisions (a caller that skips ``observe`` would silently change it).
 
@@ -69,14 +72,15 @@ class SelectionPolicy:
         """Raise ``FloatingPointError`` if non-finite selection losses were seen since the last
         check; policies on a GPU defer this check to avoid a host sync per candidate batch."""
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+    def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
         """Hook for per-epoch state (default: nothing)."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Hook after an epoch's last candidate batch (default: nothing)."""
 
     def candidates_per_batch(self, epoch: int) -> int:
-        """Candidate-batch size in units of the training batch size, for ``epoch``."""
+        """Candidate-batch size in units of the training batch size, for ``epoch`` (asked after
+        ``on_epoch_start(epoch)``; for a later epoch, what it would be if that epoch started now)."""
         return self.candidate_multiplier
 
     def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:
@@ -136,14 +140,14 @@ class Primed(SelectionPolicy):
     def check_finite(self) -> None:
         self.policy.check_finite()
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+    def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
         self.policy.on_epoch_start(epoch, num_epochs)
 
     def on_epoch_end(self, epoch: int) -> None:
         self.policy.on_epoch_end(epoch)
 
     def candidates_per_batch(self, epoch: int) -> int:
-        return 1 if self._priming(epoch) else self.policy.candidate_multiplier
+        return 1 if self._priming(epoch) else self.policy.candidates_per_batch(epoch)
 
     def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:
         if self._priming(epoch):

@@ -6,10 +6,11 @@ no example is lost or duplicated and the remainder carries over to the next cand
 
 End of epoch (``end_of_epoch``):
 
-* ``"carry"`` (default, as the authors' code): the remainder stays buffered and opens the next
-  epoch's first batch; every backprop batch is full. Whatever remains after the last epoch is
-  reported by :meth:`pending` and not trained on.
-* ``"partial"``: :meth:`end_epoch` yields the remainder as one smaller batch.
+* ``"carry"`` (default): the remainder stays buffered and opens the next epoch's first batch;
+  every backprop batch is full. Whatever remains after the last epoch is reported by
+  :meth:`pending` and not trained on.
+* ``"partial"`` (what the authors' code does: its ``get_batch(final=True)`` trains the remainder at
+  the epoch's last candidate batch): :meth:`end_epoch` yields the remainder as one smaller batch.
 * ``"drop"``: the remainder is discarded at the end of each epoch.
 """
 from __future__ import annotations
@@ -21,9 +22,18 @@ import torch
 
 from ..transfer import to_device
 
-__all__ = ["TrainBatch", "BackpropBatcher", "END_OF_EPOCH_RULES"]
+__all__ = ["TrainBatch", "BackpropBatcher", "END_OF_EPOCH_RULES", "kept_rows"]
 
 END_OF_EPOCH_RULES = ("carry", "partial", "drop")
+
+
+def kept_rows(keep: torch.Tensor) -> torch.Tensor:
+    """The candidate rows to train on, ascending: a bool keep mask's kept rows, or, for integer
+    counts (a draw with replacement, Kath18), each row as often as it was drawn. The number of rows
+    is the one host read per candidate batch."""
+    if keep.dtype == torch.bool:
+        return keep.nonzero().squeeze(1)
+    return torch.repeat_interleave(torch.arange(len(keep), device=keep.device), keep)
 
 
 @dataclass
@@ -77,15 +87,16 @@ class BackpropBatcher:
             weights: Optional[torch.Tensor] = None) -> Iterator[TrainBatch]:
         """Buffer the kept rows of a candidate batch; yield every full batch now available.
 
-        ``keep`` is a bool mask on any device. Turning it into rows is the one host read per
+        ``keep`` is a bool mask or per-row counts (:func:`kept_rows`) on any device. Turning it into rows is the one host read per
         candidate batch (how many were kept decides whether a step is due)."""
         if keep.shape[0] != y.shape[0]:
             raise ValueError(f"candidate batch parts disagree in length: keep {tuple(keep.shape)}, y {tuple(y.shape)}")
-        return self.add_rows(x, y, indices, keep.nonzero().squeeze(1), weights)
+        return self.add_rows(x, y, indices, kept_rows(keep), weights)
 
     def add_rows(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, rows: Optional[torch.Tensor],
                  weights: Optional[torch.Tensor] = None) -> Iterator[TrainBatch]:
-        """:meth:`add` with the kept row numbers (ascending) instead of a mask; ``None``: all."""
+        """:meth:`add` with the kept row numbers (ascending, repeated for a row drawn more than once)
+        instead of a mask; ``None``: all."""
         if x.shape[0] != y.shape[0] or indices.shape[0] != y.shape[0]:
             raise ValueError(f"candidate batch parts disagree in length: x {tuple(x.shape)}, "
                              f"y {tuple(y.shape)}, indices {tuple(indices.shape)}")

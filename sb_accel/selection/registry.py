@@ -30,6 +30,7 @@ class StrategyOptions:
     history_mode: str = "batch"
     stale_n: int = 3
     kath18_multiplier: int = 3
+    kath18_replacement: bool = True
     infobatch_ratio: float = 0.5
     infobatch_anneal: float = 0.125
     prime_epochs: Optional[int] = None

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ..engines import EngineRefresher, SelectionEngine
 from ..selection import BackpropBatcher, SelectionPolicy, TrainBatch
+from ..selection.batcher import kept_rows
 from ..transfer import to_device
 from .distributed import RankGroup
 from .lockstep import LockstepBatches
@@ -63,7 +64,8 @@ class SelectionDriver:
             policies that never ask for a selection forward.
         end_of_epoch: ``"carry"``, ``"partial"`` or ``"drop"`` (see :class:`BackpropBatcher`; under
             DDP :class:`~sb_accel.train.lockstep.LockstepBatches`).
-        num_epochs: length of the run in epochs, for policies that anneal (InfoBatch); None: unknown.
+        num_epochs: length of the run in epochs, for policies that anneal (InfoBatch); None: unknown
+            (InfoBatch then never anneals).
         group: the ranks under DistributedDataParallel (None: a single process). ``batch_size`` is
             then this rank's share of the global batch.
         dataset_size: number of training examples (needed with ``group``: the per-example tables).
@@ -134,7 +136,7 @@ class SelectionDriver:
         self.epoch_open = True
         if self.tables is not None:
             self.tables.snapshot()
-        self.policy.on_epoch_start(epoch, self.num_epochs if self.num_epochs is not None else epoch + 1)
+        self.policy.on_epoch_start(epoch, self.num_epochs)
 
     def end_epoch(self) -> Iterator[TrainBatch]:
         """The remainder of kept examples as the end-of-epoch rule says (``"partial"``: one batch;
@@ -185,7 +187,7 @@ class SelectionDriver:
         scored.indices = to_device(scored.indices, self.policy.device)
         decision = decide(self.policy, scored, self.epoch)
         # how many were kept decides whether a step is due: the one host read per candidate batch
-        rows = None if decision.keep is None else decision.keep.nonzero().squeeze(1)
+        rows = None if decision.keep is None else kept_rows(decision.keep)
         self.candidates += len(scored.indices)
         self.forwards += scored.forwards
         self.kept += len(scored.indices) if rows is None else len(rows)

@@ -84,6 +84,22 @@ class PhaseTimer:
         else:
             self._mark = self._clock()
 
+    def pause(self) -> None:
+        """Stop the clock: time until :meth:`resume` counts in no phase (another run sharing the
+        process is training)."""
+        self.totals()
+        if self.on_device:
+            self._events = []
+        else:
+            self._mark = None
+
+    def resume(self) -> None:
+        """Restart the clock after :meth:`pause`, in the phase it was paused in."""
+        if self.on_device:
+            self._events = [(self._current, self._record())]
+        else:
+            self._mark = self._clock()
+
     def _record(self) -> Any:
         return self.events.record()
 

@@ -111,7 +111,7 @@ class Trainer:
         with self.timer.phase("refresh"):  # building the first engine is a real cost of the method
             refresher = None
             if policy.needs_selection_forward:
-                max_batch = max(self._candidate_batch(policy.candidates_per_batch(e)) for e in range(cfg.epochs))
+                max_batch = self._candidate_batch(policy.candidate_multiplier)  # the most it may ask for
                 samples = sample_batches(data, cfg.batch_size, self.device, self.memory_format)
                 refresher = build_refresher(cfg, self.model, samples, self.device, max_batch, self.step)
         self.driver = SelectionDriver(policy, self.batch_size, refresher, end_of_epoch=cfg.end_of_epoch,
@@ -151,17 +151,25 @@ class Trainer:
         bar = Progress(cfg.progress and self.rank == 0, total=cfg.epochs * n, initial=self.epoch * n)
         try:
             while self.epoch < cfg.epochs:
-                self._run_epoch(bar)
-                self.epoch += 1
-                self._end_epoch()
-                bar.epoch_done(self.epoch, cfg.epochs, acc=f"{self.last_acc:.4f}", steps=self.step,
-                               kept=f"{self.backprops / max(self.driver.candidates, 1):.2f}")
+                self.train_epoch(bar)
+        finally:
+            bar.close()
+        return self.finish()
+
+    def train_epoch(self, bar: Optional[Progress] = None) -> None:
+        """Train, evaluate and checkpoint the next epoch. :meth:`fit` calls it until the last epoch;
+        a caller that interleaves several runs in one process calls it (between ``timer.resume()``
+        and ``timer.pause()``), then :meth:`finish`."""
+        bar = bar or Progress(False, total=0)
+        try:
+            self._run_epoch(bar)
+            self.epoch += 1
+            self._end_epoch()
         except FloatingPointError as exc:  # divergence, seen in the training or the selection losses
             self.log.write("diverged", epoch=self.epoch, step=self.step, error=str(exc))
             raise
-        finally:
-            bar.close()
-        return self._finish()
+        bar.epoch_done(self.epoch, self.cfg.epochs, acc=f"{self.last_acc:.4f}", steps=self.step,
+                       kept=f"{self.backprops / max(self.driver.candidates, 1):.2f}")
 
     def _run_epoch(self, bar: Progress) -> None:
         cfg, driver = self.cfg, self.driver
@@ -289,7 +297,8 @@ class Trainer:
         """What a distributed run adds to epoch and summary events (:func:`distributed_fields`)."""
         return {} if self.group is None else distributed_fields(self.group, self.log, totals)
 
-    def _finish(self) -> Dict[str, Any]:
+    def finish(self) -> Dict[str, Any]:
+        """Write the summary event, close the engine and the log; returns the summary."""
         d = self.driver
         t = self._totals()
         summary = self.log.write(
