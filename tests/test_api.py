@@ -93,7 +93,8 @@ def _record_kept(monkeypatch):
 
     def recording(policy, scored, epoch):
         decision = original(policy, scored, epoch)
-        log[-1].append(scored.indices[kept_rows(decision.keep)].tolist())  # Kath18: rows drawn twice, twice
+        rows = scored.indices if decision.keep is None else scored.indices[kept_rows(decision.keep)]
+        log[-1].append(rows.tolist())  # all kept (keep None), or Kath18: rows drawn twice, twice
         return decision
 
     monkeypatch.setattr(driver_module, "decide", recording)
@@ -181,5 +182,8 @@ def test_api_warns_once_about_its_silent_traps():
     with pytest.warns(UserWarning, match="cannot see epochs end: call new_epoch"):
         list(sb.select(x, y))
     kath = sb_accel.SelectiveBackprop(model, strategy="kath18", batch_size=16)
+    list(kath.select(x, y))  # before switch-on Kath18 takes uniform batches of b: nothing to warn about
+    kath.policy.tau.fill_(100.0)  # its variance estimate says sampling pays: the next epoch pre-samples
+    list(kath.new_epoch())
     with pytest.warns(UserWarning, match="pre-sample of 48 candidates; candidate batches of 16 keep them all"):
         list(kath.select(x, y))

@@ -62,20 +62,18 @@ def _candidates(batches, n=64, seed=0):
         yield torch.randn(n, 3, 4, 4, generator=g), torch.randint(0, 10, (n,), generator=g), idx
 
 
-@pytest.mark.parametrize("strategy", ["sb", "infobatch", "kath18"])
+# InfoBatch decides from its own table, which this tensor subclass cannot watch: the stand-in device
+# of test_sync_budget.py counts its reads on the real loop
+@pytest.mark.parametrize("strategy", ["sb", "kath18"])
 def test_one_host_read_per_candidate_batch(strategy):
     if strategy == "sb":
         policy = _deferred(SelectiveBackpropPolicy(seed=0, history=256))
-    elif strategy == "kath18":  # importance sampling on: a draw with replacement, trained as repeated rows
+    else:  # importance sampling on: a draw with replacement, trained as repeated rows
         policy = Kath18(32, seed=0)
         policy.tau = torch.tensor(5.0, dtype=torch.float64)
         _deferred(policy)
-    else:
-        policy = InfoBatch(640, seed=0)
-        policy.observe(torch.arange(640), torch.rand(640, dtype=torch.float64), 0)
-        _deferred(policy)
-    driver = SelectionDriver(policy, 32, _Refresher() if policy.needs_selection_forward else None)
-    driver.start_epoch(1)  # InfoBatch: scores for every example, so this epoch prunes
+    driver = SelectionDriver(policy, 32, _Refresher())
+    driver.start_epoch(1)
     Watched.reads.clear()
     steps = 0
     for x, y, idx in _candidates(10):

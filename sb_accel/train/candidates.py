@@ -7,7 +7,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import torch
 
 from ..config import ConfigError, TrainConfig
-from ..data import AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, check_run_fits, load_dataset
+from ..data import (AUGMENT_PRESETS, ArrayDataset, Augment, CandidateLoader, check_run_fits, check_subsets,
+                    load_dataset)
 from ..data.loader import Candidate
 from ..data.sampler import DistributedEpochSampler, shard_test_split
 from .distributed import RankGroup, per_rank
@@ -17,9 +18,10 @@ __all__ = ["CandidateSource", "training_data", "candidate_source", "candidate_ba
 
 
 def training_data(cfg: TrainConfig, data: Optional[ArrayDataset] = None) -> ArrayDataset:
-    """The run's dataset (``data``, or loaded by name), cut to its subsets; refuses a batch larger
-    than the training split."""
+    """The run's dataset (``data``, or loaded by name), cut to its subsets; refuses a subset or a
+    batch larger than the training split (never capped silently)."""
     data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    check_subsets(data, cfg.train_subset, cfg.test_subset)
     if cfg.train_subset or cfg.test_subset:
         data = data.subset(cfg.train_subset or None, cfg.test_subset or None, seed=cfg.seed)
     check_run_fits(cfg.batch_size, len(data.y_train))
