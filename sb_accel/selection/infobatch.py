@@ -63,6 +63,7 @@ class InfoBatch(SelectionPolicy):
         self.pruned = torch.zeros(dataset_size, dtype=torch.bool)       # this epoch's pruned examples
         self.upweighted = torch.zeros(dataset_size, dtype=torch.bool)   # kept well-learned: weight 1/keep_ratio
         self.pruning = False
+        self.num_epochs: Optional[int] = None  # the run's length, told at each epoch's start (None: unknown)
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -80,7 +81,8 @@ class InfoBatch(SelectionPolicy):
         return math.floor((1.0 - anneal) * num_epochs + 1e-9)  # 1e-9: 0.875 * 8 is 7, not 6.999...
 
     def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
-        self.pruning = num_epochs is None or epoch < self.first_full_epoch(num_epochs, self.anneal)
+        self.num_epochs = num_epochs
+        self.pruning = not self.keeps_all(epoch)
         self.pruned.zero_()
         self.upweighted.zero_()
         seen = ~torch.isnan(self.scores)
@@ -94,6 +96,10 @@ class InfoBatch(SelectionPolicy):
         order = torch.where(well_learned, keys, torch.full_like(keys, 2.0)).argsort()  # well-learned first, shuffled
         self.upweighted[order[:keep]] = True
         self.pruned[order[keep:count]] = True
+
+    def keeps_all(self, epoch: int) -> bool:
+        """The annealing epochs train on everything: the driver then reads no keep mask back."""
+        return self.num_epochs is not None and epoch >= self.first_full_epoch(self.num_epochs, self.anneal)
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         if not self.pruning:
@@ -111,13 +117,14 @@ class InfoBatch(SelectionPolicy):
 
     def state_dict(self) -> dict:
         return {"scores": self.scores.clone(), "pruned": self.pruned.clone(), "upweighted": self.upweighted.clone(),
-                "pruning": self.pruning, "generator": self.generator.get_state()}
+                "pruning": self.pruning, "num_epochs": self.num_epochs, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.scores = state["scores"].to(self.device, copy=True)
         self.pruned = state["pruned"].to(self.device, copy=True)
         self.upweighted = state["upweighted"].to(self.device, copy=True)
         self.pruning = bool(state["pruning"])
+        self.num_epochs = state.get("num_epochs")
         self.generator.set_state(state["generator"])
 
     def __repr__(self) -> str:
