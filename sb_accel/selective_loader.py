@@ -144,8 +144,7 @@ class SelectiveLoader:
                              f"per rank on {world} rank(s): use a smaller batch_size")
         self._order = DistributedEpochSampler(self.dataset_size, world, rank, seed=seed, shuffle=self.shuffle)
         self._selection_batch = selection_batch_size
-        # R must hold more than one selection call (all ranks' under the global history), or SB's CDF
-        # covers only the batch it scores: 0 (default) picks twice a call, at least 1024
+        # R (0: automatic) must exceed a selection call (all ranks'), or the CDF covers only that batch
         options["history"] = loss_history_size(int(options.get("history", 0)), self._call_size(1) * world)
         self.policy = create_strategy(self.info.name, StrategyOptions(selectivity=selectivity, seed=seed, **options),
                                       batch_size=batch_size, dataset_size=self.dataset_size).to(self.device)
@@ -361,8 +360,7 @@ class SelectiveLoader:
     def _batches(self, order: torch.Tensor, size: int) -> Iterator[Tuple[torch.Tensor, Batch]]:
         """``(dataset indices, collated batch)`` of ``order`` in chunks of ``size``, through a DataLoader."""
         chunks = list(order.split(size))
-        # its own generator: a DataLoader without one draws its worker seed from the global RNG, which
-        # would shift the user's dropout masks and make a resumed run differ from an uninterrupted one
+        # own generator: without one a DataLoader seeds from the global RNG (shifting the user's dropout)
         loading = {"generator": torch.Generator().manual_seed(self.seed * 1_000_003 + self._pass), **self._loading}
         loader = DataLoader(self.dataset, batch_sampler=[c.tolist() for c in chunks], **loading)
         return zip(chunks, loader)
