@@ -389,13 +389,14 @@ class SelectiveLoader:
         if self.refresher is None or self.refresher.engine.is_live:
             return
         self._since_refresh += 1
-        if self._since_refresh >= self._cadence():
-            start = time.perf_counter()
-            self.events.append(self.refresher.refresh(self.model, self.steps, reason="steps"))
-            seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        # through the refresher's rule: none while the pass does not select, made up before it does
+        events = self.refresher.refresh_if_due(self.model, self.steps, self._since_refresh >= self._cadence(),
+                                               "steps", self.driver.selecting)
+        if events:
+            self.events, seconds, self._since_refresh = self.events + events, time.perf_counter() - start, 0
             self._seconds["refresh"] += seconds
             self._refresh_seconds = seconds if self._refresh_seconds is None else self._refresh_seconds
-            self._since_refresh = 0
 
     def _cadence(self) -> int:
         """Steps between refreshes of a snapshot engine: ``refresh_every``, or the smallest K with

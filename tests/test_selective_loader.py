@@ -178,6 +178,12 @@ def test_a_snapshot_engine_is_refreshed_on_a_cadence_that_pays():
                                      epochs=2, refresh_every=3)
     _train(fixed, model, 2)  # an exported engine scores the stored (inputs, labels) rows
     assert fixed.stats()["engine"] == "onnxruntime-fp32" and fixed.refresher.count == fixed.steps // 3
+    primed = sb_accel.SelectiveLoader(_data(), model, batch_size=B, engine="onnxruntime-fp32", epochs=2,
+                                      refresh_every=1)
+    _train(primed, model, 2)
+    refreshes = [e for e in primed.events if e["event"] == "refresh"]
+    # none while the first pass primes (no selection runs), one made up as selection starts, then every step
+    assert refreshes[0]["reason"] == "resume" and refreshes[0]["step"] >= len(_data()) // B
     auto = sb_accel.SelectiveLoader(_data(), model, batch_size=B, engine="onnxruntime-fp32", prime_epochs=0)
     assert auto._cadence() == 1  # nothing measured yet: every step
     auto.steps, auto._seconds["training"], auto._refresh_seconds = 10, 1.0, 0.02  # a step 0.1 s, a refresh 0.02 s

@@ -172,7 +172,7 @@ class EngineRefresher:
             self._training_seconds += entered - self._outside_since
         events = self._poll(model, step)
         due = not self.engine.is_live and self.schedule.due_after_step(step)
-        events += self._if_selecting(model, step, due, "steps", selecting)
+        events += self.refresh_if_due(model, step, due, "steps", selecting)
         if events and events[-1].get("reason") == "steps" and events[-1].get("mode") == "sync":
             self._check_cost(events[-1]["seconds"])
         self._outside_since = time.perf_counter()
@@ -182,10 +182,12 @@ class EngineRefresher:
         """Call at an epoch's end; ``selecting``: whether the next epoch runs selection."""
         events = self._poll(model, step)
         due = not self.engine.is_live and self.schedule.due_after_epoch()
-        return events + self._if_selecting(model, step, due, "epoch", selecting)
+        return events + self.refresh_if_due(model, step, due, "epoch", selecting)
 
-    def _if_selecting(self, model: nn.Module, step: int, due: bool, reason: str, selecting: bool) -> List[dict]:
-        """Refresh if ``due`` and selection runs next; remember a skipped one and make it up."""
+    def refresh_if_due(self, model: nn.Module, step: int, due: bool, reason: str, selecting: bool) -> List[dict]:
+        """Refresh if ``due`` and selection runs next; remember a skipped one and make it up. For
+        callers with a cadence of their own (the selecting loader); the schedule's go through
+        :meth:`after_step` / :meth:`after_epoch`."""
         if not selecting:
             self._behind = self._behind or due
             return []

@@ -105,6 +105,7 @@ class SelectionDriver:
                 history.gather = group.gather_losses
         self._empty: Optional[TrainBatch] = None  # a zero-example batch, for lockstep partial steps
         self.num_epochs = num_epochs
+        self.selecting = True  # whether the open epoch may run selection forwards (set at its start)
         self.epoch = 0
         self.epoch_open = False
         self.candidates = 0   # examples offered as candidates
@@ -137,6 +138,7 @@ class SelectionDriver:
         if self.tables is not None:
             self.tables.snapshot()
         self.policy.on_epoch_start(epoch, self.num_epochs)
+        self.selecting = self.selects(epoch)  # asked once per epoch, not at every step
 
     def end_epoch(self) -> Iterator[TrainBatch]:
         """The remainder of kept examples as the end-of-epoch rule says (``"partial"``: one batch;
@@ -241,7 +243,7 @@ class SelectionDriver:
         returns the RunLog events."""
         if self.refresher is None:
             return []
-        return self.refresher.after_step(model, step, selecting=self.selects(self.epoch))
+        return self.refresher.after_step(model, step, selecting=self.selecting)
 
     def after_epoch(self, model: nn.Module, step: int) -> List[dict]:
         """Epoch-end engine refresh if due and a next epoch selects; returns the RunLog events."""
@@ -286,6 +288,7 @@ class SelectionDriver:
             self._awaiting_forward.load_state_dict(state["awaiting"], device)
         self.epoch = int(state["epoch"])
         self.epoch_open = bool(state["epoch_open"])
+        self.selecting = self.selects(self.epoch)
         for key, value in state["counters"].items():
             setattr(self, key, int(value))
 
