@@ -42,7 +42,6 @@ def unpack_data(data: Any) -> Tuple[Dataset, Optional[int], Dict[str, Any], bool
     return dataset, batch_size, loading, bool(shuffle)
 
 
-
 def check_candidates(batch: Batch, indices: torch.Tensor, num_classes: Optional[int]) -> None:
     """Host-side checks of a candidate batch before it goes to the device (no device sync): NaN/inf
     inputs, and labels outside the model's classes with the default loss."""
@@ -55,8 +54,9 @@ def check_candidates(batch: Batch, indices: torch.Tensor, num_classes: Optional[
     labels = labels_of(batch)
     if torch.is_tensor(labels) and labels.device.type == "cpu" and labels.numel():
         valid = labels[labels != IGNORE_INDEX]
-        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
-            bad = int(valid.min()) if int(valid.min()) < 0 else int(valid.max())
+        lo, hi = (int(valid.min()), int(valid.max())) if valid.numel() else (0, 0)
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
             raise ValueError(f"label {bad} is outside the model's {num_classes} classes (0.."
                              f"{num_classes - 1}) in the candidates at dataset indices "
                              f"{indices[:8].tolist()}: fix the labels or the model's number of outputs")
