@@ -12,7 +12,7 @@ from typing import Callable, List
 import torch
 import torch.nn as nn
 
-from .checkpoint import CHECKPOINT_NAME
+from ..config import CHECKPOINT_NAME
 
 __all__ = ["Diverged", "DivergenceGuard", "check_finite_weights", "divergence_hint"]
 
