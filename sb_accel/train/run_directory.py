@@ -82,11 +82,6 @@ class RunDirectory:
             self._log_offset = self._checkpoint["log_offset"]
         self.log: Union[RunLog, NullRunLog, None] = None
 
-    @property
-    def resuming(self) -> bool:
-        """Whether this run continues from a checkpoint."""
-        return self._log_offset is not None
-
     def resume_state(self, dataset: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """This rank's state to resume from (None for a new run): the shared part and this rank's
         own, as one ``state_dict``; handed out once. Refused first: a checkpoint with no epoch left
