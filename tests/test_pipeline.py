@@ -70,6 +70,27 @@ def test_trainer_with_pipeline_reports_overlap_and_staleness(tmp_path, synthetic
     assert max(e["staleness"] for e in run.of("interval") if e["epoch"] >= 1) <= 3
 
 
+def test_trainer_with_pipeline_validates_every_nth_cheap_step_refresh(tmp_path):
+    """The validation cadence under the pipeline (RefreshSchedule): with ``refresh_validate_every=3``
+    a cheap refresh after optimizer steps is checked against torch when it is the 3rd, 6th, ...
+    refresh of the run; one for another reason (selection resuming after priming, an epoch end)
+    always. This run (epoch 0 primes over steps 1-8; a refresh after every step from then on), by
+    hand: refresh 1 resume (checked), 2 steps, 3 steps (checked), 4 epoch end (checked), 5 steps,
+    6 steps (checked)."""
+    from sb_accel.data import synthetic_dataset
+
+    cfg = config(tmp_path, strategy="sb", epochs=3, pipeline=True, engine="onnxruntime-int8",
+                 refresh_every_steps=1, refresh_validate_every=3, log_every_steps=2)
+    Trainer(cfg, data=synthetic_dataset(train=256, test=64)).fit()
+    refreshes = load_run(tmp_path / "run").of("refresh")
+    assert [(e["count"], e["reason"], e["validated"]) for e in refreshes] == [
+        (1, "resume", True), (2, "steps", False), (3, "steps", True),
+        (4, "epoch", True), (5, "steps", False), (6, "steps", True)]
+    assert all(e["kind"] == "cheap" for e in refreshes if e["reason"] == "steps")  # the cadence is for cheap ones
+    for e in refreshes:  # a checked refresh carries the check's numbers, an unchecked one none
+        assert ("max_abs_error" in e and "rank_agreement" in e) == e["validated"], e
+
+
 @pytest.mark.gpu
 def test_gpu_pipeline_selects_on_its_own_stream_and_sees_engine_changes():
     """On CUDA the worker's kernels go on a side stream; scores equal the serial path's; a weight
