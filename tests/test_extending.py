@@ -43,7 +43,7 @@ class ToyEngine(SelectionEngine):
         self.rows += len(y)
         return F.cross_entropy(self.model(x), y, reduction="none").float()
 
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
+    def refresh(self, model: nn.Module, rebuild: bool = False) -> None:  # exact: nothing to rebuild
         self.model.load_state_dict(model.state_dict())
 
 
