@@ -48,43 +48,6 @@ class _Refresher:
         return []
 
 
-def assert_same_state(a, b, ignore=frozenset()) -> None:
-    """Policies ``a`` and ``b`` hold the same state: every value of their ``state_dict`` s (nested
-    ones included, tensors compared exactly on the CPU, NaN equal to NaN) and the same loss history, its last R losses
-    in order (``LossHistory.values()``: the unfilled slots of its ring buffer hold arbitrary memory)."""
-    histories = [getattr(p.policy if isinstance(p, Primed) else p, "history", None) for p in (a, b)]
-    assert (histories[0] is None) == (histories[1] is None)
-    if histories[0] is not None:
-        first, second = (h.values().cpu() for h in histories)
-        assert len(first) > 0 and torch.equal(first, second), f"loss histories differ: {first} != {second}"
-    _assert_same_values(a.state_dict(), b.state_dict(), {*ignore, "buffer"}, "state")
-
-
-def _assert_same_values(a: dict, b: dict, ignore: set, where: str) -> None:
-    assert set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
-    for key in sorted(set(a) - ignore):
-        x, y = a[key], b[key]
-        if isinstance(x, dict):
-            _assert_same_values(x, y, ignore, f"{where}.{key}")
-        elif torch.is_tensor(x):  # exactly; NaN ("no loss yet" in the per-example tables) equals NaN
-            torch.testing.assert_close(x.cpu(), y.cpu(), rtol=0, atol=0, equal_nan=True,
-                                       msg=lambda m: f"{where}.{key} differs: {m}")
-        else:
-            assert x == y, f"{where}.{key}: {x!r} != {y!r}"
-
-
-def test_same_state_compares_the_loss_history():
-    """The comparison reaches the nested history: one differing loss of R is found."""
-    a, b = SelectiveBackpropPolicy(seed=0, history=8), SelectiveBackpropPolicy(seed=0, history=8)
-    losses = torch.rand(4)
-    a.select(losses, torch.arange(4), 0)
-    b.select(losses, torch.arange(4), 0)
-    assert_same_state(a, b)
-    b.history.load_state_dict({**b.history.state_dict(), "buffer": b.history.state_dict()["buffer"] * 2})
-    with pytest.raises(AssertionError, match="loss histories differ"):
-        assert_same_state(a, b)
-
-
 def _deferred(policy):
     """The policy as it behaves on a GPU: NaN checks deferred to check_finite()."""
     inner = policy.policy if isinstance(policy, Primed) else policy
@@ -165,6 +128,44 @@ def test_driver_checks_deferred_nan_at_epoch_end():
         driver.finish_epoch()
 
 
+def assert_same_state(a, b, ignore=frozenset()) -> None:
+    """Policies ``a`` and ``b`` hold the same state: every value of their ``state_dict`` s (nested
+    ones included, tensors compared exactly on the CPU, NaN equal to NaN) and the same loss history,
+    its last R losses in order (``LossHistory.values()``: the unfilled slots of its ring buffer hold
+    arbitrary memory)."""
+    histories = [getattr(p.policy if isinstance(p, Primed) else p, "history", None) for p in (a, b)]
+    assert (histories[0] is None) == (histories[1] is None)
+    if histories[0] is not None:
+        first, second = (h.values().cpu() for h in histories)
+        assert len(first) > 0 and torch.equal(first, second), f"loss histories differ: {first} != {second}"
+    _assert_same_values(a.state_dict(), b.state_dict(), {*ignore, "buffer"}, "state")
+
+
+def _assert_same_values(a: dict, b: dict, ignore: set, where: str) -> None:
+    assert set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
+    for key in sorted(set(a) - ignore):
+        x, y = a[key], b[key]
+        if isinstance(x, dict):
+            _assert_same_values(x, y, ignore, f"{where}.{key}")
+        elif torch.is_tensor(x):  # exactly; NaN ("no loss yet" in the per-example tables) equals NaN
+            torch.testing.assert_close(x.cpu(), y.cpu(), rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda m: f"{where}.{key} differs: {m}")
+        else:
+            assert x == y, f"{where}.{key}: {x!r} != {y!r}"
+
+
+def test_same_state_compares_the_loss_history():
+    """The comparison reaches the nested history: one differing loss of R is found."""
+    a, b = SelectiveBackpropPolicy(seed=0, history=8), SelectiveBackpropPolicy(seed=0, history=8)
+    losses = torch.rand(4)
+    a.select(losses, torch.arange(4), 0)
+    b.select(losses, torch.arange(4), 0)
+    assert_same_state(a, b)
+    b.history.load_state_dict({**b.history.state_dict(), "buffer": b.history.state_dict()["buffer"] * 2})
+    with pytest.raises(AssertionError, match="loss histories differ"):
+        assert_same_state(a, b)
+
+
 @pytest.mark.parametrize("make", [
     lambda: SelectiveBackpropPolicy(seed=3, history=16),
     lambda: StaleSB(32, seed=3, history=16),
@@ -225,6 +226,9 @@ def test_gpu_policy_state_matches_cpu(cuda, make):
             gpu.observe(idx.to(cuda), fresh.nan_to_num(1.0).to(cuda), epoch)
     # every table and the loss history; the generators differ by device (CPU and CUDA streams of draws)
     assert_same_state(cpu, gpu, ignore={"generator"})
+    for key, value in cpu.state_dict().items():
+        if torch.is_tensor(value) and key != "generator":
+            assert torch.equal(value, gpu.state_dict()[key].cpu()), key
     gpu.check_finite()
 
 
