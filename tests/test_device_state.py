@@ -128,6 +128,44 @@ def test_driver_checks_deferred_nan_at_epoch_end():
         driver.finish_epoch()
 
 
+def assert_same_state(a, b, ignore=frozenset()) -> None:
+    """Policies ``a`` and ``b`` hold the same state: every value of their ``state_dict`` s (nested
+    ones included, tensors compared exactly on the CPU, NaN equal to NaN) and the same loss history,
+    its last R losses in order (``LossHistory.values()``: the unfilled slots of its ring buffer hold
+    arbitrary memory)."""
+    histories = [getattr(p.policy if isinstance(p, Primed) else p, "history", None) for p in (a, b)]
+    assert (histories[0] is None) == (histories[1] is None)
+    if histories[0] is not None:
+        first, second = (h.values().cpu() for h in histories)
+        assert len(first) > 0 and torch.equal(first, second), f"loss histories differ: {first} != {second}"
+    _assert_same_values(a.state_dict(), b.state_dict(), {*ignore, "buffer"}, "state")
+
+
+def _assert_same_values(a: dict, b: dict, ignore: set, where: str) -> None:
+    assert set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
+    for key in sorted(set(a) - ignore):
+        x, y = a[key], b[key]
+        if isinstance(x, dict):
+            _assert_same_values(x, y, ignore, f"{where}.{key}")
+        elif torch.is_tensor(x):  # exactly; NaN ("no loss yet" in the per-example tables) equals NaN
+            torch.testing.assert_close(x.cpu(), y.cpu(), rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda m: f"{where}.{key} differs: {m}")
+        else:
+            assert x == y, f"{where}.{key}: {x!r} != {y!r}"
+
+
+def test_same_state_compares_the_loss_history():
+    """The comparison reaches the nested history: one differing loss of R is found."""
+    a, b = SelectiveBackpropPolicy(seed=0, history=8), SelectiveBackpropPolicy(seed=0, history=8)
+    losses = torch.rand(4)
+    a.select(losses, torch.arange(4), 0)
+    b.select(losses, torch.arange(4), 0)
+    assert_same_state(a, b)
+    b.history.load_state_dict({**b.history.state_dict(), "buffer": b.history.state_dict()["buffer"] * 2})
+    with pytest.raises(AssertionError, match="loss histories differ"):
+        assert_same_state(a, b)
+
+
 @pytest.mark.parametrize("make", [
     lambda: SelectiveBackpropPolicy(seed=3, history=16),
     lambda: StaleSB(32, seed=3, history=16),
@@ -146,9 +184,12 @@ def test_to_cpu_keeps_state_and_decisions(make):
         assert torch.equal(a.select(losses, idx, epoch), b.select(losses, idx, epoch))
         a.observe(idx, losses, epoch)
         b.observe(idx, losses, epoch)
+    assert_same_state(a, b)  # the loss history (R losses) and the generator included
     c = make().to("cpu")
     c.load_state_dict(b.state_dict())
-    assert repr(c) == repr(b)
+    assert_same_state(c, b)
+    idx, losses = torch.randperm(32, generator=g)[:16], torch.rand(16, generator=g)
+    assert torch.equal(c.select(losses, idx, 3), b.select(losses, idx, 3))  # the restored one decides alike
 
 
 # --- GPU ------------------------------------------------------------------------------------------
@@ -183,6 +224,8 @@ def test_gpu_policy_state_matches_cpu(cuda, make):
             assert keep_gpu.device.type == "cuda" and torch.equal(keep, keep_gpu.cpu())
             cpu.observe(idx, fresh.nan_to_num(1.0), epoch)
             gpu.observe(idx.to(cuda), fresh.nan_to_num(1.0).to(cuda), epoch)
+    # every table and the loss history; the generators differ by device (CPU and CUDA streams of draws)
+    assert_same_state(cpu, gpu, ignore={"generator"})
     for key, value in cpu.state_dict().items():
         if torch.is_tensor(value) and key != "generator":
             assert torch.equal(value, gpu.state_dict()[key].cpu()), key

@@ -70,6 +70,27 @@ def test_trainer_with_pipeline_reports_overlap_and_staleness(tmp_path, synthetic
     assert max(e["staleness"] for e in run.of("interval") if e["epoch"] >= 1) <= 3
 
 
+def test_trainer_with_pipeline_validates_every_nth_cheap_step_refresh(tmp_path):
+    """The validation cadence under the pipeline (RefreshSchedule): with ``refresh_validate_every=2``
+    a cheap refresh after optimizer steps is checked against torch when it is the 2nd, 4th, ...
+    refresh of the run; one for another reason (selection resuming after priming, an epoch end)
+    always. This run (epoch 0 primes over steps 1-12, then a refresh every 2 steps; epoch 1 ends at
+    step 15), by hand: refresh 1 at step 12 resume (checked), 2 at 14 steps (checked), 3 at 15 epoch
+    end (checked, though odd), 4 at 16 steps (checked), 5 at 18 steps (not checked)."""
+    from sb_accel.data import synthetic_dataset
+
+    cfg = config(tmp_path, strategy="sb", epochs=3, pipeline=True, engine="onnxruntime-int8",
+                 refresh_every_steps=2, refresh_validate_every=2, log_every_steps=2)
+    Trainer(cfg, data=synthetic_dataset(train=384, test=64)).fit()
+    refreshes = load_run(tmp_path / "run").of("refresh")
+    assert [(e["step"], e["count"], e["reason"], e["validated"]) for e in refreshes] == [
+        (12, 1, "resume", True), (14, 2, "steps", True), (15, 3, "epoch", True), (16, 4, "steps", True),
+        (18, 5, "steps", False)]
+    assert all(e["kind"] == "cheap" for e in refreshes if e["reason"] == "steps")  # the cadence is for cheap ones
+    for e in refreshes:  # a checked refresh carries the check's numbers, an unchecked one none
+        assert ("max_abs_error" in e and "rank_agreement" in e) == e["validated"], e
+
+
 @pytest.mark.gpu
 def test_gpu_pipeline_selects_on_its_own_stream_and_sees_engine_changes():
     """On CUDA the worker's kernels go on a side stream; scores equal the serial path's; a weight
