@@ -10,8 +10,9 @@ part of each candidate batch. An epoch here: candidate batches of ``--candidates
 driver (main thread: the decisions), with one training step (forward, backward, SGD) of the model
 per batch of kept examples. A share ``--missing`` of the examples has no cached loss yet (a partial
 forward mask in every candidate batch; after priming with ``end_of_epoch="carry"`` it is a few
-examples, 0.5 is a stress test). Prints seconds per epoch (median over the rounds) and the engine's
-call sizes for both checkouts.
+examples, 0.5 is a stress test). Prints, for both checkouts, seconds per epoch and per training step
+(medians over the rounds; the two group candidates differently, so they keep, and train on, different
+examples) and the engine's call sizes.
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def epoch_seconds(m, old: bool, args, seed: int):
     x, y = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
     candidates = [(x[i], y[i], i) for i in torch.randperm(n, generator=g).split(args.candidates)]
     Pipeline = m["train.pipeline"].SelectionPipeline
+    steps = 0
     start = time.perf_counter()
     driver.start_epoch(1)
     pipe = Pipeline(iter(candidates), lambda: engine, policy, 1) if old else Pipeline(iter(candidates), driver.score)
@@ -73,12 +75,13 @@ def epoch_seconds(m, old: bool, args, seed: int):
             opt.zero_grad()
             per_example.mean().backward()
             opt.step()
+            steps += 1
             driver.observe(batch, per_example)
     pipe.close()
     for batch in driver.end_epoch():
         driver.observe(batch, torch.zeros(len(batch)))
     driver.finish_epoch()
-    return time.perf_counter() - start, sizes
+    return time.perf_counter() - start, sizes, steps
 
 
 def main() -> None:
@@ -98,13 +101,16 @@ def main() -> None:
     for missing in args.missing:
         args.missing = missing
         seconds = {name: [] for name in checkouts}
+        per_step = {name: [] for name in checkouts}
         calls = {}
         for r in range(args.rounds):  # interleaved: the machine's noise hits both alike
             for name, m in checkouts.items():
-                s, sizes = epoch_seconds(m, name == "before", args, seed=r)
+                s, sizes, steps = epoch_seconds(m, name == "before", args, seed=r)
                 seconds[name].append(s)
-                calls[name] = {"calls": len(sizes), "mean_size": sum(sizes) / max(len(sizes), 1)}
-        results["missing"][missing] = {name: {"median_s": statistics.median(v), "all_s": v, **calls[name]}
+                per_step[name].append(s / max(steps, 1))
+                calls[name] = {"calls": len(sizes), "mean_size": sum(sizes) / max(len(sizes), 1), "steps": steps}
+        results["missing"][missing] = {name: {"median_s": statistics.median(v), "all_s": v,
+                                              "median_s_per_step": statistics.median(per_step[name]), **calls[name]}
                                        for name, v in seconds.items()}
     results["load_after"] = os.getloadavg()
     print(json.dumps(results, indent=1))
