@@ -70,7 +70,9 @@ class SelectionForwards:
     the same collective calls for each candidate batch (the loss-history gather needs equal sizes,
     the lockstep agreement one call per batch), while the number of candidates that need a forward
     differs from rank to rank; so the ones that do are this batch's own selection batch, scored at
-    once and written back among the NaN losses of the others.
+    once and written back among the NaN losses of the others. Gathering them would cost one more
+    collective and host read per candidate batch of such an epoch, for little: in a 2-rank Stale-SB
+    run (``benchmarks/ddp_partial_forwards.py``) they were 2 to 13 rows per rank, all in epoch 1.
 
     Args:
         policy: the selection policy (only ``requires_forward`` is called here, which reads its state).
