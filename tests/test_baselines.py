@@ -52,7 +52,7 @@ def _run_epochs(policy, n, batch, epochs, engine, training_loss=lambda idx: 1.0 
         driver.start_epoch(epoch)
         size = batch * driver.candidates_per_batch()
         for idx in torch.randperm(n, generator=torch.Generator().manual_seed(epoch)).split(size):
-            train(driver.select(x[idx], y[idx], idx))
+            train(driver.train_batches(x[idx], y[idx], idx))
         train(driver.end_epoch())
         driver.finish_epoch()
         forwarded.append(set(engine.scored))

@@ -77,7 +77,7 @@ def test_one_host_read_per_candidate_batch(strategy):
     Watched.reads.clear()
     steps = 0
     for x, y, idx in _candidates(10):
-        for batch in driver.select(x.as_subclass(Watched), y, idx):
+        for batch in driver.train_batches(x.as_subclass(Watched), y, idx):
             steps += 1
             driver.observe(batch, torch.rand(len(batch)).as_subclass(Watched))
     assert steps >= 2 and driver.kept < driver.candidates
@@ -95,7 +95,7 @@ def test_stale_sb_reads_its_forward_mask_once_more():
     driver.start_epoch(1)
     Watched.reads.clear()
     for x, y, idx in _candidates(4):
-        list(driver.select(x, y, idx.as_subclass(Watched)))
+        list(driver.train_batches(x, y, idx.as_subclass(Watched)))
     # per candidate batch: the mask once, then how many were kept of the cached candidates and of
     # each full selection batch of stale ones (64 candidates, half stale: one every other batch)
     assert Watched.reads.count("nonzero") <= 4 + 4 + 2 and len(Watched.reads) == Watched.reads.count("nonzero")
@@ -123,7 +123,7 @@ def test_driver_checks_deferred_nan_at_epoch_end():
     driver.start_epoch(0)
     x, y, idx = next(_candidates(1, n=8))
     x[3] = float("nan")
-    list(driver.select(x, y, idx))
+    list(driver.train_batches(x, y, idx))
     with pytest.raises(FloatingPointError):
         driver.finish_epoch()
 
@@ -256,7 +256,7 @@ def test_gpu_driver_synchronises_at_most_once_per_candidate_batch(cuda):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for x, y, idx in batches:
-                for batch in driver.select(x, y, idx):
+                for batch in driver.train_batches(x, y, idx):
                     driver.observe(batch, batch.x.flatten(1).mean(1))
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -8,7 +8,7 @@ from sb_accel.reporting import load_run
 from sb_accel.selection import SelectiveBackpropPolicy, Traditional
 from sb_accel.train import Trainer
 from sb_accel.train.pipeline import SelectionPipeline
-from sb_accel.train.scoring import score_candidates
+from sb_accel.train.scoring import ScoredBatch, SelectionForwards
 from test_trainer import config
 
 
@@ -30,10 +30,21 @@ def batches(n=5, size=8):
         yield idx.float()[:, None], idx % 3, idx
 
 
+def scorer(engine, policy, epoch=1):
+    """A driver's ``score`` without the driver: the selection forwards of one candidate batch."""
+    forwards = SelectionForwards(policy, lambda: engine)
+    return lambda x, y, idx: ScoredBatch(len(idx), forwards.score(x, y, idx, epoch))
+
+
+def only_part(scored):
+    (part,) = scored.parts
+    return part
+
+
 def test_pipeline_scores_in_worker_and_preserves_order():
     engine = _Engine()
-    pipe = SelectionPipeline(batches(), lambda: engine, SelectiveBackpropPolicy(), epoch=1, depth=2)
-    out = list(pipe)
+    pipe = SelectionPipeline(batches(), scorer(engine, SelectiveBackpropPolicy()), depth=2)
+    out = [only_part(s) for s in pipe]
     pipe.close()
     assert [int(s.indices[0]) for s in out] == [0, 8, 16, 24, 32]
     assert all(torch.equal(s.losses, s.indices.float()) for s in out)
@@ -45,17 +56,17 @@ def test_pipeline_reraises_worker_errors_and_closes_early():
         yield from batches(2)
         raise RuntimeError("disk gone")
 
-    pipe = SelectionPipeline(broken(), _Engine, SelectiveBackpropPolicy(), epoch=1)
+    pipe = SelectionPipeline(broken(), scorer(_Engine(), SelectiveBackpropPolicy()))
     with pytest.raises(RuntimeError, match="disk gone"):
         list(pipe)
     pipe.close()
-    early = SelectionPipeline(batches(100), _Engine, SelectiveBackpropPolicy(), epoch=1, depth=1)
+    early = SelectionPipeline(batches(100), scorer(_Engine(), SelectiveBackpropPolicy()), depth=1)
     next(iter(early))
     early.close()  # must not hang with the worker blocked on a full queue
 
 
 def test_traditional_needs_no_forward():
-    scored = score_candidates(_Engine(), Traditional(), *next(batches()), epoch=0)
+    scored = only_part(scorer(_Engine(), Traditional(), epoch=0)(*next(batches())))
     assert scored.forwards == 0 and torch.isnan(scored.losses).all()
 
 
@@ -112,13 +123,13 @@ def test_gpu_pipeline_selects_on_its_own_stream_and_sees_engine_changes():
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(256, 8, generator=g).to(cuda), torch.randint(0, 3, (256,), generator=g).to(cuda),
              torch.arange(256) + 256 * i) for i in range(8)]
-    serial = [score_candidates(engine, policy, *b, epoch=1).losses for b in data]
+    serial = [only_part(scorer(engine, policy)(*b)).losses for b in data]
     training_stream = torch.cuda.current_stream(cuda).cuda_stream
     streams.clear()
-    pipe = SelectionPipeline(iter(data), lambda: engine, policy, 1, depth=2, device=cuda)
+    pipe = SelectionPipeline(iter(data), scorer(engine, policy), depth=2, device=cuda)
     piped = []
     for i, scored in enumerate(pipe):
-        piped.append(scored.losses)
+        piped.append(only_part(scored).losses)
         if i == 0:
             with pipe.lock:  # as a refresh does
                 model.weight.data.zero_()
@@ -128,3 +139,40 @@ def test_gpu_pipeline_selects_on_its_own_stream_and_sees_engine_changes():
     assert torch.allclose(piped[0], serial[0])
     uniform = torch.full_like(piped[-1], float(torch.log(torch.tensor(3.0))))
     assert torch.allclose(piped[-1], uniform, atol=1e-6)
+
+
+def test_pipeline_gathers_partial_forwards_and_decides_as_a_serial_run():
+    """Stale-SB asks for forwards on half of each candidate batch: pipelined, the worker gathers them
+    into full selection batches as the serial driver does, and every decision is the serial run's."""
+    from sb_accel.engines import EngineRefresher
+    from sb_accel.selection import StaleSB
+    from sb_accel.train import SelectionDriver
+    from test_driver import _RecordingEngine
+
+    n, size = 96, 16
+    g = torch.Generator().manual_seed(0)
+    x, cached = torch.rand(n, 4, generator=g), torch.rand(n // 2, generator=g)
+    y = torch.zeros(n, dtype=torch.long)
+    candidates = [(x[idx], y[idx], idx) for idx in torch.randperm(n, generator=g).split(size)]
+
+    def run(pipelined):
+        policy = StaleSB(n, n=3, selectivity=0.5)
+        policy.observe(torch.arange(0, n, 2), cached, 0)  # half the examples have a loss
+        engine = _RecordingEngine()
+        driver = SelectionDriver(policy, batch_size=8, refresher=EngineRefresher(engine), forward_batch_size=size)
+        driver.start_epoch(1)
+        pipe = SelectionPipeline(iter(candidates), driver.score) if pipelined else None
+        kept = []
+        for scored in pipe if pipelined else (driver.score(*c) for c in candidates):
+            for batch in driver.submit(scored):
+                kept.append(batch.indices.tolist())
+                driver.observe(batch, batch.x[:, 0])
+        if pipe is not None:
+            pipe.close()
+        kept += [batch.indices.tolist() for batch in driver.end_epoch()]
+        return kept, engine.sizes, driver.forwards
+
+    serial, piped = run(False), run(True)
+    assert piped == serial
+    kept, sizes, forwards = piped
+    assert sizes == [size] * (n // 2 // size) and forwards == n // 2 and kept
