@@ -129,3 +129,13 @@ def test_make_global_shares_the_history_through_the_gather():
         h.make_global(lambda mine: (mine, 0))
     with pytest.raises(TypeError, match="callable"):
         LossHistory(8).make_global("all_gather")
+
+
+def test_checkpoint_bytes_depend_only_on_the_losses_seen():
+    """Two histories fed the same losses save equal states, unfilled slots included."""
+    a, b = LossHistory(8), LossHistory(8)
+    for h in (a, b):
+        h.append(torch.tensor([0.5, 1.5, 2.5], dtype=torch.float64))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert torch.equal(sa["buffer"][:3], sb["buffer"][:3])
+    assert torch.isnan(sa["buffer"][3:]).all() and torch.isnan(sb["buffer"][3:]).all()

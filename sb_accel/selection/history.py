@@ -60,7 +60,8 @@ class LossHistory:
             raise ValueError(f"history mode must be 'batch' or 'sequential', got {mode!r}")
         self.size = size
         self.mode = mode
-        self._buffer = torch.empty(size, dtype=torch.float64)
+        # NaN until filled, so a checkpoint's bytes depend only on the losses seen (not stale memory).
+        self._buffer = torch.full((size,), float("nan"), dtype=torch.float64)
         self._count = 0  # total losses ever appended; the ring position is count % size
         self.gather: Optional[Gather] = None
         if gather is not None:
