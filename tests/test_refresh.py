@@ -112,6 +112,18 @@ def test_sync_refresh_events_count_cheap_and_full():
     assert "detail" not in event and "detail" not in epoch_event
 
 
+def test_epoch_end_refresh_is_skipped_when_the_last_step_refresh_took_the_same_weights():
+    model = _scalar_model(1.0)
+    refresher = EngineRefresher(_TwoPhase(model), RefreshSchedule(every_steps=1))
+    _set(model, 2.0)
+    (step_event,) = refresher.after_step(model, 4)
+    assert refresher.after_epoch(model, 4) == []  # the engine already serves step 4's weights
+    assert refresher.count == 1 and refresher.engine.snapshot_step == 4
+    _set(model, 3.0)  # the epoch ended between two step refreshes: it refreshes
+    assert refresher.after_step(model, 5) != [] and refresher.after_epoch(model, 6)[0]["reason"] == "epoch"
+    assert float(refresher.engine.losses(torch.zeros(1), torch.zeros(1))[0]) == 3.0
+
+
 def test_refresh_detail_goes_into_the_event():
     """An engine explains an unusual refresh (e.g. a refused TensorRT refit) through refresh_detail."""
     model = _scalar_model(1.0)
@@ -304,7 +316,7 @@ def test_exact_snapshot_refreshes_are_never_validated(cnn, cnn_context):
     """A torch snapshot refresh copies the weights as they are: no eager check per step (--pipeline)."""
     engine = TorchEngine(cnn, "fp32", EngineContext(options={"snapshot": True}))
     refresher = EngineRefresher(engine, RefreshSchedule(every_steps=1), validation=Validation.from_context(cnn_context))
-    events = refresher.after_step(cnn, 1) + refresher.after_epoch(cnn, 1)
+    events = refresher.after_step(cnn, 1) + refresher.after_epoch(cnn, 2)
     assert [(e["kind"], e["validated"]) for e in events] == [("exact", False)] * 2
     assert events[-1]["exact_count"] == 2 and events[-1]["cheap_count"] == events[-1]["full_count"] == 0
 

@@ -179,10 +179,16 @@ class EngineRefresher:
         return events
 
     def after_epoch(self, model: nn.Module, step: int, selecting: bool = True) -> List[dict]:
-        """Call at an epoch's end; ``selecting``: whether the next epoch runs selection."""
+        """Call at an epoch's end; ``selecting``: whether the next epoch runs selection. No refresh
+        if the engine already holds the weights of ``step`` (a step refresh just took them)."""
         events = self._poll(model, step)
-        due = not self.engine.is_live and self.schedule.due_after_epoch()
+        due = not self.engine.is_live and self.schedule.due_after_epoch() and not self._holds(step)
         return events + self.refresh_if_due(model, step, due, "epoch", selecting)
+
+    def _holds(self, step: int) -> bool:
+        """Whether the serving engine took the weights of optimizer step ``step`` and no background
+        refresh is on its way to replace them."""
+        return self.count > 0 and self._job is None and self.engine.snapshot_step == step
 
     def refresh_if_due(self, model: nn.Module, step: int, due: bool, reason: str, selecting: bool) -> List[dict]:
         """Refresh if ``due`` and selection runs next; remember a skipped one and make it up. For
