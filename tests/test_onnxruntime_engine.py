@@ -141,8 +141,8 @@ def test_refresh_takes_new_weights(trained, cifar, tmp_path, precision):
         assert (after - expected).abs().max() < tolerance
     else:
         assert rank_correlation(after, expected) >= 0.95
-    engine.refresh(model, full=True)  # from scratch: the same weights, the same losses
-    assert engine.refresh_kind == "full"
+    engine.refresh(model, rebuild=True)  # from scratch: the same weights, the same losses
+    assert engine.refresh_kind == "rebuild"
     if precision != "int8":  # (INT8 recalibrates: other activation scales)
         torch.testing.assert_close(engine.losses(xt, yt), after)
 
@@ -210,7 +210,7 @@ def test_int8_recalibrates_on_schedule(trained, cifar, tmp_path):
     for _ in range(4):
         engine.refresh(model)
         kinds.append(engine.refresh_kind)
-    assert kinds == ["cheap", "full", "cheap", "full"]
+    assert kinds == ["cheap", "rebuild", "cheap", "rebuild"]
 
 
 def test_clear_errors(trained, cifar, tmp_path):

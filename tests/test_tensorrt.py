@@ -98,6 +98,6 @@ def test_tensorrt_refit_takes_new_weights(gpu, tmp_path, precision):
         assert engine.refresh_kind == "cheap" and engine.refresh_detail == ""
     else:  # whether Q/DQ weights refit is what this test finds out; a refused refit says why
         assert engine.refresh_kind == "cheap" or "refused" in engine.refresh_detail
-    engine.refresh(model, full=True)  # back to the old weights through a rebuild
-    assert engine.refresh_kind == "full"
+    engine.refresh(model, rebuild=True)  # back to the old weights through a rebuild
+    assert engine.refresh_kind == "rebuild"
     assert (engine.losses(x, y) - TorchEngine(model).losses(x, y)).abs().max() < tolerance

@@ -6,7 +6,7 @@
   is the mean over the ranks (it still adds up to the mean wall-clock), ``phases_max`` the maximum;
   ``wall`` and ``wall_total`` are the maximum (the run is as slow as its slowest rank). So
   ``sb-accel report`` reads a distributed run like any other.
-* **Engine events** (build, failed refresh, fallback, validated or full refresh) of ranks > 0 are
+* **Engine events** (build, failed refresh, fallback, validated refresh or rebuild) of ranks > 0 are
   tagged with their ``rank`` and forwarded to rank 0 at every interval and epoch end; routine
   unvalidated cheap refreshes are logged for rank 0 only.
 * **Checkpoints**: every rank's own state (its policy with the SB history and generator, its
@@ -92,7 +92,7 @@ class _Counts:
 
 
 def _worth_forwarding(event: Dict[str, Any]) -> bool:
-    return event.get("event") != "refresh" or bool(event.get("validated")) or event.get("kind") == "full"
+    return event.get("event") != "refresh" or bool(event.get("validated")) or event.get("kind") == "rebuild"
 
 
 def across_ranks(group: Optional[RankGroup], counts: Dict[str, float], phases: Dict[str, float],
