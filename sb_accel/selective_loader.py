@@ -214,8 +214,7 @@ class SelectiveLoader:
         context = EngineContext(device=self.device, sample_batches=samples, max_batch=calls)
         # the loader decides when to refresh (_cadence); the schedule itself never fires. Eager torch
         # runs the model itself: nothing to validate against it.
-        schedule = default_schedule(backend, self.device.type, 0, every_epoch=False)
-        return EngineRefresher.create(backend, self.model, context, schedule,
+        return EngineRefresher.create(backend, self.model, context, default_schedule(backend, self.device.type, 0, False),
                                       precision=precision, validate=bool(samples) and backend != "torch")
 
     def _plain(self, batch: Batch) -> bool:
