@@ -23,6 +23,12 @@ compared with Traditional's same epochs of the same round. Per steady epoch (fro
   Traditional's cost: refresh and any other overhead show up as ``efficiency = speedup / bound``
   below 1.
 
+The same three against SB's *own* priming epoch (``own_*``: epoch 0 of the same run, which trains on
+every example without selection, minus its refresh phase, the engine build): minutes apart in the
+same run rather than in another run, so less exposed to a load that drifts between runs (on a
+shared machine other processes can slow one run several-fold against the next); the priming epoch
+pays the warm-up that Traditional's epoch 0 also pays (~1.5% at low load).
+
 **Prediction** (``--profile-repeats`` > 0): at the start of every round, in the same process,
 ``sb-accel profile``'s cost model (:func:`~sb_accel.profile.profile_models` on the same model, batch, data
 subset and engines, then :func:`~sb_accel.profile.predict_epoch_costs` at SB's selectivity and
@@ -37,6 +43,7 @@ rounds with their per-round range, and the prediction) to ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -74,6 +81,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="repeats of sb-accel profile's measurements for the prediction (0: no prediction)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--rewrite", action="store_true",
+                        help="measure nothing: rewrite the report from --out's refresh_share.json")
     args = parser.parse_args(argv)
     if args.epochs < 2 or args.rounds < 1:
         parser.error("--epochs must be >= 2 (epoch 0 primes) and --rounds >= 1")
@@ -104,6 +113,12 @@ def compare(trad: Dict[str, Any], sb: Dict[str, Any]) -> Dict[str, float]:
             "selection_s": sb["phases"].get("selection", 0.0), "refresh_s": sb["phases"].get("refresh", 0.0)}
 
 
+def own_priming(sb_epoch0: Dict[str, Any]) -> Dict[str, Any]:
+    """SB's priming epoch as a Traditional epoch: without its refresh phase (the engine build)."""
+    refresh = sb_epoch0["phases"].get("refresh", 0.0)
+    return {**sb_epoch0, "wall": sb_epoch0["wall"] - refresh, "phases": {**sb_epoch0["phases"], "refresh": 0.0}}
+
+
 def run_once(name: str, cfg: TrainConfig, data) -> Dict[str, Any]:
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -118,6 +133,10 @@ def run_once(name: str, cfg: TrainConfig, data) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.rewrite:
+        old = json.loads((args.out / "refresh_share.json").read_text())
+        write(args, old["command"].split()[1:], old["runs"], old.get("predicted", []), old.get("uptime", {}))
+        return 0
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset).subset(train=args.train_subset, test=500, seed=0)
     configs = {"traditional": {"strategy": "traditional"}}
@@ -176,19 +195,21 @@ def write(args: argparse.Namespace, argv: Optional[Sequence[str]], runs: List[Di
         for run in (x for x in runs if x["round"] == r and x["name"] != "traditional"):
             for e in range(1, args.epochs):
                 row = {"round": r, "config": run["name"], "epoch": e, **compare(trad["epochs"][e], run["epochs"][e])}
+                own = compare(own_priming(run["epochs"][0]), run["epochs"][e])
+                row.update({f"own_{k}": own[k] for k in ("speedup", "bound", "efficiency")})
                 if r < len(predicted) and run["name"] in predicted[r]:
                     row["predicted_speedup"] = predicted[r][run["name"]]["speedup"]
                 table.append(row)
     medians = {}
     for name in sorted({t["config"] for t in table}):
         rows = [t for t in table if t["config"] == name]
-        medians[name] = {k: statistics.median(t[k] for t in rows) for k in ("refresh_share", "speedup", "bound",
-                                                                           "efficiency", "kept")}
-        medians[name].update({f"{k}_range": [min(t[k] for t in rows), max(t[k] for t in rows)]
-                              for k in ("refresh_share", "speedup", "efficiency")})
+        keys = ("refresh_share", "speedup", "bound", "efficiency", "own_speedup", "own_bound", "own_efficiency")
+        medians[name] = {k: statistics.median(t[k] for t in rows) for k in keys + ("kept",)}
+        medians[name].update({f"{k}_range": [min(t[k] for t in rows), max(t[k] for t in rows)] for k in keys})
         if predicted and name in predicted[0]:
             medians[name]["predicted_speedup"] = statistics.median(p[name]["speedup"] for p in predicted)
             medians[name]["predicted_over_measured"] = medians[name]["predicted_speedup"] / medians[name]["speedup"]
+            medians[name]["predicted_over_own"] = medians[name]["predicted_speedup"] / medians[name]["own_speedup"]
     result = {"command": " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
               "args": {k: str(v) for k, v in vars(args).items()}, "uptime": uptime, "predicted": predicted,
@@ -201,23 +222,30 @@ def write(args: argparse.Namespace, argv: Optional[Sequence[str]], runs: List[Di
 
 def report(result: Dict[str, Any]) -> str:
     lines = [f"`{result['command']}`", "", "| round | config | epoch | SB s | Trad s | kept | refresh share | speedup | "
-             "bound | efficiency | predicted |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "bound | efficiency | own: speedup | bound | efficiency | predicted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in result["epochs"]:
         predicted = f"{t['predicted_speedup']:.2f}x" if "predicted_speedup" in t else "-"
         lines.append(f"| {t['round']} | {t['config']} | {t['epoch']} | {t['sb_wall']:.1f} | {t['trad_wall']:.1f} | "
                      f"{t['kept']:.2f} | {t['refresh_share']:.1%} | {t['speedup']:.2f}x | {t['bound']:.2f}x | "
-                     f"{t['efficiency']:.1%} | {predicted} |")
-    lines += ["", "Medians over steady epochs and rounds [min-max over them]; predicted: `sb-accel profile`'s cost "
-              "model, measured in the same process at the start of each round (median over rounds):", "",
-              "| config | refresh share | speedup | bound | efficiency | predicted speedup | predicted / measured |",
-              "|---|---|---|---|---|---|---|"]
+                     f"{t['efficiency']:.1%} | {t['own_speedup']:.2f}x | {t['own_bound']:.2f}x | "
+                     f"{t['own_efficiency']:.1%} | {predicted} |")
+    lines += ["", "Medians over steady epochs and rounds [min-max over them]; vs Traditional's run of the round, and "
+              "vs SB's own priming epoch (own); predicted: `sb-accel profile`'s cost model, measured in the same "
+              "process at the start of each round (median over rounds), over the measured speedup:", "",
+              "| config | refresh share | speedup | bound | efficiency | own speedup | own bound | own efficiency | "
+              "predicted | / measured | / own |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(m: Dict[str, Any], key: str, fmt: str) -> str:
+        low, high = m[f"{key}_range"]
+        return f"{format(m[key], fmt)} [{format(low, fmt)}-{format(high, fmt)}]"
+
     for name, m in result["medians"].items():
-        share, speedup, eff = m["refresh_share_range"], m["speedup_range"], m["efficiency_range"]
-        prediction = (f"{m['predicted_speedup']:.2f}x | {m['predicted_over_measured']:.2f}"
-                      if "predicted_speedup" in m else "- | -")
-        lines.append(f"| {name} | {m['refresh_share']:.1%} [{share[0]:.1%}-{share[1]:.1%}] | {m['speedup']:.2f}x "
-                     f"[{speedup[0]:.2f}-{speedup[1]:.2f}] | {m['bound']:.2f}x | {m['efficiency']:.1%} "
-                     f"[{eff[0]:.1%}-{eff[1]:.1%}] | {prediction} |")
+        prediction = (f"{m['predicted_speedup']:.2f}x | {m['predicted_over_measured']:.2f} | {m['predicted_over_own']:.2f}"
+                      if "predicted_speedup" in m else "- | - | -")
+        lines.append(f"| {name} | {cell(m, 'refresh_share', '.1%')} | {cell(m, 'speedup', '.2f')} | {m['bound']:.2f} | "
+                     f"{cell(m, 'efficiency', '.1%')} | {cell(m, 'own_speedup', '.2f')} | {m['own_bound']:.2f} | "
+                     f"{cell(m, 'own_efficiency', '.1%')} | {prediction} |")
     lines += ["", f"uptime at start: `{result['uptime'].get('start')}`; at end: `{result['uptime'].get('end')}`"]
     lines += ["", "Runs (load average before each; refreshes: count, validated, by kind):", ""]
     for run in result["runs"]:
