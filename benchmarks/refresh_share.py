@@ -23,15 +23,31 @@ compared with Traditional's same epochs of the same round. Per steady epoch (fro
   Traditional's cost: refresh and any other overhead show up as ``efficiency = speedup / bound``
   below 1.
 
-The load average (``os.getloadavg``) is recorded before every run. Writes ``refresh_share.json``
-and ``refresh_share.md`` (the per-epoch table and the medians over rounds) to ``--out``.
+The same three against SB's *own* priming epoch (``own_*``: epoch 0 of the same run, which trains on
+every example without selection, minus its refresh phase, the engine build): minutes apart in the
+same run rather than in another run, so less exposed to a load that drifts between runs (on a
+shared machine other processes can slow one run several-fold against the next); the priming epoch
+pays the warm-up that Traditional's epoch 0 also pays (~1.5% at low load).
+
+**Prediction** (``--profile-repeats`` > 0): at the start of every round, in the same process,
+``sb-accel profile``'s cost model (:func:`~sb_accel.profile.profile_models` on the same model, batch, data
+subset and engines, then :func:`~sb_accel.profile.predict_epoch_costs` at SB's selectivity and
+the refresh interval in effect) predicts each SB configuration's per-epoch speedup over
+Traditional; the report sets the median prediction beside the measured median (the ratio should be
+within 15%).
+
+The load average (``os.getloadavg``) is recorded before every run and ``uptime`` at the start and
+end. Writes ``refresh_share.json`` and ``refresh_share.md`` (the per-epoch table, the medians over
+rounds with their per-round range, and the prediction) to ``--out``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,8 +58,9 @@ import torch
 
 from sb_accel.config import TrainConfig
 from sb_accel.data import load_dataset
+from sb_accel.engines import default_schedule, parse_engine_spec
 from sb_accel.files import atomic_write_json
-from sb_accel.reporting import load_run
+from sb_accel.reporting import load_run, refresh_kind
 from sb_accel.train import Trainer
 
 TRAINING_PHASES = ("train_forward", "backward", "optimizer")
@@ -59,9 +76,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--engines", nargs="+", default=["torch-fp32", "onnxruntime-int8"])
-    parser.add_argument("--refresh-every-steps", type=int, default=1)
+    parser.add_argument("--refresh-every-steps", type=int, default=None, help="default: each engine's (CADENCES)")
+    parser.add_argument("--profile-repeats", type=int, default=10,
+                        help="repeats of sb-accel profile's measurements for the prediction (0: no prediction)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--rewrite", action="store_true",
+                        help="measure nothing: rewrite the report from --out's refresh_share.json")
     args = parser.parse_args(argv)
     if args.epochs < 2 or args.rounds < 1:
         parser.error("--epochs must be >= 2 (epoch 0 primes) and --rounds >= 1")
@@ -92,6 +113,12 @@ def compare(trad: Dict[str, Any], sb: Dict[str, Any]) -> Dict[str, float]:
             "selection_s": sb["phases"].get("selection", 0.0), "refresh_s": sb["phases"].get("refresh", 0.0)}
 
 
+def own_priming(sb_epoch0: Dict[str, Any]) -> Dict[str, Any]:
+    """SB's priming epoch as a Traditional epoch: without its refresh phase (the engine build)."""
+    refresh = sb_epoch0["phases"].get("refresh", 0.0)
+    return {**sb_epoch0, "wall": sb_epoch0["wall"] - refresh, "phases": {**sb_epoch0["phases"], "refresh": 0.0}}
+
+
 def run_once(name: str, cfg: TrainConfig, data) -> Dict[str, Any]:
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -100,20 +127,28 @@ def run_once(name: str, cfg: TrainConfig, data) -> Dict[str, Any]:
     refreshes = load_run(Path(cfg.run_dir)).of("refresh")
     return {"name": name, "load_before": load, "seconds": time.perf_counter() - start, "epochs": rows,
             "refreshes": len(refreshes), "validated": sum(1 for e in refreshes if e.get("validated")),
-            "kinds": {k: sum(1 for e in refreshes if e.get("kind") == k) for k in ("exact", "cheap", "full")},
+            "kinds": {k: sum(1 for e in refreshes if refresh_kind(e) == k) for k in ("exact", "cheap", "rebuild")},
             "refresh_steps": [e["step"] for e in refreshes][:3], "test_acc": summary["test_acc"]}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.rewrite:
+        old = json.loads((args.out / "refresh_share.json").read_text())
+        write(args, old["command"].split()[1:], old["runs"], old.get("predicted", []), old.get("uptime", {}))
+        return 0
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset).subset(train=args.train_subset, test=500, seed=0)
     configs = {"traditional": {"strategy": "traditional"}}
     configs.update({f"sb/{spec}": {"strategy": "sb", "engine": spec} for spec in args.engines})
     names = list(configs)
     runs: List[Dict[str, Any]] = []
+    uptime = {"start": _uptime()}
+    predicted: List[Dict[str, Dict[str, float]]] = []  # per round
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
+            if args.profile_repeats > 0:
+                predicted.append(predict(args, data))
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
                 cfg = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
@@ -124,26 +159,61 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 result["round"] = r
                 runs.append(result)
                 print(f"round {r} {name}: {result['seconds']:.1f} s, load {result['load_before']:.2f}", flush=True)
-            write(args, argv, runs)  # after every round: a run cut short keeps what it measured
+            uptime["end"] = _uptime()
+            write(args, argv, runs, predicted, uptime)  # after every round: a run cut short keeps what it measured
     return 0
 
 
-def write(args: argparse.Namespace, argv: Optional[Sequence[str]], runs: List[Dict[str, Any]]) -> None:
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def predict(args: argparse.Namespace, data) -> Dict[str, Dict[str, float]]:
+    """``sb-accel profile``'s predicted steady-epoch costs of every SB configuration, by config name."""
+    from sb_accel.profile import predict_epoch_costs, profile_models
+
+    snapshots = [spec for spec in args.engines if parse_engine_spec(spec)[0] != "torch"]
+    rows = profile_models([args.model], [args.batch_size], ["fp32"], snapshots, data=data, device="cpu",
+                          repeats=args.profile_repeats, warmup=2, cache_dir=tempfile.mkdtemp(prefix="sb-profile-"))
+    predicted = {}
+    for spec in args.engines:
+        every = (args.refresh_every_steps if args.refresh_every_steps is not None
+                 else default_schedule(parse_engine_spec(spec)[0], "cpu").every_steps)
+        # SB on CPU scores one training batch per selection call: the profile's default selection batch
+        costs = predict_epoch_costs(rows, TrainConfig().selectivity, len(data.y_train), every)
+        cost = next(c for c in costs if c["strategy"] == f"sb {spec}")
+        predicted[f"sb/{spec}"] = {k: cost[k] for k in ("speedup", "selection_s", "train_s", "refresh_s", "epoch_s")}
+    return predicted
+
+
+def write(args: argparse.Namespace, argv: Optional[Sequence[str]], runs: List[Dict[str, Any]],
+          predicted: List[Dict[str, Dict[str, float]]], uptime: Dict[str, str]) -> None:
     """Compare every SB run with its round's Traditional run; write the JSON and the table."""
     table = []
     for r in sorted({x["round"] for x in runs}):
         trad = next(x for x in runs if x["round"] == r and x["name"] == "traditional")
         for run in (x for x in runs if x["round"] == r and x["name"] != "traditional"):
             for e in range(1, args.epochs):
-                table.append({"round": r, "config": run["name"], "epoch": e, **compare(trad["epochs"][e], run["epochs"][e])})
+                row = {"round": r, "config": run["name"], "epoch": e, **compare(trad["epochs"][e], run["epochs"][e])}
+                own = compare(own_priming(run["epochs"][0]), run["epochs"][e])
+                row.update({f"own_{k}": own[k] for k in ("speedup", "bound", "efficiency")})
+                if r < len(predicted) and run["name"] in predicted[r]:
+                    row["predicted_speedup"] = predicted[r][run["name"]]["speedup"]
+                table.append(row)
     medians = {}
     for name in sorted({t["config"] for t in table}):
         rows = [t for t in table if t["config"] == name]
-        medians[name] = {k: statistics.median(t[k] for t in rows) for k in ("refresh_share", "speedup", "bound",
-                                                                           "efficiency", "kept")}
+        keys = ("refresh_share", "speedup", "bound", "efficiency", "own_speedup", "own_bound", "own_efficiency")
+        medians[name] = {k: statistics.median(t[k] for t in rows) for k in keys + ("kept",)}
+        medians[name].update({f"{k}_range": [min(t[k] for t in rows), max(t[k] for t in rows)] for k in keys})
+        if predicted and name in predicted[0]:
+            medians[name]["predicted_speedup"] = statistics.median(p[name]["speedup"] for p in predicted)
+            medians[name]["predicted_over_measured"] = medians[name]["predicted_speedup"] / medians[name]["speedup"]
+            medians[name]["predicted_over_own"] = medians[name]["predicted_speedup"] / medians[name]["own_speedup"]
     result = {"command": " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
-              "args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "epochs": table, "medians": medians}
+              "args": {k: str(v) for k, v in vars(args).items()}, "uptime": uptime, "predicted": predicted,
+              "runs": runs, "epochs": table, "medians": medians}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "refresh_share.json", result)
     (args.out / "refresh_share.md").write_text(report(result))
@@ -152,16 +222,31 @@ def write(args: argparse.Namespace, argv: Optional[Sequence[str]], runs: List[Di
 
 def report(result: Dict[str, Any]) -> str:
     lines = [f"`{result['command']}`", "", "| round | config | epoch | SB s | Trad s | kept | refresh share | speedup | "
-             "bound | efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "bound | efficiency | own: speedup | bound | efficiency | predicted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in result["epochs"]:
+        predicted = f"{t['predicted_speedup']:.2f}x" if "predicted_speedup" in t else "-"
         lines.append(f"| {t['round']} | {t['config']} | {t['epoch']} | {t['sb_wall']:.1f} | {t['trad_wall']:.1f} | "
                      f"{t['kept']:.2f} | {t['refresh_share']:.1%} | {t['speedup']:.2f}x | {t['bound']:.2f}x | "
-                     f"{t['efficiency']:.1%} |")
-    lines += ["", "Medians over steady epochs and rounds:", "", "| config | refresh share | speedup | bound | efficiency |",
-              "|---|---|---|---|---|"]
+                     f"{t['efficiency']:.1%} | {t['own_speedup']:.2f}x | {t['own_bound']:.2f}x | "
+                     f"{t['own_efficiency']:.1%} | {predicted} |")
+    lines += ["", "Medians over steady epochs and rounds [min-max over them]; vs Traditional's run of the round, and "
+              "vs SB's own priming epoch (own); predicted: `sb-accel profile`'s cost model, measured in the same "
+              "process at the start of each round (median over rounds), over the measured speedup:", "",
+              "| config | refresh share | speedup | bound | efficiency | own speedup | own bound | own efficiency | "
+              "predicted | / measured | / own |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(m: Dict[str, Any], key: str, fmt: str) -> str:
+        low, high = m[f"{key}_range"]
+        return f"{format(m[key], fmt)} [{format(low, fmt)}-{format(high, fmt)}]"
+
     for name, m in result["medians"].items():
-        lines.append(f"| {name} | {m['refresh_share']:.1%} | {m['speedup']:.2f}x | {m['bound']:.2f}x | "
-                     f"{m['efficiency']:.1%} |")
+        prediction = (f"{m['predicted_speedup']:.2f}x | {m['predicted_over_measured']:.2f} | {m['predicted_over_own']:.2f}"
+                      if "predicted_speedup" in m else "- | - | -")
+        lines.append(f"| {name} | {cell(m, 'refresh_share', '.1%')} | {cell(m, 'speedup', '.2f')} | {m['bound']:.2f} | "
+                     f"{cell(m, 'efficiency', '.1%')} | {cell(m, 'own_speedup', '.2f')} | {m['own_bound']:.2f} | "
+                     f"{cell(m, 'own_efficiency', '.1%')} | {prediction} |")
+    lines += ["", f"uptime at start: `{result['uptime'].get('start')}`; at end: `{result['uptime'].get('end')}`"]
     lines += ["", "Runs (load average before each; refreshes: count, validated, by kind):", ""]
     for run in result["runs"]:
         lines.append(f"- round {run['round']} {run['name']}: {run['seconds']:.0f} s, load {run['load_before']:.2f}, "

@@ -14,7 +14,7 @@ In one process, so the numbers are ratios on the same machine state:
    ``--selectivity`` (keep probability ``CDF(loss) ** beta`` over a 1024-loss history, the same
    uniform draws for every engine; the row ``torch-fp32 (redraw)`` uses fresh draws on the FP32
    losses: the overlap that randomness alone allows);
-5. times a refresh after a few more training steps (median of ``--refresh-repeats``; full and
+5. times a refresh after a few more training steps (median of ``--refresh-repeats``; rebuild and
    cheap where the engine has both) and a training step at ``--batch`` (forward, backward, SGD), and
    puts them side by side: refresh as a share of the training step, and what selection plus one
    refresh cost per training step at refresh-every-step (``1 / selectivity`` selection batches per
@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             row.update(rank_agreement=check["rank_agreement"], relative_error=check["relative_error"],
                        agrees=check["ok"])
             row.update(refresh_costs(b.engine, updated, device, args.refresh_repeats) if not b.engine.is_live else
-                       {"refresh_s": 0.0, "refresh_full_s": None, "refresh_cheap_s": None})
+                       {"refresh_s": 0.0, "refresh_rebuild_s": None, "refresh_cheap_s": None})
             row.update(train_step_ms=step_ms, refresh_over_step=row["refresh_s"] * 1e3 / step_ms,
                        per_step_ms=ms["median"] / args.selectivity + row["refresh_s"] * 1e3)
             b.engine.close()

@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .engines import EngineContext, EngineRefresher, RefreshSchedule, parse_engine_spec
+from .engines import EngineContext, EngineRefresher, default_schedule, parse_engine_spec
 from .selection import StrategyOptions, TrainBatch, create_strategy, priming_epochs, strategy_info
 from .loader_checks import api_nonfinite_message, guard_training_losses
 from .train.candidates import loss_history_size
@@ -111,9 +111,8 @@ class SelectiveBackprop:
             context = EngineContext(device=x.device, sample_batches=self._calibration or [(x, y)],
                                     max_batch=max(len(y), 512))
             backend, precision = self._engine_spec or resolve_engine("auto", "auto", x.device)
-            refresher = EngineRefresher.create(backend, self.model, context,
-                                               RefreshSchedule(self._refresh_every, every_epoch=False),
-                                               precision=precision)
+            schedule = default_schedule(backend, x.device.type, self._refresh_every, every_epoch=False)
+            refresher = EngineRefresher.create(backend, self.model, context, schedule, precision=precision)
         self.driver = SelectionDriver(policy, self.batch_size, refresher, end_of_epoch=self.end_of_epoch,
                                       num_epochs=self.epochs)
         self.driver.start_epoch(0)

@@ -117,7 +117,7 @@ class StoredRowsEngine(SelectionEngine):
             return hook(batch, self.forward, self.loss_fn)
         return engine.losses(batch[0], batch[1])
 
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
+    def refresh(self, model: nn.Module, rebuild: bool = False) -> None:
         """Refreshes belong to the refresher (:meth:`EngineRefresher.after_step`)."""
         raise RuntimeError("StoredRowsEngine is refreshed through its EngineRefresher")
 

@@ -87,11 +87,13 @@ class TrainConfig:
     precision: str = "auto"          # auto: the engine's default precision
     # Stale snapshots hurt SB (delayed feedback: the snapshot keeps choosing what the live model
     # has since learned). CIFAR-10 20k subset, 6 epochs, INT8 selection refreshed every 1/2/5/50
-    # steps: 60.6/58.8/55.1/44.1% vs 60.5% live. A cheap INT8 refresh (10 ms) makes 1 affordable.
-    refresh_every_steps: int = 1
+    # steps: 60.6/58.8/55.1/44.1% vs 60.5% live. None: the engine's default on the device
+    # (engines.schedule.CADENCES, chosen by measurement: every step; checks every 25th cheap ONNX
+    # Runtime refresh on CPU, every 10th elsewhere).
+    refresh_every_steps: Optional[int] = None
     refresh_every_epoch: bool = True
-    refresh_validate_every: int = 10  # check every N-th cheap refresh against torch (full ones always)
-    int8_recalibrate_every: int = 100  # ONNX Runtime INT8: full recalibration every N refreshes (0: when a check fails)
+    refresh_validate_every: Optional[int] = None  # check every N-th cheap refresh against torch (rebuilds always)
+    int8_recalibrate_every: int = 100  # ONNX Runtime INT8: recalibrate every N refreshes (0: when a check fails)
     refresh_background: bool = False
     engine_fallback: str = "raise"   # "raise" or "torch"
     pipeline: bool = False           # select the next candidate batches in a background thread
@@ -149,8 +151,10 @@ class TrainConfig:
         need(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "must be in [0, epochs)")
         need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
         need(self.engine_fallback in CHOICES["engine_fallback"], "engine_fallback", "must be 'raise' or 'torch'")
-        need(self.refresh_every_steps >= 0, "refresh_every_steps", "must be >= 0 (0: only per epoch)")
-        need(self.refresh_validate_every >= 1, "refresh_validate_every", "must be >= 1 (1: check every refresh)")
+        need(self.refresh_every_steps is None or self.refresh_every_steps >= 0, "refresh_every_steps",
+             "must be >= 0 (0: only per epoch; unset: the engine's default)")
+        need(self.refresh_validate_every is None or self.refresh_validate_every >= 1, "refresh_validate_every",
+             "must be >= 1 (1: check every refresh; unset: the engine's default)")
         need(self.int8_recalibrate_every >= 0, "int8_recalibrate_every", "must be >= 0 (0: only when a check fails)")
         need(self.pipeline_depth >= 1, "pipeline_depth", "must be >= 1")
         need(self.ddp_history in CHOICES["ddp_history"], "ddp_history",

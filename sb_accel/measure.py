@@ -156,20 +156,23 @@ def check_engine_specs(specs: Sequence[str]) -> None:
 
 
 def refresh_costs(engine: SelectionEngine, model: nn.Module, device: torch.device,
-                  repeats: int = 1) -> Dict[str, Optional[float]]:
+                  repeats: int = 1, warmup: int = 0) -> Dict[str, Optional[float]]:
     """Seconds of ``engine.refresh(model)``, what training pays per refresh on the default schedule
-    (``refresh_s``, the median of ``repeats``), and of the engine's full and cheap refreshes where it
-    tells them apart (``None`` for a cheap refresh the engine does not have; all ``None`` for a live
+    (``refresh_s``, the median of ``repeats`` after ``warmup`` untimed ones: one sample on a busy CPU
+    can be several times the usual), and of the engine's rebuild and cheap refreshes where it tells
+    them apart (``None`` for a cheap refresh the engine does not have; all ``None`` for a live
     engine, which is never refreshed).
     """
-    costs: Dict[str, Optional[float]] = {"refresh_s": None, "refresh_full_s": None, "refresh_cheap_s": None}
+    costs: Dict[str, Optional[float]] = {"refresh_s": None, "refresh_rebuild_s": None, "refresh_cheap_s": None}
     if engine.is_live:
         return costs
+    for _ in range(warmup):
+        engine.refresh(model)
     seconds = costs["refresh_s"] = float(np.median(
         [synchronized_seconds(lambda: engine.refresh(model), device) for _ in range(max(1, repeats))]))
     costs[f"refresh_{engine.refresh_kind}_s"] = seconds
     if engine.refresh_kind == "cheap":
-        costs["refresh_full_s"] = synchronized_seconds(lambda: engine.refresh(model, full=True), device)
+        costs["refresh_rebuild_s"] = synchronized_seconds(lambda: engine.refresh(model, rebuild=True), device)
     return costs
 
 

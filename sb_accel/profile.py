@@ -155,7 +155,7 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
         sample = real_batch(data, max_batch, dev, memory_format)
         context = EngineContext(device=dev, sample_batches=[sample], max_batch=max_batch, cache_dir=cache_dir)
         builds = [build_engine(spec, model, context) for spec in engines]
-        refreshes = [refresh_costs(b.engine, model, dev) if b.engine else {} for b in builds]
+        refreshes = [refresh_costs(b.engine, model, dev, repeats, warmup) if b.engine else {} for b in builds]
         selectors = {p: create_engine(f"torch-{p}", model, context) for p in precisions}
         calls = {}  # engine name -> its per-call fit
         if len(set(sizes)) >= 2:

@@ -45,7 +45,7 @@ from .adapters import Forward, LossFn, default_forward, logits_of, per_example_l
 from .candidate_rows import CandidateRows, StoredRowsEngine, batch_state, remap_row_ids
 from .data.batch_structure import Batch, move, num_rows
 from .data.sampler import DistributedEpochSampler
-from .engines import EngineContext, EngineError, EngineRefresher, RefreshSchedule, parse_engine_spec
+from .engines import EngineContext, EngineError, EngineRefresher, default_schedule, parse_engine_spec
 from .engines.torch_backend import eval_mode
 from .loader_checks import api_nonfinite_message, check_candidates, guard_training_losses, layout_error, unpack_data
 from .selection import StrategyOptions, TrainBatch, create_strategy, strategy_info
@@ -214,7 +214,7 @@ class SelectiveLoader:
         context = EngineContext(device=self.device, sample_batches=samples, max_batch=calls)
         # the loader decides when to refresh (_cadence); the schedule itself never fires. Eager torch
         # runs the model itself: nothing to validate against it.
-        return EngineRefresher.create(backend, self.model, context, RefreshSchedule(0, every_epoch=False),
+        return EngineRefresher.create(backend, self.model, context, default_schedule(backend, self.device.type, 0, False),
                                       precision=precision, validate=bool(samples) and backend != "torch")
 
     def _plain(self, batch: Batch) -> bool:

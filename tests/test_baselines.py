@@ -29,7 +29,7 @@ class _IndexEngine(SelectionEngine):
         self.scored.extend(int(i) for i in x[:, 0])
         return 1.0 + x[:, 0] % 5
 
-    def refresh(self, model, full=False):
+    def refresh(self, model, rebuild=False):
         pass
 
 

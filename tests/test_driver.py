@@ -22,7 +22,7 @@ class _RecordingEngine(SelectionEngine):
         self.sizes.append(len(y))
         return x[:, 0].float()
 
-    def refresh(self, model, full=False):
+    def refresh(self, model, rebuild=False):
         pass
 
 

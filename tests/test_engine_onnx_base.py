@@ -17,7 +17,7 @@ class _RefitRuntime(OnnxEngine):
 
     backend = "refit"
     precisions = ("fp16", "int8")
-    full_every_key = "rebuild_every"
+    rebuild_every_key = "rebuild_every"
     int8_format = "s8s8-symmetric"
 
     def _start_runtime(self, context):
@@ -73,28 +73,28 @@ def test_rebuild_every_n_refits_in_between(batch, tmp_path):
     for _ in range(6):
         engine.refresh(_model())
         kinds.append(engine.refresh_kind)
-    assert kinds == ["cheap", "cheap", "full"] * 2
+    assert kinds == ["cheap", "cheap", "rebuild"] * 2
     assert (engine.loads, engine.reloads) == (1 + 2, 4)  # the build plus two rebuilds; four refits
 
 
-def test_refused_refit_rebuilds_and_full_forces_it(batch, tmp_path):
+def test_refused_refit_rebuilds_and_rebuild_forces_it(batch, tmp_path):
     engine = _engine(batch, tmp_path, "fp16", rebuild_every=0)
     engine.refuse = True
     engine.refresh(_model())
-    assert engine.refresh_kind == "full" and engine.loads == 2
+    assert engine.refresh_kind == "rebuild" and engine.loads == 2
     engine.refuse = False
-    engine.refresh(_model(), full=True)
-    assert engine.refresh_kind == "full" and (engine.loads, engine.reloads) == (3, 0)
+    engine.refresh(_model(), rebuild=True)
+    assert engine.refresh_kind == "rebuild" and (engine.loads, engine.reloads) == (3, 0)
 
 
 @pytest.mark.parametrize("precision,tolerance", [("fp16", 0.01), ("int8", 0.2)])
-@pytest.mark.parametrize("path", ["cheap", "full"])
+@pytest.mark.parametrize("path", ["cheap", "rebuild"])
 def test_both_paths_serve_the_new_weights(batch, tmp_path, precision, tolerance, path):
     engine = _engine(batch, tmp_path, precision, rebuild_every=0)
     x, y = batch
     updated = _nudged(_model())
     before = engine.losses(x, y)
-    engine.refresh(updated, full=path == "full")
+    engine.refresh(updated, rebuild=path == "rebuild")
     assert engine.refresh_kind == path
     after, expected = engine.losses(x, y), TorchEngine(updated).losses(x, y)
     assert (after - expected).abs().max() < tolerance < (before - expected).abs().max()

@@ -14,7 +14,7 @@ PUBLIC = ["EngineContext", "EngineError", "EngineSpecError", "SelectionEngine", 
           "parse_engine_spec", "register_engine", "TorchEngine", "per_example_loss", "TorchGraphEngine",
           "OnnxRuntimeEngine", "TensorRTEngine",
           "export_loss_model", "ExportResult", "quantize_int8", "QuantizedModel", "QUANT_FORMATS", "convert_to_fp16",
-          "EngineRefresher", "RefreshSchedule", "RefreshError", "Validation", "check_engine", "rank_correlation",
+          "EngineRefresher", "RefreshSchedule", "default_schedule", "CADENCES", "RefreshError", "Validation", "check_engine", "rank_correlation",
           "DEFAULT_TOLERANCES", "Tolerance", "load_recipe", "cache_key", "artifact_dir"]
 
 
@@ -84,7 +84,7 @@ def test_registered_backend_is_built(monkeypatch):
         def losses(self, x, y):
             raise NotImplementedError
 
-        def refresh(self, model, full=False):
+        def refresh(self, model, rebuild=False):
             pass
 
     model = create_model("small_cnn", width=2)

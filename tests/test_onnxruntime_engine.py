@@ -143,8 +143,8 @@ def test_refresh_takes_new_weights(trained, cifar, tmp_path, precision):
         assert (after - expected).abs().max() < tolerance
     else:
         assert rank_correlation(after, expected) >= 0.95
-    engine.refresh(model, full=True)  # from scratch: the same weights, the same losses
-    assert engine.refresh_kind == "full"
+    engine.refresh(model, rebuild=True)  # from scratch: the same weights, the same losses
+    assert engine.refresh_kind == "rebuild"
     if precision != "int8":  # (INT8 recalibrates: other activation scales)
         torch.testing.assert_close(engine.losses(xt, yt), after)
 
@@ -200,6 +200,30 @@ def test_refresh_modes_give_the_losses_of_a_graph_holding_the_new_weights(traine
             assert rank_correlation(engine.losses(xt, yt), rebuilt) >= 0.95
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_inplace_session_reads_the_written_buffers_so_a_broken_write_fails_validation(trained, cifar, tmp_path,
+                                                                                      precision):
+    """The one in-place session must compute from the buffers a refresh writes, not from a copy made
+    when it opened (pre-packing, constant folding): weights written with their output channels
+    rolled must change the losses and fail the refresher's check, and writing the right ones back
+    must pass it again."""
+    from sb_accel.engines import Validation, check_engine
+
+    model = copy.deepcopy(trained)
+    engine = create_engine(f"onnxruntime-{precision}", model, _context(cifar, tmp_path, refresh_mode="inplace"))
+    validation = Validation.from_context(_context(cifar, tmp_path), rows=64)
+    _train(model, *cifar[:2], steps=10, seed=4)
+    engine.refresh(model)
+    assert check_engine(engine, model, validation)["ok"]
+    weights = engine._served[1]
+    good = {name: a.copy() for name, a in weights.arrays.items()}
+    weights.write({name: np.roll(a, 1, axis=0) if a.ndim > 1 else a for name, a in good.items()})
+    broken = check_engine(engine, model, validation)
+    assert not broken["ok"] and broken["rank_agreement"] < 0.5, broken
+    weights.write(good)
+    assert check_engine(engine, model, validation)["ok"]
+
+
 def test_inplace_refresh_is_refused_where_it_cannot_work(trained, cifar, tmp_path):
     with pytest.raises(EngineError, match="refresh_mode must be one of"):
         create_engine("onnxruntime-fp32", trained, _context(cifar, tmp_path, refresh_mode="lazy"))
@@ -212,7 +236,7 @@ def test_int8_recalibrates_on_schedule(trained, cifar, tmp_path):
     for _ in range(4):
         engine.refresh(model)
         kinds.append(engine.refresh_kind)
-    assert kinds == ["cheap", "full", "cheap", "full"]
+    assert kinds == ["cheap", "rebuild", "cheap", "rebuild"]
 
 
 def test_clear_errors(trained, cifar, tmp_path):

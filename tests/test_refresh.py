@@ -26,7 +26,7 @@ class _TwoPhase(SelectionEngine):
         self.refresh_kind = "cheap"
         self.a = self.b = float(model.weight.detach())
 
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
+    def refresh(self, model: nn.Module, rebuild: bool = False) -> None:
         value = float(model.weight.detach())
         self.a = value
         time.sleep(self.delay)
@@ -45,7 +45,7 @@ class _CorruptedByRefresh(TorchEngine):
     broken = False
     refresh_kind = "cheap"  # a conversion that can go wrong, unlike the exact copy it inherits
 
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
+    def refresh(self, model: nn.Module, rebuild: bool = False) -> None:
         super().refresh(model)
         self.broken = True
 
@@ -97,19 +97,51 @@ def test_schedule_arithmetic():
         RefreshSchedule(every_steps=-1)
 
 
-def test_sync_refresh_events_count_cheap_and_full():
+def test_default_schedule_per_engine_and_device():
+    from sb_accel.engines import CADENCES, default_schedule
+
+    assert default_schedule("onnxruntime", "cpu") == RefreshSchedule(1, True, CADENCES[("onnxruntime", "cpu")].validate_every)
+    assert default_schedule("onnxruntime", "cpu").validate_every == 25  # the measured CPU default
+    assert default_schedule("tensorrt", "cuda") == RefreshSchedule(1, True, 10)
+    assert default_schedule("torch", "mps") == default_schedule("torch", "cuda")  # other accelerators: the GPU row
+    assert default_schedule("onnxruntime", "cpu", 3, False, 2) == RefreshSchedule(3, False, 2)  # given values win
+    assert default_schedule("my-backend", "cpu", every_steps=0).every_steps == 0
+
+
+def test_sync_refresh_events_count_cheap_and_rebuild():
     model = _scalar_model(1.0)
     refresher = EngineRefresher(_TwoPhase(model), RefreshSchedule(every_steps=2))
     assert refresher.after_step(model, 1) == []
     _set(model, 2.0)
     (event,) = refresher.after_step(model, 2)
     assert event["event"] == "refresh" and event["reason"] == "steps" and event["mode"] == "sync"
-    assert (event["kind"], event["count"], event["cheap_count"], event["full_count"]) == ("cheap", 1, 1, 0)
+    assert (event["kind"], event["count"], event["cheap_count"], event["rebuild_count"]) == ("cheap", 1, 1, 0)
     assert event["staleness"] == 0 and refresher.staleness(5) == 3
     assert float(refresher.engine.losses(torch.zeros(1), torch.zeros(1))[0]) == 2.0
     (epoch_event,) = refresher.after_epoch(model, 3)
     assert epoch_event["reason"] == "epoch" and epoch_event["count"] == 2
     assert "detail" not in event and "detail" not in epoch_event
+
+
+def test_epoch_end_refresh_is_skipped_when_the_last_step_refresh_took_the_same_weights():
+    model = _scalar_model(1.0)
+    refresher = EngineRefresher(_TwoPhase(model), RefreshSchedule(every_steps=1))
+    _set(model, 2.0)
+    (step_event,) = refresher.after_step(model, 4)
+    assert refresher.after_epoch(model, 4) == []  # the engine already serves step 4's weights
+    assert refresher.count == 1 and refresher.engine.snapshot_step == 4
+    _set(model, 3.0)  # the epoch ended between two step refreshes: it refreshes
+    assert refresher.after_step(model, 5) != [] and refresher.after_epoch(model, 6)[0]["reason"] == "epoch"
+    assert float(refresher.engine.losses(torch.zeros(1), torch.zeros(1))[0]) == 3.0
+
+
+def test_refresh_kinds_of_old_logs_read_in_todays_names():
+    from sb_accel.reporting import REFRESH_KINDS, refresh_kind
+
+    assert refresh_kind({"event": "refresh", "kind": "full"}) == "rebuild"  # logs before the rename
+    assert [refresh_kind({"kind": k}) for k in REFRESH_KINDS] == list(REFRESH_KINDS) == list(EngineRefresher(
+        _TwoPhase(_scalar_model(1.0))).kind_counts)
+    assert refresh_kind({"event": "refresh"}) is None
 
 
 def test_refresh_detail_goes_into_the_event():
@@ -153,31 +185,31 @@ def test_failed_validation_raises_with_event(cnn, cnn_context):
 
 
 class _StaleScalesOnCheapRefresh(TorchEngine):
-    """Cheap refreshes break the output (stale calibration); a full refresh is exact."""
+    """Cheap refreshes break the output (stale calibration); a rebuild is right."""
 
-    refresh_kind = "full"
+    refresh_kind = "rebuild"
 
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
+    def refresh(self, model: nn.Module, rebuild: bool = False) -> None:
         super().refresh(model)
-        self.refresh_kind = "full" if full else "cheap"
+        self.refresh_kind = "rebuild" if rebuild else "cheap"
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = super().losses(x, y)
         return out + 5.0 if self.refresh_kind == "cheap" else out
 
 
-def test_cheap_refresh_failing_validation_is_retried_in_full(cnn, cnn_context):
+def test_cheap_refresh_failing_validation_is_retried_as_a_rebuild(cnn, cnn_context):
     engine = _StaleScalesOnCheapRefresh(cnn, "fp32", EngineContext(options={"snapshot": True}))
     refresher = EngineRefresher(engine, RefreshSchedule(every_steps=1), validation=Validation.from_context(cnn_context))
     (event,) = refresher.after_step(cnn, 1)
-    assert event["event"] == "refresh" and event["kind"] == "full" and event["retried_full"]
+    assert event["event"] == "refresh" and event["kind"] == "rebuild" and event["retried_rebuild"]
     assert event["max_abs_error"] == 0.0
 
 
 def test_schedule_validates_every_nth_cheap_step_refresh_and_all_others():
     schedule = RefreshSchedule(every_steps=1, validate_every=3)
     assert [schedule.validates(n, "cheap", "steps") for n in range(1, 7)] == [False, False, True, False, False, True]
-    assert schedule.validates(1, "full", "steps") and schedule.validates(2, "cheap", "epoch")
+    assert schedule.validates(1, "rebuild", "steps") and schedule.validates(2, "cheap", "epoch")
     with pytest.raises(ValueError, match="validate_every"):
         RefreshSchedule(validate_every=0)
 
@@ -304,9 +336,9 @@ def test_exact_snapshot_refreshes_are_never_validated(cnn, cnn_context):
     """A torch snapshot refresh copies the weights as they are: no eager check per step (--pipeline)."""
     engine = TorchEngine(cnn, "fp32", EngineContext(options={"snapshot": True}))
     refresher = EngineRefresher(engine, RefreshSchedule(every_steps=1), validation=Validation.from_context(cnn_context))
-    events = refresher.after_step(cnn, 1) + refresher.after_epoch(cnn, 1)
+    events = refresher.after_step(cnn, 1) + refresher.after_epoch(cnn, 2)
     assert [(e["kind"], e["validated"]) for e in events] == [("exact", False)] * 2
-    assert events[-1]["exact_count"] == 2 and events[-1]["cheap_count"] == events[-1]["full_count"] == 0
+    assert events[-1]["exact_count"] == 2 and events[-1]["cheap_count"] == events[-1]["rebuild_count"] == 0
 
 
 def test_no_refresh_while_no_selection_runs_and_one_before_it_resumes():
@@ -398,7 +430,7 @@ def test_validation_refuses_an_engine_with_wrong_weights(cnn, cnn_context):
                     else:
                         order = torch.randperm(p.numel(), generator=torch.Generator().manual_seed(0))
                         p.copy_(p.flatten()[order].view_as(p))
-            refresher.engine.refresh(wrong, full=True)
+            refresher.engine.refresh(wrong, rebuild=True)
             check = check_engine(refresher.engine, model, refresher.validation)
             assert not check["ok"] and "rank agreement" in check["problem"], (breakage, check)
         refresher.close()

@@ -150,6 +150,6 @@ def test_tensorrt_refit_takes_new_weights(gpu, tmp_path, precision):
         assert engine.refresh_detail == "" and engine._engine is built
     else:
         assert engine.refresh_detail.startswith("TensorRT refused the refit") and engine._engine is not built
-    engine.refresh(model, full=True)  # back to the old weights through a rebuild
-    assert engine.refresh_kind == "full"
+    engine.refresh(model, rebuild=True)  # back to the old weights through a rebuild
+    assert engine.refresh_kind == "rebuild"
     assert (engine.losses(x, y) - TorchEngine(model).losses(x, y)).abs().max() < tolerance

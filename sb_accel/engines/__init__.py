@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .recipes import load_recipe
     from .refresher import EngineRefresher, RefreshError
     from .registry import create_engine, list_engines, parse_engine_spec, register_engine
-    from .schedule import RefreshSchedule
+    from .schedule import CADENCES, RefreshSchedule, default_schedule
     from .tensorrt_backend import TensorRTEngine
     from .torch_backend import TorchEngine, per_example_loss
     from .torch_graph import TorchGraphEngine
@@ -39,6 +39,7 @@ _EXPORTS: Dict[str, str] = {
     "quantize_int8": "quantize", "QuantizedModel": "quantize", "QUANT_FORMATS": "quantize",
     "convert_to_fp16": "fp16",
     "EngineRefresher": "refresher", "RefreshError": "refresher", "RefreshSchedule": "schedule",
+    "default_schedule": "schedule", "CADENCES": "schedule",
     "Validation": "validation", "check_engine": "validation", "rank_correlation": "validation",
     "DEFAULT_TOLERANCES": "validation", "Tolerance": "validation",
     "load_recipe": "recipes", "cache_key": "cache", "artifact_dir": "cache",
@@ -48,7 +49,7 @@ __all__ = [  # a literal, for linters and type checkers; tests check it equals _
     "EngineContext", "SelectionEngine", "EngineError", "EngineSpecError", "create_engine", "list_engines", "parse_engine_spec",
     "register_engine", "TorchEngine", "per_example_loss", "TorchGraphEngine", "OnnxRuntimeEngine", "TensorRTEngine",
     "export_loss_model", "ExportResult", "quantize_int8", "QuantizedModel", "QUANT_FORMATS", "convert_to_fp16",
-    "EngineRefresher", "RefreshError", "RefreshSchedule", "Validation", "check_engine", "rank_correlation",
+    "EngineRefresher", "RefreshError", "RefreshSchedule", "default_schedule", "CADENCES", "Validation", "check_engine", "rank_correlation",
     "DEFAULT_TOLERANCES", "Tolerance", "load_recipe", "cache_key", "artifact_dir",
 ]
 

@@ -76,9 +76,10 @@ class SelectionEngine(abc.ABC):
     into the module that serves: a PyTorch snapshot; nothing a check could find wrong, so never
     validated), ``"cheap"`` (the fast path of a converted engine: weights written into what is
     served, INT8 re-quantized with the kept activation scales, FP32/FP16 weights by name, a TensorRT
-    refit) or ``"full"`` (served from scratch: INT8 recalibrated, engine rebuilt, session reopened
-    from the graph). Backends without a cheap path leave it ``"full"``; the refresher validates
-    every full refresh and every N-th cheap one.
+    refit) or ``"rebuild"`` (served from scratch: INT8 recalibrated, engine rebuilt, session reopened
+    from the graph). Backends without a cheap path leave it ``"rebuild"``; the refresher validates
+    every rebuild and every N-th cheap one. (Logs written before these names call a rebuild
+    ``"full"``: :func:`~sb_accel.reporting.runlog.refresh_kind` reads both.)
 
     ``refresh_detail`` says why the last refresh went as it did when that is news (a refused
     TensorRT refit and the weights it reported missing); the refresher logs it with the event.
@@ -90,7 +91,7 @@ class SelectionEngine(abc.ABC):
     precisions: ClassVar[Tuple[str, ...]] = ()
     precision: str = ""
     snapshot_step: int = 0
-    refresh_kind: str = "full"
+    refresh_kind: str = "rebuild"
     refresh_detail: str = ""
 
     @property
@@ -102,11 +103,11 @@ class SelectionEngine(abc.ABC):
         """Per-example cross-entropy losses (float32, shape ``(N,)``)."""
 
     @abc.abstractmethod
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
+    def refresh(self, model: nn.Module, rebuild: bool = False) -> None:
         """Take the current weights of ``model``.
 
         Backends with a cheap approximate path (INT8 re-quantization with the old activation
-        scales, TensorRT refit) use it when they can; ``full=True`` forces the exact rebuild.
+        scales, TensorRT refit) use it when they can; ``rebuild=True`` forces a rebuild.
         """
 
     @property

@@ -7,14 +7,15 @@ whose initializers are the ``state_dict`` weights, and runs the refresh schedule
 opens and runs its runtime: :meth:`_load` a graph from scratch (an ORT session, a TensorRT build),
 :meth:`_reload` new weights of the same graph (a new session, a TensorRT refit).
 
-Refresh (``n`` counts refreshes, ``N`` is the backend's ``full_every`` recipe key)::
+Refresh (``n`` counts refreshes, ``N`` is the backend's ``rebuild_every_key`` recipe key)::
 
-    full   if full=True, or N > 0 and n % N == 0, or the runtime refuses the cheap reload: FP32 graph <- new weights, graph for the precision made again
-           (INT8 recalibrated), loaded from scratch.
-    cheap  otherwise: new weights written into the served graph (INT8 re-quantized in numpy with
+    rebuild  if rebuild=True, or N > 0 and n % N == 0, or the runtime refuses the cheap reload: FP32
+             graph <- new weights, graph for the precision made again (INT8 recalibrated), loaded
+             from scratch.
+    cheap    otherwise: new weights written into the served graph (INT8 re-quantized in numpy with
            the kept activation scales), reloaded.
 
-A backend whose by-name weights are already exact may make its full refresh a weight write too
+A backend whose by-name weights are already exact may make its rebuild a weight write too
 (ONNX Runtime FP32/FP16: no re-conversion to FP16).
 
 Artifacts (the FP32 ONNX file, the graph for the precision, caches of the runtime) go to the
@@ -46,16 +47,16 @@ class OnnxEngine(SelectionEngine):
 
     Class attributes a backend sets:
         precisions: what it builds; the first is the default.
-        full_every_key: the recipe key of its full-refresh interval.
+        rebuild_every_key: the recipe key of its rebuild interval.
         int8_format: its fixed INT8 format (None: the recipe's ``quant_format``).
 
     Attributes:
         device: where the engine runs (set by :meth:`_start_runtime`).
         artifacts: the keyed cache folder of this model, recipe and device.
-        full_every: a full refresh every this many refreshes (0: only when forced or refused).
+        rebuild_every: a rebuild every this many refreshes (0: only when forced or refused).
     """
 
-    full_every_key: ClassVar[str] = ""
+    rebuild_every_key: ClassVar[str] = ""
     int8_format: ClassVar[Optional[str]] = None
 
     def __init__(self, model: nn.Module, precision: Optional[str] = None,
@@ -72,9 +73,9 @@ class OnnxEngine(SelectionEngine):
             raise EngineError(f"the {self.backend} engine needs EngineContext.sample_batches (a few real training "
                               "batches) to export and validate the graph, and to calibrate INT8")
         self._start_runtime(context)
-        self.full_every = int(context.setting(self.full_every_key))
-        if self.full_every < 0:
-            raise EngineError(f"{self.full_every_key} must be >= 0, got {self.full_every}")
+        self.rebuild_every = int(context.setting(self.rebuild_every_key))
+        if self.rebuild_every < 0:
+            raise EngineError(f"{self.rebuild_every_key} must be >= 0, got {self.rebuild_every}")
         self.calibration_method = str(context.setting("calibration_method"))
         self.quant_format = self.int8_format or str(context.setting("quant_format"))
         self._refreshes = 0
@@ -90,9 +91,9 @@ class OnnxEngine(SelectionEngine):
                              if calibrated else [])
         self._quantized: Optional[QuantizedModel] = None
         self._graph = self._make_graph()
-        if self._quantized is not None and self._quantized.unmapped and self.full_every != 1:
+        if self._quantized is not None and self._quantized.unmapped and self.rebuild_every != 1:
             raise EngineError(f"cheap INT8 refresh cannot map {self._quantized.unmapped[:5]} of "
-                              f"{type(model).__name__}; pass options={{'{self.full_every_key}': 1}}")
+                              f"{type(model).__name__}; pass options={{'{self.rebuild_every_key}': 1}}")
         if precision != "fp32":
             save_onnx_atomic(self._graph, self.graph_path)  # what the runtime serves, for inspection
         self._load(self._graph)
@@ -105,11 +106,11 @@ class OnnxEngine(SelectionEngine):
 
     @abc.abstractmethod
     def _load(self, graph: onnx.ModelProto) -> None:
-        """Serve ``graph`` from scratch (after the build, and after a full refresh)."""
+        """Serve ``graph`` from scratch (after the build, and after a rebuild)."""
 
     def _reload(self, graph: onnx.ModelProto) -> bool:
         """Serve the new weights of the graph being served; False if the runtime refuses (default:
-        no such path, every refresh is full)."""
+        no such path, every refresh is a rebuild)."""
         return False
 
     # --- graphs -------------------------------------------------------------------------------
@@ -150,21 +151,21 @@ class OnnxEngine(SelectionEngine):
         self._graph = self._make_graph()
 
     # --- refresh ------------------------------------------------------------------------------
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
+    def refresh(self, model: nn.Module, rebuild: bool = False) -> None:
         arrays = state_dict_arrays(model)
         self._refreshes += 1
         self.refresh_detail = ""
-        due = full or (self.full_every > 0 and self._refreshes % self.full_every == 0)
+        due = rebuild or (self.rebuild_every > 0 and self._refreshes % self.rebuild_every == 0)
         cheap = not due and self._refresh_cheap(arrays)
         if not cheap:
-            self._refresh_full(arrays)
-        self.refresh_kind = "cheap" if cheap else "full"
+            self._rebuild(arrays)
+        self.refresh_kind = "cheap" if cheap else "rebuild"
 
     def _refresh_cheap(self, arrays: dict) -> bool:
         self._write_weights(arrays)
         return self._reload(self._graph)
 
-    def _refresh_full(self, arrays: dict) -> None:
+    def _rebuild(self, arrays: dict) -> None:
         self._remake_graph(arrays)
         self._load(self._graph)
 

@@ -3,7 +3,7 @@
 Build and the refresh schedule are :class:`~sb_accel.engines.onnx_engine.OnnxEngine`'s; this
 module opens and runs sessions. Refresh never re-exports:
 
-* ``"cheap"`` (every refresh but the scheduled full ones): FP32/FP16 weights by ``state_dict``
+* ``"cheap"`` (every refresh but the scheduled rebuilds): FP32/FP16 weights by ``state_dict``
   name (exact), INT8 weights re-quantized in numpy with the kept activation scales. With
   ``refresh_mode = "session"`` (default) a new session takes them, swapped in one assignment so a
   ``losses`` call running in another thread finishes on the old one: INT8 sessions are opened over
@@ -11,14 +11,14 @@ module opens and runs sessions. Refresh never re-exports:
   :mod:`.ort_weights`; no graph is rewritten or serialised), FP32/FP16 ones over the graph with the
   weights written in. With ``"inplace"`` the values are copied into the buffers of the run's one
   session (slower per batch: see :mod:`.ort_weights`).
-* ``"full"``: every ``recalibrate_every`` refreshes, or forced: INT8 recalibrated, any precision
+* ``"rebuild"``: every ``recalibrate_every`` refreshes, or forced: INT8 recalibrated, any precision
   served from scratch.
 
 small_cnn, batch 128, 2 threads (benchmarks/results/2026-11-25-x86_64-cpu2-selection/; a training
 step 108 ms): a cheap INT8 refresh costs 4.6 ms, an FP32 one 6.6 ms (its optimizations need the
 weights in the graph), a recalibration 0.23 s. CIFAR ResNet-18:
 INT8 u8s8 ~135 ms/batch, FP32 ~490, FP16 ~500 (the CPU provider gains nothing from FP16), torch
-FP32 channels_last ~720. A full INT8 recalibration runs ORT's calibrator, whose session uses ORT's
+FP32 channels_last ~720. An INT8 rebuild (recalibration) runs ORT's calibrator, whose session uses ORT's
 default thread pool, not ``threads``.
 
 Recipe keys used (:mod:`~sb_accel.engines.recipes`; ``context.options`` overrides them):
@@ -54,14 +54,14 @@ class OnnxRuntimeEngine(OnnxEngine):
 
     Attributes:
         refresh_kind: ``"cheap"`` (new weights written, INT8 re-quantized with the previous
-            activation scales) or ``"full"`` (served from scratch; INT8 recalibrated) for the last refresh.
+            activation scales) or ``"rebuild"`` (served from scratch; INT8 recalibrated) for the last refresh.
         refresh_mode: ``"session"`` or ``"inplace"`` (module docstring).
         preoptimized: True while INT8 sessions are opened over ORT's optimized graph.
     """
 
     backend = "onnxruntime"
     precisions = ("fp32", "fp16", "int8")
-    full_every_key = "recalibrate_every"
+    rebuild_every_key = "recalibrate_every"
 
     # --- runtime ------------------------------------------------------------------------------
     def _start_runtime(self, context: EngineContext) -> None:
@@ -168,9 +168,9 @@ class OnnxRuntimeEngine(OnnxEngine):
         self._graph_stale = True
         return True
 
-    def _refresh_full(self, arrays: dict) -> None:
+    def _rebuild(self, arrays: dict) -> None:
         if self.precision == "int8":
-            super()._refresh_full(arrays)  # recalibrate
+            super()._rebuild(arrays)  # recalibrate
         else:  # FP32/FP16 weights by name are already exact; no re-conversion
             assign_initializers(self._graph, arrays, self._weights)
             self._load(self._graph)

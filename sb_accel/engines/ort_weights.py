@@ -24,8 +24,18 @@ a training step there takes 108 ms):
   loses ~40 ms per step to save ~2.7 ms.
 
 So ``"session"`` is the default and ``"inplace"`` an option for settings with many refreshes per
-selection batch. Both give the losses of a session built from the new weights (tests in
-tests/test_onnxruntime_engine.py).
+selection batch. Both give the losses of a session built from the new weights, and an in-place
+session computes from the buffers it was given (tests in tests/test_onnxruntime_engine.py).
+
+Re-measured 2026-12-03 (small_cnn, channels_last, 2 threads, one process): a cheap INT8 refresh
+4.4 ms in ``"session"`` mode (state_dict copy 0.3, re-quantization 0.8, session open 2.4) against
+1.4 ms in place, but a selection batch of 128 then takes 33 ms instead of 15. Two ways to make the
+session cheaper were tried and left out: ORT's global thread pools
+(``set_global_thread_pool_sizes`` + ``use_per_session_threads = False``) are process-wide, and ORT
+then refuses every session opened with per-session threads, including its own INT8 calibrator's
+("use_per_session_threads must be false when using a global thread pool"); a shared environment
+allocator (``create_and_register_allocator`` + ``session.use_env_allocators``) changed neither the
+refresh (6.9 vs 6.7 ms) nor the first selection batch after it (19.9 vs 19.6 ms).
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ DEFAULTS: Recipe = {
     # legacy exporter's (dynamo picks its own).
     "export": {"exporter": "legacy", "opset": 17},
     # INT8 static QDQ. quant_format is ONNX Runtime's ("u8s8": fastest on x86 CPUs; TensorRT always
-    # uses "s8s8-symmetric"); recalibrate_every: ONNX Runtime's full recalibration every N refreshes
+    # uses "s8s8-symmetric"); recalibrate_every: ONNX Runtime's rebuild (recalibration) every N refreshes
     # (0: only when the refresher's check of a cheap refresh fails).
     "int8": {"quant_format": "u8s8", "calibration_method": "minmax", "calibration_rows": 256,
              "recalibrate_every": 100},

@@ -8,10 +8,10 @@ event. A live engine (torch reading the training model) is never refreshed. Two 
   due while they do not is skipped, and one refresh (reason ``"resume"``) is made before selection
   resumes.
 * **Validation.** With a :class:`~sb_accel.engines.validation.Validation` batch, every built
-  engine, every full refresh and every ``schedule.validate_every``-th cheap refresh is compared
+  engine, every rebuild and every ``schedule.validate_every``-th cheap refresh is compared
   with the PyTorch model it was built from (rank agreement and relative error of the losses,
   logged in the event); exact copies (a PyTorch snapshot) are not. A cheap refresh that fails gets
-  one full refresh before failing (stale INT8 activation scales). A failed build, refresh or validation raises
+  one rebuild before failing (stale INT8 activation scales). A failed build, refresh or validation raises
   :class:`RefreshError` (default) or, with ``fallback="torch"``, replaces the engine with a
   PyTorch FP32 snapshot engine and logs why.
 * **Background refresh.** Given a second ("standby") engine, a due refresh copies the weights into
@@ -24,7 +24,7 @@ event. A live engine (torch reading the training model) is never refreshed. Two 
   one copy of the model; engines that refresh in place (TensorRT refit) are only ever refreshed
   while they are the standby.
 
-Refresh events count exact, cheap and full refreshes: an engine says which one it just did through
+Refresh events count exact, cheap and rebuild refreshes: an engine says which one it just did through
 :attr:`~sb_accel.engines.base.SelectionEngine.refresh_kind`.
 
 **A refresh must cost less than the training it follows.** The refresher times its synchronous
@@ -56,7 +56,7 @@ from .validation import CHECK_METRICS, Validation, check_engine, require_valid
 __all__ = ["EngineRefresher", "RefreshError", "COST_PROBE"]
 
 _FALLBACKS = ("raise", "torch")
-_KINDS = ("exact", "cheap", "full")
+_KINDS = ("exact", "cheap", "rebuild")
 # Step refreshes (after the first, which may pay a warm-up) timed before the cost check decides.
 COST_PROBE = 5
 
@@ -157,8 +157,8 @@ class EngineRefresher:
         return self.kind_counts["cheap"]
 
     @property
-    def full_count(self) -> int:
-        return self.kind_counts["full"]
+    def rebuild_count(self) -> int:
+        return self.kind_counts["rebuild"]
 
     # --- schedule -----------------------------------------------------------------------------
     def after_step(self, model: nn.Module, step: int, selecting: bool = True) -> List[dict]:
@@ -179,10 +179,16 @@ class EngineRefresher:
         return events
 
     def after_epoch(self, model: nn.Module, step: int, selecting: bool = True) -> List[dict]:
-        """Call at an epoch's end; ``selecting``: whether the next epoch runs selection."""
+        """Call at an epoch's end; ``selecting``: whether the next epoch runs selection. No refresh
+        if the engine already holds the weights of ``step`` (a step refresh just took them)."""
         events = self._poll(model, step)
-        due = not self.engine.is_live and self.schedule.due_after_epoch()
+        due = not self.engine.is_live and self.schedule.due_after_epoch() and not self._holds(step)
         return events + self.refresh_if_due(model, step, due, "epoch", selecting)
+
+    def _holds(self, step: int) -> bool:
+        """Whether the serving engine took the weights of optimizer step ``step`` and no background
+        refresh is on its way to replace them."""
+        return self.count > 0 and self._job is None and self.engine.snapshot_step == step
 
     def refresh_if_due(self, model: nn.Module, step: int, due: bool, reason: str, selecting: bool) -> List[dict]:
         """Refresh if ``due`` and selection runs next; remember a skipped one and make it up. For
@@ -233,7 +239,7 @@ class EngineRefresher:
         try:
             self.engine.refresh(model)
             self.engine.snapshot_step = step
-            check = _checked_or_full(self.engine, model, self._validation_for(self.engine, reason))
+            check = _checked_or_rebuilt(self.engine, model, self._validation_for(self.engine, reason))
         except EngineError as exc:
             return self._fail(exc, model, step, reason, time.perf_counter() - start)
         return self._record(step, reason, "sync", time.perf_counter() - start, check)
@@ -334,8 +340,8 @@ class EngineRefresher:
             self._standby.close()
 
 
-def _checked_or_full(engine: SelectionEngine, model: nn.Module, validation: Optional[Validation]) -> dict:
-    """Validate after a refresh; a cheap refresh that fails gets one full refresh before giving up.
+def _checked_or_rebuilt(engine: SelectionEngine, model: nn.Module, validation: Optional[Validation]) -> dict:
+    """Validate after a refresh; a cheap refresh that fails gets one rebuild before giving up.
 
     Cheap INT8 refreshes keep the activation scales calibrated earlier; while training moves fast
     (the first epochs) those go stale and saturate, which a recalibration fixes.
@@ -345,8 +351,8 @@ def _checked_or_full(engine: SelectionEngine, model: nn.Module, validation: Opti
     except EngineError:
         if engine.refresh_kind != "cheap":
             raise
-    engine.refresh(model, full=True)
-    return {**require_valid(engine, model, validation), "retried_full": True}
+    engine.refresh(model, rebuild=True)
+    return {**require_valid(engine, model, validation), "retried_rebuild": True}
 
 
 def _fail_or_fall_back(exc: EngineError, model: nn.Module, step: int, reason: str, seconds: float, name: str,

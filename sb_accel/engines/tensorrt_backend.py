@@ -67,13 +67,13 @@ class TensorRTEngine(OnnxEngine):
     """Per-example losses from a TensorRT engine built from the exported loss graph.
 
     Attributes:
-        refresh_kind: ``"cheap"`` (refit) or ``"full"`` (rebuilt; INT8/FP8 recalibrated) for the
+        refresh_kind: ``"cheap"`` (refit) or ``"rebuild"`` (rebuilt; INT8/FP8 recalibrated) for the
             last refresh.
     """
 
     backend = "tensorrt"
     precisions = ("fp16", "int8", "fp8")
-    full_every_key = "rebuild_every"
+    rebuild_every_key = "rebuild_every"
     int8_format = "s8s8-symmetric"
 
     # --- runtime ------------------------------------------------------------------------------

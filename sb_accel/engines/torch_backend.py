@@ -59,7 +59,7 @@ class TorchEngine(SelectionEngine):
     def is_live(self) -> bool:
         return not self.snapshot
 
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
+    def refresh(self, model: nn.Module, rebuild: bool = False) -> None:
         if self.snapshot:
             self.model.load_state_dict(model.state_dict())
 

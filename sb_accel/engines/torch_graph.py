@@ -223,7 +223,7 @@ class TorchGraphEngine(SelectionEngine):
         self._structure_graphs = {bucket: (graph, made[2]) for bucket, (graph, made) in captured.items()}
         self._structure_key = key
 
-    def refresh(self, model: nn.Module, full: bool = False) -> None:
+    def refresh(self, model: nn.Module, rebuild: bool = False) -> None:
         """Live: nothing to do. Snapshot: the new weights copied into the captured tensors in place."""
         if not self.snapshot:
             return

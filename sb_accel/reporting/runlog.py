@@ -8,7 +8,8 @@ Event kinds (field ``event``):
   candidates over the interval), ``staleness``.
 * ``eval``: ``epoch`` (float progress), ``step``, ``wall``, ``test_acc``, ``test_error``,
   ``test_loss``, ``backprops``, ``forwards``, ``candidates``, ``phases``.
-* ``refresh``: engine refreshes (``seconds``, ``reason``, ``staleness``...).
+* ``refresh``: engine refreshes (``seconds``, ``reason``, ``staleness``, ``kind``...; read the kind
+  with :func:`refresh_kind`: older logs call a rebuild ``"full"``).
 * ``epoch``: end-of-epoch counters and ``phases``.
 * ``resume``: a run continued from its checkpoint.
 * ``summary``: final ``test_acc``, ``wall``, ``phases``, counters.
@@ -28,7 +29,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from ..files import storage_error
 
-__all__ = ["RunLog", "RunLogError", "read_events", "Run", "load_run", "LOG_NAME", "PHASES"]
+__all__ = ["RunLog", "RunLogError", "read_events", "Run", "load_run", "LOG_NAME", "PHASES", "REFRESH_KINDS",
+           "refresh_kind"]
 
 LOG_NAME = "log.jsonl"
 
@@ -36,6 +38,18 @@ LOG_NAME = "log.jsonl"
 # "bookkeeping": after each step, the policy's share of the training losses, the divergence flag and
 # the loss counters (logs written before it existed have none: read as 0).
 PHASES = ("data", "selection", "train_forward", "backward", "optimizer", "bookkeeping", "refresh", "eval", "other")
+
+# What a refresh did (field ``kind`` of a ``refresh`` event): ``"exact"`` (the weights copied as they
+# are: a PyTorch snapshot), ``"cheap"`` (written into the converted engine: INT8 re-quantized, a
+# TensorRT refit) or ``"rebuild"`` (served from scratch: re-export, recalibration, a new engine).
+REFRESH_KINDS = ("exact", "cheap", "rebuild")
+_OLD_REFRESH_KINDS = {"full": "rebuild"}  # the name logs written before 2026-12-03 use
+
+
+def refresh_kind(event: Dict[str, Any]) -> Optional[str]:
+    """The kind of a ``refresh`` event in today's names (None if it has none)."""
+    kind = event.get("kind")
+    return _OLD_REFRESH_KINDS.get(kind, kind)
 
 
 # Events after which the log is fsynced (progress marks: at most one per logging interval, eval or

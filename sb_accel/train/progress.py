@@ -12,7 +12,7 @@ and every rank contributes:
   is the mean over the ranks (it still adds up to the mean wall-clock), ``phases_max`` the maximum;
   ``wall`` and ``wall_total`` are the maximum (the run is as slow as its slowest rank). So
   ``sb-accel report`` reads a distributed run like any other.
-* Engine events (build, failed refresh, fallback, validated or full refresh) of ranks > 0 are
+* Engine events (build, failed refresh, fallback, validated refresh or rebuild) of ranks > 0 are
   tagged with their ``rank`` and forwarded to rank 0 at every interval and epoch end; routine
   unvalidated cheap refreshes are logged for rank 0 only.
 """
@@ -124,7 +124,7 @@ class _Counts:
 
 
 def _worth_forwarding(event: Dict[str, Any]) -> bool:
-    return event.get("event") != "refresh" or bool(event.get("validated")) or event.get("kind") == "full"
+    return event.get("event") != "refresh" or bool(event.get("validated")) or event.get("kind") == "rebuild"
 
 
 def across_ranks(group: Optional[RankGroup], counts: Dict[str, float], phases: Dict[str, float],

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..config import TrainConfig
 from ..data import ArrayDataset
-from ..engines import EngineContext, EngineRefresher, RefreshSchedule
+from ..engines import EngineContext, EngineRefresher, default_schedule, parse_engine_spec
 from ..selection import SelectionPolicy, StrategyOptions, create_strategy
 from .candidates import candidate_batch_size, loss_history_size
 from .distributed import RankGroup, per_rank
@@ -86,8 +86,9 @@ def build_refresher(cfg: TrainConfig, model: nn.Module, samples: List[Batch], de
         options={"recalibrate_every": cfg.int8_recalibrate_every})
     if cfg.pipeline:  # the worker must not read weights the main thread is updating
         context.options["snapshot"] = True
-    schedule = RefreshSchedule(cfg.refresh_every_steps, cfg.refresh_every_epoch, cfg.refresh_validate_every)
     backend, precision = resolve_engine(cfg.engine, cfg.precision, device)
+    schedule = default_schedule(parse_engine_spec(backend, precision)[0], device.type, cfg.refresh_every_steps,
+                                cfg.refresh_every_epoch, cfg.refresh_validate_every)
     refresher = EngineRefresher.create(backend, model, context, schedule, precision=precision,
                                        background=cfg.refresh_background, fallback=cfg.engine_fallback)
     refresher.engine.snapshot_step = step

@@ -36,7 +36,7 @@ for s in range(steps+1):
         else:
             eng.refresh(model); stats(f"s{s} cheap", eng.losses(vx, vy), ref)
             if precision == "int8":
-                eng.refresh(model, full=True); stats(f"s{s} full", eng.losses(vx, vy), ref)
+                eng.refresh(model, rebuild=True); stats(f"s{s} full", eng.losses(vx, vy), ref)
         bad = copy.deepcopy(model)
         with torch.no_grad():
             for p in bad.parameters():
