@@ -9,7 +9,7 @@ import torch
 
 from sb_accel.engines import EngineRefresher, SelectionEngine
 from sb_accel.selection import InfoBatch, Kath18, StaleSB, StrategyOptions, create_strategy
-from sb_accel.selection.batcher import BackpropBatcher
+from sb_accel.selection.batcher import BackpropBatcher, kept_rows
 from sb_accel.train import SelectionDriver
 
 
@@ -196,7 +196,8 @@ def test_kath18_without_replacement_option_keeps_b_distinct():
 def test_duplicates_of_a_draw_are_trained_as_repeated_rows():
     batcher = BackpropBatcher(4)
     x = torch.arange(6.0).unsqueeze(1)
-    (batch,) = list(batcher.add(x, torch.zeros(6, dtype=torch.long), torch.arange(6), torch.tensor([0, 2, 0, 1, 1, 0])))
+    (batch,) = list(batcher.add_rows(x, torch.zeros(6, dtype=torch.long), torch.arange(6),
+                                     kept_rows(torch.tensor([0, 2, 0, 1, 1, 0]))))
     assert batch.indices.tolist() == [1, 1, 3, 4] and batch.x[:, 0].tolist() == [1.0, 1.0, 3.0, 4.0]
 
 
