@@ -111,3 +111,20 @@ def test_traditional_keeps_all_without_forward():
     idx = torch.arange(5)
     assert policy.requires_forward(idx, 0) is False
     assert policy.select(torch.zeros(5), idx, 0).all()
+
+
+def test_example_tables_are_the_ones_each_policy_declares():
+    """DDP keeps exactly the declared tables identical on every rank (not any tensor of length N)."""
+    from sb_accel.train.tables import ExampleTables
+
+    assert list(StaleSB(8).example_tables()) == ["cached_loss", "loss_epoch"]
+    infobatch = InfoBatch(8)
+    assert list(infobatch.example_tables()) == ["scores"]  # its per-rank draw (pruned, upweighted) is not shared
+    assert SelectiveBackpropPolicy().example_tables() == {} and Kath18(8).example_tables() == {}
+    tables = ExampleTables(Primed(infobatch, 1), 8, group=None)
+    assert tables.names == ("scores",) and tables.tables()["scores"] is infobatch.scores
+    infobatch.load_state_dict(InfoBatch(8).state_dict())  # a resume replaces the tensors: asked anew
+    assert tables.tables()["scores"] is infobatch.scores
+    assert not ExampleTables(SelectiveBackpropPolicy(), 8, group=None)
+    with pytest.raises(ValueError, match=r"cached_loss.*not one value per training example \(9\)"):
+        ExampleTables(StaleSB(8), 9, group=None)

@@ -5,7 +5,7 @@ It knows nothing about engines, devices or models, so it is tested exactly on CP
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -100,6 +100,14 @@ class SelectionPolicy:
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
         """Training-forward losses of backpropagated examples (default: ignored)."""
+
+    def example_tables(self) -> Dict[str, torch.Tensor]:
+        """Name -> each tensor of the policy's state with one row per training example, indexed by
+        dataset index (Stale-SB's loss cache, InfoBatch's scores); default: none. Under DDP these
+        are the state kept identical on every rank (:class:`sb_accel.train.tables.ExampleTables`),
+        so a table every rank must draw for itself is not listed. Asked anew each time: a resume may
+        replace the tensors."""
+        return {}
 
     def state_dict(self) -> dict:
         return {}

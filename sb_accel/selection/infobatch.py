@@ -22,7 +22,7 @@ reference's sampler skips them), which costs only data loading.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -48,7 +48,6 @@ class InfoBatch(SelectionPolicy):
 
     name = "infobatch"
     uses_training_losses = True
-    example_tables = ("scores",)  # under DDP only the scores are shared; each rank prunes its own draw
 
     def __init__(self, dataset_size: int, prune_ratio: float = 0.5, anneal: float = 0.125,
                  seed: int = 0) -> None:
@@ -114,6 +113,10 @@ class InfoBatch(SelectionPolicy):
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
         self.scores[to_device(indices, self.device)] = to_device(losses, self.device, torch.float64)
+
+    def example_tables(self) -> Dict[str, torch.Tensor]:
+        """The scores only: under DDP every rank prunes with its own draw (``pruned``, ``upweighted``)."""
+        return {"scores": self.scores}
 
     def state_dict(self) -> dict:
         return {"scores": self.scores.clone(), "pruned": self.pruned.clone(), "upweighted": self.upweighted.clone(),

@@ -24,7 +24,7 @@ with ``n = 3`` they differ only from epoch 3 on (a longer comparison was not aff
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -97,6 +97,9 @@ class StaleSB(SelectiveBackpropPolicy):
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
         idx = to_device(indices, self.device)
         self.cached_loss[idx] = to_device(losses, self.device, torch.float64)  # the schedule is unchanged
+
+    def example_tables(self) -> Dict[str, torch.Tensor]:
+        return {"cached_loss": self.cached_loss, "loss_epoch": self.loss_epoch}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "cached_loss": self.cached_loss.clone(),
