@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sb_accel.selection import (InfoBatch, Kath18, Primed, SelectiveBackpropPolicy, StaleSB, Traditional,
+from sb_accel.selection import (InfoBatch, Kath18, Primed, SelectionPolicy, SelectiveBackpropPolicy, StaleSB, Traditional,
                                 beta_for_selectivity, keep_probability, variance_reduction)
 
 
@@ -104,6 +104,38 @@ def test_priming_trains_everything_then_defers():
     assert policy.requires_forward(idx, 1) is True
     assert Primed(Kath18(8), 1).candidates_per_batch(0) == 1
     assert Primed(Kath18(8), 1).candidates_per_batch(1) == 1  # Kath18 pre-samples only once sampling pays
+
+
+PRIMING_CHANGES = {"priming", "to", "candidates_per_batch", "requires_forward", "keeps_all", "select", "loss_weights"}
+
+
+@pytest.mark.parametrize("make", [Traditional, lambda: SelectiveBackpropPolicy(seed=1), lambda: StaleSB(16, seed=1),
+                                  lambda: Kath18(4, seed=1), lambda: InfoBatch(16, seed=1)],
+                         ids=["traditional", "sb", "stale-sb", "kath18", "infobatch"])
+def test_primed_is_its_policy_except_for_what_priming_changes(make):
+    """The wrapper forwards generically: every public attribute of the policy (methods, class attributes,
+    tables) is the policy's own through it, and a write through it reaches the policy."""
+    policy = make()
+    primed = Primed(policy, 2)
+    assert isinstance(primed, SelectionPolicy) and primed.to("cpu") is primed
+    names = [n for n in dir(policy) if not n.startswith("_") and n not in PRIMING_CHANGES]
+    assert {"name", "needs_selection_forward", "uses_training_losses", "candidate_multiplier", "device", "observe",
+            "on_epoch_start", "on_epoch_end", "state_dict", "load_state_dict", "example_tables"} <= set(names)
+    for name in names:
+        mine, through = getattr(policy, name), getattr(primed, name)
+        assert through is mine or (not torch.is_tensor(mine) and through == mine), name
+    primed.seed = 7
+    assert policy.seed == 7 and not hasattr(Primed, "seed")
+    idx = torch.arange(4)
+    for epoch in (0, 1):  # priming: every candidate, unweighted, no forward, one training batch per candidate batch
+        policy.on_epoch_start(epoch, 4)
+        assert primed.keeps_all(epoch) and primed.requires_forward(idx, epoch) is False
+        assert primed.select(torch.rand(4), idx, epoch).all() and primed.loss_weights(idx, epoch) is None
+        assert primed.candidates_per_batch(epoch) == 1
+    policy.on_epoch_start(2, 4)
+    assert primed.keeps_all(2) == policy.keeps_all(2)
+    ask, asked = primed.requires_forward(idx, 2), policy.requires_forward(idx, 2)
+    assert ask is asked or torch.equal(ask, asked)
 
 
 def test_traditional_keeps_all_without_forward():

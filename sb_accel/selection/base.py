@@ -5,6 +5,7 @@ It knows nothing about engines, devices or models, so it is tested exactly on CP
 """
 from __future__ import annotations
 
+from abc import ABC
 from typing import Dict, Optional, Union
 
 import torch
@@ -22,7 +23,7 @@ def generator_on(generator: torch.Generator, device: torch.device, seed: int) ->
     return generator if generator.device == device else torch.Generator(device).manual_seed(seed)
 
 
-class SelectionPolicy:
+class SelectionPolicy(ABC):
     """Base class: keep everything, need no selection forward.
 
     The Trainer calls, per candidate batch of dataset ``indices`` in ``epoch``:
@@ -119,68 +120,62 @@ class SelectionPolicy:
         return f"{type(self).__name__}()"
 
 
-class Primed(SelectionPolicy):
+class Primed:
     """Train on every example for the first ``epochs`` epochs, then defer to ``policy``.
 
     The authors' code primes for one epoch: selection on an untrained net is close to random
     and the loss history needs filling. During priming, training losses still reach ``observe``
     so that caching policies (Stale-SB, InfoBatch) start with a score for every example.
+
+    A composable wrapper that defines only what priming changes (an epoch's candidates, forwards,
+    keep mask and weights) and ``to``; every other attribute is the wrapped policy's, read and
+    written through (its lifecycle, ``observe``, state dict, example tables, class attributes), so
+    a policy's new method or attribute needs nothing here. It counts as a :class:`SelectionPolicy`
+    (a registered virtual subclass) without inheriting the base class's defaults, which would hide
+    the policy's own.
     """
 
     def __init__(self, policy: SelectionPolicy, epochs: int = 1) -> None:
         if epochs < 0:
             raise ValueError(f"priming epochs must be >= 0, got {epochs}")
-        self.policy = policy
-        self.epochs = epochs
-        self.name = policy.name
-        self.candidate_multiplier = policy.candidate_multiplier
-        self.needs_selection_forward = policy.needs_selection_forward
-        self.uses_training_losses = policy.uses_training_losses
+        object.__setattr__(self, "policy", policy)
+        object.__setattr__(self, "epochs", epochs)
 
-    def _priming(self, epoch: int) -> bool:
+    def __getattr__(self, name: str):  # called only for names not defined here
+        if name == "policy":  # not set yet (a copy being built): no endless recursion
+            raise AttributeError(name)
+        return getattr(self.policy, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self.policy, name, value)
+
+    def priming(self, epoch: int) -> bool:
+        """Whether ``epoch`` trains on every example."""
         return epoch < self.epochs
 
     def to(self, device: torch.device | str) -> "Primed":
         self.policy.to(device)
-        self.device = self.policy.device
         return self
 
-    def check_finite(self) -> None:
-        self.policy.check_finite()
-
-    def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
-        self.policy.on_epoch_start(epoch, num_epochs)
-
-    def on_epoch_end(self, epoch: int) -> None:
-        self.policy.on_epoch_end(epoch)
-
     def candidates_per_batch(self, epoch: int) -> int:
-        return 1 if self._priming(epoch) else self.policy.candidates_per_batch(epoch)
+        return 1 if self.priming(epoch) else self.policy.candidates_per_batch(epoch)
 
     def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:
-        if self._priming(epoch):
-            return False
-        return self.policy.requires_forward(indices, epoch)
+        return False if self.priming(epoch) else self.policy.requires_forward(indices, epoch)
 
     def keeps_all(self, epoch: int) -> bool:
-        return self._priming(epoch) or self.policy.keeps_all(epoch)
+        return self.priming(epoch) or self.policy.keeps_all(epoch)
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        if self._priming(epoch):
-            return torch.ones(indices.numel(), dtype=torch.bool, device=self.device)
+        if self.priming(epoch):
+            return torch.ones(indices.numel(), dtype=torch.bool, device=self.policy.device)
         return self.policy.select(losses, indices, epoch)
 
     def loss_weights(self, indices: torch.Tensor, epoch: int) -> Optional[torch.Tensor]:
-        return None if self._priming(epoch) else self.policy.loss_weights(indices, epoch)
-
-    def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
-        self.policy.observe(indices, losses, epoch)
-
-    def state_dict(self) -> dict:
-        return {"epochs": self.epochs, "policy": self.policy.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
+        return None if self.priming(epoch) else self.policy.loss_weights(indices, epoch)
 
     def __repr__(self) -> str:
         return f"Primed({self.policy!r}, epochs={self.epochs})"
+
+
+SelectionPolicy.register(Primed)

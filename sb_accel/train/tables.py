@@ -42,7 +42,7 @@ class ExampleTables:
     """The example tables of ``policy``, synchronised over ``group`` at epoch ends."""
 
     def __init__(self, policy: SelectionPolicy, dataset_size: int, group: RankGroup) -> None:
-        self.owner = innermost_policy(policy)
+        self.owner = policy
         self.group = group
         tables = self.owner.example_tables()
         wrong = {name: tuple(t.shape) for name, t in tables.items() if t.dim() != 1 or len(t) != dataset_size}
