@@ -119,8 +119,12 @@ def test_stale_sb_example_without_a_loss_gets_a_forward_in_a_stale_epoch():
     policy.observe(torch.tensor([0, 1, 2]), torch.tensor([1.0, 2.0, 3.0]), epoch=0)  # 3 was never trained
     policy.on_epoch_start(1, 4)
     assert policy.requires_forward(torch.arange(4), 1).tolist() == [False, False, False, True]
-    with pytest.raises(RuntimeError, match="no loss"):
-        policy.select(torch.full((4,), float("nan")), torch.arange(4), 1)
+    engine = _IndexEngine()
+    driver = SelectionDriver(policy, 4, EngineRefresher(engine))  # the caller that honours the mask
+    driver.start_epoch(1)
+    list(driver.select(torch.arange(4.0).unsqueeze(1), torch.zeros(4, dtype=torch.long), torch.arange(4)))
+    list(driver.end_epoch())  # the last, smaller selection batch: example 3
+    assert engine.scored == [3] and policy.cached_loss.tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
 # --- Kath18 ------------------------------------------------------------------------------------------

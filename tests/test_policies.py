@@ -55,9 +55,65 @@ def test_sb_is_reproducible_and_checkpointable():
     assert torch.equal(a.select(nxt, torch.arange(64), 1), c.select(nxt, torch.arange(64), 1))
 
 
-def test_sb_rejects_nan_losses():
-    with pytest.raises(FloatingPointError, match="NaN"):
-        SelectiveBackpropPolicy().select(torch.tensor([1.0, float("nan")]), torch.arange(2), 1)
+class _NanEngine:
+    """Selection losses with one NaN (row 3) among finite ones."""
+
+    name = "nan"
+
+    def losses(self, x, y):
+        losses = x.flatten(1).mean(1).abs() + 0.1
+        losses[3] = float("nan")
+        return losses
+
+
+class _NanRefresher:
+    engine = _NanEngine()
+
+    def after_step(self, model, step):
+        return []
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["host", "device"])
+@pytest.mark.parametrize("strategy", ["traditional", "sb", "stale-sb", "kath18", "infobatch"])
+def test_nan_selection_losses_raise_one_error_for_every_strategy(strategy, deferred):
+    """Checked by the driver before any policy sees them (policies know nothing about devices): at once
+    on the host; on a device folded into a flag, no host read, and raised at the epoch's end."""
+    from sb_accel.selection import StrategyOptions, create_strategy
+    from sb_accel.train import SelectionDriver
+    from sb_accel.train.scoring import ScoredCandidates
+
+    policy = create_strategy(strategy, StrategyOptions(prime_epochs=0), batch_size=8, dataset_size=32)
+    if strategy == "kath18":
+        policy.tau = torch.tensor(5.0, dtype=torch.float64)  # importance sampling on: it scores
+    driver = SelectionDriver(policy, 8, _NanRefresher())
+    driver.selection_losses.deferred = deferred
+    driver.start_epoch(0)
+    x, y, idx = torch.rand(16, 3), torch.randint(0, 10, (16,)), torch.arange(16)
+    if policy.needs_selection_forward:
+        run = lambda: list(driver.select(x, y, idx))  # noqa: E731
+    else:  # no forwards of its own: losses scored elsewhere (the caller, a pipeline) are checked all the same
+        run = lambda: list(driver.submit(ScoredCandidates(x, y, idx, _NanEngine().losses(x, y), 16)))  # noqa: E731
+    if not deferred:
+        with pytest.raises(FloatingPointError, match=r"^1 of 16 selection losses are NaN/inf: the model has diverged"):
+            run()
+        return
+    run()
+    with pytest.raises(FloatingPointError, match=r"^selection losses are NaN/inf: the model has diverged"):
+        driver.finish_epoch()
+
+
+def test_nan_check_counts_only_the_scored_candidates():
+    """Candidates without a selection forward carry NaN ("no fresh loss", Stale-SB's cached ones)."""
+    from sb_accel.train.divergence import SelectionLossCheck
+
+    check = SelectionLossCheck()
+    nan = float("nan")
+    check.update(torch.tensor([nan, nan, 1.0, 2.0]), forwards=2)
+    check.update(torch.full((4,), nan), forwards=0)
+    with pytest.raises(FloatingPointError, match="^1 of 2 selection losses"):
+        check.update(torch.tensor([nan, nan, nan, 2.0]), forwards=2)
+    with pytest.raises(FloatingPointError, match="^1 of 2 selection losses"):
+        check.update(torch.tensor([nan, nan, float("inf"), 2.0]), forwards=2)
 
 
 def test_stale_sb_n1_is_sb():

@@ -30,7 +30,8 @@ class SelectionPolicy(ABC):
 
     1. ``requires_forward(indices, epoch)`` -> bool mask of candidates that need a fresh
        selection-pass loss, or ``True``/``False`` for all/none (no mask to read back from the
-       device). Candidates outside the mask reach ``select`` with a NaN loss.
+       device). Candidates outside the mask reach ``select`` with a NaN loss; the others with a
+       finite one (the caller checks the selection losses for every policy alike).
     2. ``select(losses, indices, epoch)`` -> bool keep mask (same length as ``indices``), or
        integer counts for a draw with replacement (a row drawn twice is trained twice).
     3. ``loss_weights(indices, epoch)`` -> per-example loss weights for kept examples, or None.
@@ -68,10 +69,6 @@ class SelectionPolicy(ABC):
         restarts from the policy's seed, so the same seed draws differently on CPU and GPU."""
         self.device = torch.device(device)
         return self
-
-    def check_finite(self) -> None:
-        """Raise ``FloatingPointError`` if non-finite selection losses were seen since the last
-        check; policies on a GPU defer this check to avoid a host sync per candidate batch."""
 
     def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
         """Hook for per-epoch state (default: nothing)."""

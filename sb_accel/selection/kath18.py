@@ -85,15 +85,11 @@ class Kath18(SelectionPolicy):
         self.sampling = False   # importance sampling in the open epoch (decided at its start)
         self.epoch = -1         # the open epoch
         self.generator = torch.Generator().manual_seed(seed)
-        self.deferred_checks = False
-        self._nonfinite = torch.zeros((), dtype=torch.bool)
 
     def to(self, device: torch.device | str) -> "Kath18":
         super().to(device)
         self.tau = self.tau.to(self.device)
         self.generator = generator_on(self.generator, self.device, self.seed)
-        self.deferred_checks = self.device.type != "cpu"
-        self._nonfinite = self._nonfinite.to(self.device)
         return self
 
     def _tau_passes(self) -> bool:
@@ -129,9 +125,10 @@ class Kath18(SelectionPolicy):
             chosen = torch.randperm(n, generator=self.generator, device=self.device)[:take]
             return torch.zeros(n, dtype=torch.bool, device=self.device).index_fill_(0, chosen, True)
         scores = to_device(losses.detach(), self.device, torch.float64)
-        self._check_finite(scores)
         self._update_tau(scores)  # their code: the pre-sample's scores, before the draw
-        weights = scores.clamp_min(1e-12)  # all-zero scores: a uniform draw
+        # all-zero scores: a uniform draw; a NaN/inf one (the caller reports it) weighs nothing, so the
+        # draw stays defined until then
+        weights = torch.where(torch.isfinite(scores), scores, torch.zeros_like(scores)).clamp_min(1e-12)
         chosen = torch.multinomial(weights, take, replacement=self.replacement, generator=self.generator)
         if self.replacement:  # counts by index_add_, not bincount: bincount reads its maximum back on a GPU
             return torch.zeros(n, dtype=torch.long, device=self.device).index_add_(0, chosen, torch.ones_like(chosen))
@@ -144,18 +141,6 @@ class Kath18(SelectionPolicy):
     def _update_tau(self, scores: torch.Tensor) -> None:
         if scores.numel():
             self.tau = self.alpha * self.tau + (1 - self.alpha) * variance_reduction(scores)
-
-    def _check_finite(self, scores: torch.Tensor) -> None:
-        if not self.deferred_checks:
-            if not torch.isfinite(scores).all():
-                raise FloatingPointError(_NONFINITE)
-        else:
-            self._nonfinite |= ~torch.isfinite(scores).all()
-
-    def check_finite(self) -> None:
-        if self.deferred_checks and bool(self._nonfinite):
-            self._nonfinite.zero_()
-            raise FloatingPointError(_NONFINITE)
 
     def state_dict(self) -> dict:
         return {"tau": self.tau.clone(), "sampling": self.sampling, "epoch": self.epoch,
@@ -171,10 +156,6 @@ class Kath18(SelectionPolicy):
         draw = "" if self.replacement else ", replacement=False"
         return (f"Kath18(batch_size={self.batch_size}, multiplier={self.candidate_multiplier}, "
                 f"tau_threshold={self.tau_threshold:.3g}{draw})")
-
-
-_NONFINITE = ("Kath18 got NaN/inf selection losses: the model has diverged (lower --lr or add --warmup-epochs) "
-              "or the engine produced garbage (check it with sb-accel compare)")
 
 
 @register_strategy("kath18")

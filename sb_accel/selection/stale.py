@@ -82,6 +82,9 @@ class StaleSB(SelectiveBackpropPolicy):
         return torch.isnan(self.cached_loss[to_device(indices, self.device)])
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        """SB's rule on each candidate's fresh loss, or its cached one where ``losses`` is NaN: the
+        caller gives a fresh loss to every candidate :meth:`requires_forward` asked for (the
+        selection driver does), so every candidate has one or the other."""
         idx = to_device(indices, self.device)
         losses = to_device(losses, self.device, torch.float64)
         fresh = ~torch.isnan(losses)
@@ -89,9 +92,6 @@ class StaleSB(SelectiveBackpropPolicy):
         merged = torch.where(fresh, losses, self.cached_loss[idx])
         self.cached_loss[idx] = merged
         self.loss_epoch[idx] = torch.where(fresh, torch.full_like(idx, epoch), self.loss_epoch[idx])
-        if not self.deferred_checks and torch.isnan(merged).any():  # else check_finite() reports it
-            raise RuntimeError("Stale-SB got no loss for an example it did not ask a forward for; "
-                               "the trainer must run requires_forward() before select()")
         return super().select(merged, indices, epoch)
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:

@@ -118,7 +118,7 @@ class Trainer:
                                       num_epochs=cfg.epochs, group=self.group, dataset_size=len(data.y_train),
                                       shared_history=self.ddp_history == "global",
                                       forward_batch_size=self._candidate_batch(1))
-        self.guard.watch(policy.check_finite)  # a GPU policy's NaN check, read with the training loss's
+        self.guard.watch(self.driver.selection_losses.check)  # on a GPU: read with the training loss's
         # The run directory is written only now that everything is built: a failed set-up leaves nothing.
         run_log = (RunLog(self.run_dir, truncate_at=checkpoint["log_offset"] if checkpoint else None)
                    if self.rank == 0 else NullRunLog())
