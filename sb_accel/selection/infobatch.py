@@ -28,7 +28,7 @@ import torch
 
 from ..transfer import to_device
 from .base import SelectionPolicy, generator_on
-from .registry import StrategyOptions, register_strategy
+from .registry import DEFAULTS, StrategyOptions, register_strategy
 
 __all__ = ["InfoBatch", "MIN_KEEP_RATIO"]
 
@@ -49,8 +49,8 @@ class InfoBatch(SelectionPolicy):
     name = "infobatch"
     uses_training_losses = True
 
-    def __init__(self, dataset_size: int, prune_ratio: float = 0.5, anneal: float = 0.125,
-                 seed: int = 0) -> None:
+    def __init__(self, dataset_size: int, prune_ratio: float = DEFAULTS.infobatch_ratio,
+                 anneal: float = DEFAULTS.infobatch_anneal, seed: int = DEFAULTS.seed) -> None:
         if not 0.0 <= prune_ratio <= 1.0:
             raise ValueError(f"InfoBatch prune_ratio must be in [0, 1], got {prune_ratio}")
         if not 0.0 <= anneal <= 1.0:

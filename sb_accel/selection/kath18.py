@@ -35,7 +35,7 @@ import torch
 
 from ..transfer import to_device
 from .base import ForwardMask, SelectionPolicy, generator_on
-from .registry import StrategyOptions, register_strategy
+from .registry import DEFAULTS, StrategyOptions, register_strategy
 
 __all__ = ["Kath18", "variance_reduction"]
 
@@ -67,8 +67,9 @@ class Kath18(SelectionPolicy):
     needs_selection_forward = True
     uses_training_losses = True  # tau follows the training losses until sampling is on
 
-    def __init__(self, batch_size: int, multiplier: int = 3, tau_threshold: Optional[float] = None,
-                 alpha: float = 0.9, replacement: bool = True, seed: int = 0) -> None:
+    def __init__(self, batch_size: int, multiplier: int = DEFAULTS.kath18_multiplier,
+                 tau_threshold: Optional[float] = None, alpha: float = 0.9,
+                 replacement: bool = DEFAULTS.kath18_replacement, seed: int = DEFAULTS.seed) -> None:
         if batch_size < 1 or multiplier < 1:
             raise ValueError("Kath18 needs batch_size >= 1 and multiplier >= 1")
         if not 0.0 <= alpha < 1.0:

@@ -17,7 +17,7 @@ import torch
 
 from .base import ForwardMask, SelectionPolicy, generator_on
 from .history import LossHistory
-from .registry import StrategyOptions, register_strategy
+from .registry import DEFAULTS, StrategyOptions, register_strategy
 
 __all__ = ["SelectiveBackpropPolicy", "beta_for_selectivity", "keep_probability"]
 
@@ -49,9 +49,9 @@ class SelectiveBackpropPolicy(SelectionPolicy):
     name = "sb"
     needs_selection_forward = True
 
-    def __init__(self, selectivity: Optional[float] = 0.33, beta: Optional[float] = None,
-                 history: int = 1024, floor: float = 0.0, history_mode: str = "batch",
-                 seed: int = 0) -> None:
+    def __init__(self, selectivity: Optional[float] = DEFAULTS.selectivity, beta: Optional[float] = DEFAULTS.beta,
+                 history: int = DEFAULTS.history, floor: float = DEFAULTS.floor,
+                 history_mode: str = DEFAULTS.history_mode, seed: int = DEFAULTS.seed) -> None:
         if beta is None:
             if selectivity is None:
                 raise ValueError("give selectivity or beta")

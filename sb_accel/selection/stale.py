@@ -30,7 +30,7 @@ import torch
 
 from ..transfer import to_device
 from .base import ForwardMask
-from .registry import StrategyOptions, register_strategy
+from .registry import DEFAULTS, StrategyOptions, register_strategy
 from .selective_backprop import SelectiveBackpropPolicy
 
 __all__ = ["StaleSB"]
@@ -50,9 +50,9 @@ class StaleSB(SelectiveBackpropPolicy):
     name = "stale-sb"
     uses_training_losses = True
 
-    def __init__(self, dataset_size: int, n: int = 3, selectivity: Optional[float] = 0.33,
-                 beta: Optional[float] = None, history: int = 1024, floor: float = 0.0,
-                 history_mode: str = "batch", seed: int = 0) -> None:
+    def __init__(self, dataset_size: int, n: int = DEFAULTS.stale_n, selectivity: Optional[float] = DEFAULTS.selectivity,
+                 beta: Optional[float] = DEFAULTS.beta, history: int = DEFAULTS.history, floor: float = DEFAULTS.floor,
+                 history_mode: str = DEFAULTS.history_mode, seed: int = DEFAULTS.seed) -> None:
         super().__init__(selectivity, beta, history, floor, history_mode, seed)
         if n < 1:
             raise ValueError(f"Stale-SB n must be >= 1, got {n}")
