@@ -103,4 +103,3 @@ class SelectiveBackpropPolicy(SelectionPolicy):
 @register_strategy("sb", prime_epochs=1)
 def _build(options: StrategyOptions, dataset_size: Optional[int], batch_size: int) -> SelectiveBackpropPolicy:
     return SelectiveBackpropPolicy(**options.sb_arguments())
-
