@@ -33,7 +33,7 @@ from .selection import DEFAULTS, StrategyOptions, TrainBatch, create_strategy, p
 from .loader_checks import api_nonfinite_message, guard_training_losses
 from .train.candidates import loss_history_size
 from .train.driver import SelectionDriver
-from .train.engine_setup import resolve_engine
+from .train.selector import resolve_engine
 
 __all__ = ["SelectiveBackprop"]
 

@@ -29,8 +29,8 @@ from .reporting.plots import plot_compare
 from .files import atomic_write_json
 from .reporting.tables import format_table
 from .selection import LossHistory, beta_for_selectivity, keep_probability
-from .train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .train.factory import build_model, build_optimizer
+from .train.learner import build_model, build_optimizer
+from .train.run_directory import CHECKPOINT_NAME, load_checkpoint
 
 __all__ = ["REFERENCE", "prepare_model", "compare_engines", "kept_mask", "agreement", "compare_table", "write_compare"]
 

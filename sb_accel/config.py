@@ -95,7 +95,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     # selection engine
-    engine: str = "auto"             # auto: torch-graph fp16 on CUDA, torch fp32 on CPU (engine_setup.resolve_engine)
+    engine: str = "auto"             # auto: torch-graph fp16 on CUDA, torch fp32 on CPU (train.selector.resolve_engine)
     precision: str = "auto"          # auto: the engine's default precision
     # Stale snapshots hurt SB (delayed feedback: the snapshot keeps choosing what the live model
     # has since learned). CIFAR-10 20k subset, 6 epochs, INT8 selection refreshed every 1/2/5/50

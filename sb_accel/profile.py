@@ -51,7 +51,7 @@ from .models import create_model, list_models
 from .reporting.plots import plot_profile
 from .files import atomic_write_json
 from .reporting.tables import format_table
-from .train.factory import build_optimizer
+from .train.learner import build_optimizer
 from .train.timer import PhaseTimer
 
 __all__ = ["profile_models", "predict_epoch_costs", "profile_tables", "write_profile", "default_precisions",

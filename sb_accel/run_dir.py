@@ -1,6 +1,6 @@
 """Whether a run directory can take a new run or a resumption, checked before anything is loaded
 or created. The command line calls it before it imports torch; the Trainer before it touches the
-directory (:func:`sb_accel.train.checkpoint.prepare_run_dir`)."""
+directory (:class:`sb_accel.train.run_directory.RunDirectory`)."""
 from __future__ import annotations
 
 import os

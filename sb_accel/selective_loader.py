@@ -53,7 +53,7 @@ from .selection.expected_share import expected_share
 from .train.candidates import loss_history_size, selection_call_size
 from .train.distributed import RankGroup
 from .train.driver import SelectionDriver
-from .train.engine_setup import resolve_engine
+from .train.selector import resolve_engine
 
 __all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT", "MAX_DRY_PASSES"]
 

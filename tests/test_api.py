@@ -13,7 +13,7 @@ from sb_accel.models import create_model
 from sb_accel.selection import list_strategies
 from sb_accel.selection.batcher import kept_rows
 from sb_accel.train import Trainer, driver as driver_module
-from sb_accel.train.factory import build_optimizer
+from sb_accel.train.learner import build_optimizer
 
 
 def test_drop_in_api_in_a_plain_loop():

@@ -12,7 +12,7 @@ from sb_accel.reporting.runlog import RunLog, read_events
 from sb_accel.train import Trainer
 from sb_accel.train.candidates import loss_history_size
 from sb_accel.train.distributed import RankGroup
-from sb_accel.train.ranks import on_host
+from sb_accel.train.run_directory import on_host
 from sb_accel.train.tables import innermost_policy
 
 

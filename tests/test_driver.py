@@ -63,7 +63,7 @@ def test_auto_engine_and_selection_batch_per_device():
     per-example policies, and Kath18's pre-sample stays 3x the training batch (pure: no GPU needed)."""
     from sb_accel.config import TrainConfig
     from sb_accel.train.candidates import candidate_batch_size
-    from sb_accel.train.engine_setup import resolve_engine
+    from sb_accel.train.selector import resolve_engine
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert resolve_engine("auto", "auto", cuda) == ("torch-graph", "fp16")

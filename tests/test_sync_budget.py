@@ -39,9 +39,8 @@ from sb_accel.data.augment import AUGMENT_PRESETS
 from sb_accel.train import Trainer
 from sb_accel.train import trainer as trainer_module
 from sb_accel.train.divergence import DivergenceGuard
-from sb_accel.train.factory import build_model
-from sb_accel.train.ranks import DistributedRunLogger
-from sb_accel.train.run_logger import RunLogger
+from sb_accel.train.learner import build_model
+from sb_accel.train.progress import DistributedRunLogger, RunLogger
 from sb_accel.train.tables import innermost_policy
 
 STRATEGIES = ("traditional", "sb", "stale-sb", "kath18", "infobatch")

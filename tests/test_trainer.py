@@ -1,9 +1,10 @@
 
 import pytest
+import torch
 
 from sb_accel.config import ConfigError, TrainConfig
 from sb_accel.reporting import load_run
-from sb_accel.train import Trainer
+from sb_accel.train import Trainer, load_checkpoint, save_checkpoint
 
 
 def config(tmp_path, **kw):
@@ -98,3 +99,39 @@ def test_config_validation_and_toml(tmp_path):
     path.write_text("lr_typo = 1\n")
     with pytest.raises(ConfigError, match="unknown config keys"):
         TrainConfig.from_toml(path)
+
+
+def _state_equal(a, b):
+    """Nested state dicts equal, tensors by value (NaN equal to NaN), generator states by bytes."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_state_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_state_equal(x, y) for x, y in zip(a, b))
+    if torch.is_tensor(a):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(((a == b) | (a != a) & (b != b)).all())
+    return a == b or (a != a and b != b)
+
+
+def test_a_trainers_state_is_its_parts_and_loads_back(tmp_path, synthetic):
+    """state_dict() holds the parts' own states; a fresh Trainer given it (and its driver's) reports the same."""
+    trainer = Trainer(config(tmp_path / "a", strategy="stale-sb", stale_n=2, epochs=2), data=synthetic)
+    trainer.train_epoch()
+    state = trainer.state_dict()
+    assert _state_equal(state["model"], trainer.learner.model.state_dict())
+    assert _state_equal(state["driver"], trainer.driver.state_dict()) and state["step"] == trainer.step > 0
+    fresh = Trainer(config(tmp_path / "b", strategy="stale-sb", stale_n=2, epochs=2), data=synthetic)
+    fresh.load_state_dict(state)
+    fresh.driver.load_state_dict(state["driver"], fresh.device)
+    again = fresh.state_dict()
+    for key in state:
+        if key != "phases":  # the fresh timer adds its own set-up time to the loaded totals
+            assert _state_equal(again[key], state[key]), key
+    assert all(again["phases"][p] >= state["phases"][p] for p in state["phases"])
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path, synthetic):
+    Trainer(config(tmp_path, epochs=1), data=synthetic).fit()
+    checkpoint = load_checkpoint(tmp_path / "run")
+    save_checkpoint({**checkpoint, "world_size": 2, "ranks": [None, {}]}, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"written by 2 process\(es\) but this run has 1.*--nproc-per-node 2"):
+        Trainer(config(tmp_path, epochs=2), data=synthetic, resume=True)

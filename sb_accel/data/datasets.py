@@ -87,7 +87,7 @@ def dataset_fingerprint(data: ArrayDataset) -> Dict[str, Any]:
     """What identifies a dataset cheaply: its name, split sizes, classes, image shape and a hash of
     every label and of 64 images per split spread evenly over it (a millisecond for CIFAR-10).
 
-    A checkpoint records it, and a resumed run refuses other data (:mod:`sb_accel.train.checkpoint`)."""
+    A checkpoint records it, and a resumed run refuses other data (:mod:`sb_accel.train.run_directory`)."""
     digest = hashlib.blake2b(digest_size=8)
     for tensor in (data.x_train, data.y_train, data.x_test, data.y_test):
         rows = torch.linspace(0, len(tensor) - 1, min(len(tensor), _SAMPLED_IMAGES)).long()

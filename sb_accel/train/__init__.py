@@ -1,7 +1,8 @@
-"""The training loop and what it needs: the selection driver, phase timer, LR schedules, checkpoints."""
-from .checkpoint import load_checkpoint, save_checkpoint
+"""The training loop and its parts: the selection driver, the learner (model, optimizer, LR
+schedule), the phase timer, the run directory with its checkpoints."""
 from .driver import SelectionDriver
-from .schedule import LRSchedule
+from .learner import LRSchedule
+from .run_directory import load_checkpoint, save_checkpoint
 from .timer import PHASES, PhaseTimer
 from .trainer import Trainer
 

@@ -148,8 +148,13 @@ class PhaseTimer:
             self._mark = now
         return dict(self._totals)
 
-    def load_totals(self, totals: Dict[str, float]) -> None:
-        """Continue from a checkpoint's totals (resume)."""
+    def state_dict(self) -> Dict[str, float]:
+        """Seconds per phase so far, for a checkpoint (:meth:`totals`)."""
+        return self.totals()
+
+    def load_state_dict(self, totals: Dict[str, float]) -> None:
+        """Continue from a checkpoint's totals (resume): they are added to the time counted since
+        :meth:`start`; phases this timer does not have are ignored."""
         for phase, seconds in totals.items():
             if phase in self._totals:
                 self._totals[phase] += float(seconds)

@@ -1,45 +1,46 @@
-"""The training loop of Selective-Backprop (paper Alg. 1): the loop and nothing else.
+"""The training loop of Selective-Backprop (paper Alg. 1), composed of a few named parts.
 
-candidate batches (data) -> :class:`SelectionDriver` (selection forwards, policy, backprop batcher,
-engine refresh) -> train step (forward, backward, optimizer) -> driver.observe, timed phase by phase
-by the :class:`PhaseTimer` and logged through the :class:`RunLogger` (parts built in ``factory``,
-``engine_setup``, ``candidates``; run directory and checkpoints in ``checkpoint``, ``run_state``).
+    source    candidate batches of each epoch (:mod:`.candidates`)
+    driver    the selector: selection forwards, policy, backprop batcher, engine refresh (:mod:`.selector`)
+    learner   the model, optimizer, LR schedule and AMP: one training step, the test evaluation (:mod:`.learner`)
+    timer     where the wall-clock goes, phase by phase (:mod:`.timer`)
+    guard     NaN/inf detection without a per-step sync (:mod:`.divergence`)
+    run       the run directory: log file, config, checkpoints, resume (:mod:`.run_directory`)
+    log       the run's events over all ranks (:mod:`.progress`)
+    group     the ranks under torchrun (:mod:`.distributed`; None in one process)
 
-Under torchrun the same config trains with DistributedDataParallel: ``batch_size`` is the global
-batch, ranks select from their shards against one loss history and step in lockstep, and rank 0
-writes the log and the checkpoint (``distributed``, ``ranks``, docs/DISTRIBUTED.md).
+The Trainer holds the loop and its counters; a checkpoint is its :meth:`~Trainer.state_dict`, made
+of the parts' own. Under torchrun the same config trains with DistributedDataParallel:
+``batch_size`` is the global batch, ranks select from their shards against one loss history and
+step in lockstep, and rank 0 writes the log and the checkpoint (docs/DISTRIBUTED.md).
 """
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
+import random
 from typing import Any, Dict, Iterator, Optional
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import TrainConfig
-from ..data import ArrayDataset
+from ..data import ArrayDataset, dataset_fingerprint
 from ..device import resolve_device
-from ..reporting.runlog import RunLog
 from ..selection import TrainBatch
-from .candidates import candidate_batch_size, candidate_source, loss_history_size, training_data
-from .checkpoint import check_resumable, prepare_run_dir, save_checkpoint
-from .distributed import RankGroup, init_distributed, per_rank, wrap_ddp
+from .candidates import candidate_batch_size, candidate_source, training_data
+from .distributed import RankGroup, init_distributed, per_rank
 from .divergence import DivergenceGuard, check_finite_weights, divergence_hint
-from .driver import SelectionDriver
-from .engine_setup import build_refresher, sample_batches
-from .evaluation import evaluate
-from .factory import build_model, build_optimizer, build_policy, build_schedule, seed_everything
+from .learner import Learner
 from .pipeline import SelectionPipeline
-from .progress import Progress
-from .ranks import (DistributedRunLogger, NullRunLog, across_ranks, combine_evaluations, distributed_fields,
-                    prepare_run_dir_on_ranks, rank_state)
-from .run_logger import RunLogger
-from .run_state import checkpoint_state, restore_training_state
+from .progress import DistributedRunLogger, Progress, RunLogger, across_ranks, combine_evaluations, distributed_fields
+from .run_directory import RunDirectory
+from .selector import build_selector
 from .timer import PhaseTimer
 
 __all__ = ["Trainer"]
+
+# What each rank of a distributed run holds for itself in a checkpoint (the rest is shared).
+RANK_STATE = ("backprops", "selection_background", "driver", "source", "phases", "comm_seconds", "comm_calls")
 
 
 class Trainer:
@@ -59,91 +60,103 @@ class Trainer:
                  overwrite: bool = False) -> None:
         self.cfg = cfg = config
         self.group: Optional[RankGroup] = init_distributed(cfg.device)
-        self.rank = 0 if self.group is None else self.group.rank
-        self.world_size = 1 if self.group is None else self.group.world_size
+        self.rank, self.world_size = (0, 1) if self.group is None else (self.group.rank, self.group.world_size)
         self.device = resolve_device(cfg.device) if self.group is None else self.group.device
-        self.batch_size = per_rank(cfg.batch_size, self.world_size, "batch_size")
-        self.ddp_history = cfg.ddp_history
-        self.run_dir = Path(cfg.run_dir)
-        checkpoint = (prepare_run_dir(self.run_dir, resume, overwrite) if self.group is None
-                      else prepare_run_dir_on_ranks(self.group, self.run_dir, resume, overwrite))
-        if checkpoint is not None:
-            check_resumable(checkpoint["config"], cfg, self.run_dir)
+        self.run = RunDirectory(cfg, self.group, resume, overwrite)  # refused before anything is loaded or built
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        seed_everything(cfg.seed)
+        _seed_everything(cfg.seed)
 
-        self.data = data = training_data(cfg, data)
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.data = training_data(cfg, data)
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         # Under DDP: one permutation for all ranks (the sampler), augmentation and selection draws per rank.
         rank_seed = cfg.seed if self.group is None else cfg.seed + 1 + self.rank
-        self.source, self.eval_data = candidate_source(cfg, data, self.device, self.memory_format, rank_seed,
-                                                       self.group)
-        self.model = build_model(cfg, data.num_classes, data.in_channels).to(self.device, memory_format=self.memory_format)
-        self.optimizer = build_optimizer(cfg, self.model)
-        self.schedule = build_schedule(cfg)
-        self.autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.source, self.eval_data = candidate_source(cfg, self.data, self.device, memory_format, rank_seed, self.group)
+        self.learner = Learner(cfg, self.data, self.device, memory_format)
         self.timer = PhaseTimer(self.device)
         # A host read of the NaN flag per step costs nothing on CPU; on CUDA read it once per interval.
         self.guard = DivergenceGuard(self.device, 1 if self.device.type == "cpu" else cfg.log_every_steps)
-
         self.epoch = 0
         self.step = 0
         self.progress = 0.0          # epochs' worth of candidates passed over (drives the LR)
         self.backprops = 0           # examples backpropagated
         self.last_acc = float("nan")
-        self.pipeline: Optional[SelectionPipeline] = None
         self.selection_background = 0.0  # seconds the pipeline's worker spent selecting
+        self.pipeline: Optional[SelectionPipeline] = None
 
-        # R, in effect: every selection call (all ranks' under a global DDP history) must fit in it twice
-        self.history = loss_history_size(cfg.history, self._candidate_batch(1) * (
-            self.world_size if self.group is not None and self.ddp_history == "global" else 1))
-        policy_cfg = cfg.replace(history=self.history)
-        policy = build_policy(policy_cfg if self.group is None
-                              else policy_cfg.replace(batch_size=self.batch_size, seed=rank_seed),
-                              len(data.y_train)).to(self.device)  # decisions where the losses are
         self.timer.start()
-        if checkpoint is not None:  # the weights first: the engine is built (and calibrated) from them
-            restore_training_state(self, checkpoint)
-        # DDP broadcasts rank 0's weights now and averages the gradients in every backward.
-        self.train_model = self.model if self.group is None else wrap_ddp(self.model, self.group)
+        state = self.run.resume_state(dataset_fingerprint(self.data))
+        if state is not None:  # before the selector: its engine is built (and calibrated) from these weights
+            self.load_state_dict(state)
+        self.learner.distribute(self.group)
         with self.timer.phase("refresh"):  # building the first engine is a real cost of the method
-            refresher = None
-            if policy.needs_selection_forward:
-                max_batch = self._candidate_batch(policy.candidate_multiplier)  # the most it may ask for
-                samples = sample_batches(data, cfg.batch_size, self.device, self.memory_format)
-                refresher = build_refresher(cfg, self.model, samples, self.device, max_batch, self.step)
-        self.driver = SelectionDriver(policy, self.batch_size, refresher, end_of_epoch=cfg.end_of_epoch,
-                                      num_epochs=cfg.epochs, group=self.group, dataset_size=len(data.y_train),
-                                      shared_history=self.ddp_history == "global",
-                                      forward_batch_size=self._candidate_batch(1))
+            self.driver, self.history = build_selector(cfg, self.model, self.data, self.device, memory_format,
+                                                       self.group, rank_seed, self.step)
+        if state is not None:
+            self.driver.load_state_dict(state["driver"], self.device)
         self.guard.watch(self.driver.selection_losses.check)  # on a GPU: read with the training loss's
+
         # The run directory is written only now that everything is built: a failed set-up leaves nothing.
-        run_log = (RunLog(self.run_dir, truncate_at=checkpoint["log_offset"] if checkpoint else None)
-                   if self.rank == 0 else NullRunLog())
-        self.log = (RunLogger(run_log, self.device) if self.group is None
-                    else DistributedRunLogger(run_log, self.device, self.group))
-        if checkpoint is not None:
-            self.driver.load_state_dict(rank_state(checkpoint, self.rank, self.world_size)["driver"], self.device)
+        log = self.run.open_log()
+        self.log = RunLogger(log, self.device) if self.group is None else DistributedRunLogger(log, self.device, self.group)
+        if state is not None:
             self.log.write("resume", epoch=self.epoch, step=self.step)
         else:
-            ddp = {} if self.group is None else {"world_size": self.world_size, "ddp_history": self.ddp_history,
-                                                 "batch_size_per_rank": self.batch_size}
-            self.log.start(cfg, self.run_dir if self.rank == 0 else None, policy=repr(policy),
-                           engine=self.driver.engine_name, device=str(self.device), dataset_size=len(data.y_train),
-                           loss_history=self.history,
-                           parameters=sum(p.numel() for p in self.model.parameters()), **ddp)
+            self._log_start()
         self.log.engine_events(self.driver.after_step(self.model, self.step))  # the engine build event
-        if checkpoint is None:  # so that --resume works from the first step on
+        if state is None:  # so that --resume works from the first step on
             self._save_checkpoint()
 
-    def _candidate_batch(self, multiplier: int) -> int:
-        return candidate_batch_size(self.cfg, self.world_size, multiplier, self.device)
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model being trained (the learner's)."""
+        return self.learner.model
 
+    def _log_start(self) -> None:
+        """The ``config`` event of a new run, then its ``config.json``."""
+        ddp = {} if self.group is None else {"world_size": self.world_size, "ddp_history": self.cfg.ddp_history,
+                                             "batch_size_per_rank": per_rank(self.cfg.batch_size, self.world_size)}
+        self.log.start(self.cfg, policy=repr(self.driver.policy), engine=self.driver.engine_name,
+                       device=str(self.device), dataset_size=len(self.data.y_train), loss_history=self.history,
+                       parameters=sum(p.numel() for p in self.model.parameters()), **ddp)
+        self.run.save_config()
+
+    # --- run state ------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """The run's state for a checkpoint: the dataset's fingerprint, the loop's counters and the
+        parts' own state dicts (learner, driver, candidate source, timer; under DDP the
+        communication counters). The keys in :data:`RANK_STATE` differ between ranks."""
+        state = {"dataset": dataset_fingerprint(self.data), "epoch": self.epoch, "step": self.step,
+                 "progress": self.progress, "last_acc": self.last_acc, **self.learner.state_dict(),
+                 "backprops": self.backprops, "selection_background": self.selection_background,
+                 "driver": self.driver.state_dict(), "source": self.source.state_dict(), "phases": self.timer.state_dict()}
+        if self.group is not None:
+            state.update(comm_seconds=dict(self.group.seconds), comm_calls=dict(self.group.calls))
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue from ``state`` (:meth:`state_dict`), all but the driver's: a resumed Trainer
+        builds its driver from the restored weights and step, then loads ``state["driver"]``."""
+        self.learner.load_state_dict(state)
+        self.epoch, self.step, self.progress, self.last_acc = (state[k] for k in ("epoch", "step", "progress", "last_acc"))
+        self.backprops = state["backprops"]
+        self.selection_background = state["selection_background"]
+        self.source.load_state_dict(state["source"])
+        self.timer.load_state_dict(state["phases"])
+        if self.group is not None:
+            self.group.seconds.update(state["comm_seconds"])
+            self.group.calls.update(state["comm_calls"])
+
+    def _save_checkpoint(self) -> None:
+        if self.cfg.checkpoint:
+            check_finite_weights(self.model, self.step, self._divergence_hint())
+            # under DDP a collective: every rank takes part
+            self.run.save(self.state_dict(), own=RANK_STATE, tables=self.driver.tables)
+
+    # --- the loop -------------------------------------------------------------------------------
     def selection_batch_size(self, epoch: int) -> int:
         """This rank's candidate-batch size in ``epoch``."""
-        return self._candidate_batch(self.driver.candidates_per_batch(epoch))
+        return candidate_batch_size(self.cfg, self.world_size, self.driver.candidates_per_batch(epoch), self.device)
 
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
@@ -186,6 +199,7 @@ class Trainer:
                 candidate = next(batches, None)
                 if candidate is None:
                     break
+                # The driver selects lazily, as _train_on asks it for batches: that time is "selection".
                 self.timer.switch("selection")
                 self._train_on(driver.submit(candidate) if cfg.pipeline else driver.select(*candidate))
                 count = len(candidate.indices if cfg.pipeline else candidate[2])
@@ -202,43 +216,28 @@ class Trainer:
         self.timer.switch("other")
 
     def _train_on(self, batches: Iterator[TrainBatch]) -> None:
-        """Train on each batch the driver yields (its work between them is timed as selection)."""
+        """Train on each batch the driver yields (its work between them, scoring and batching the
+        candidates, is timed as selection)."""
         for batch in batches:
             self._train_step(batch)
             self.timer.switch("selection")
 
     def _train_step(self, batch: TrainBatch) -> None:
         cfg = self.cfg
-        self.timer.switch("train_forward")
-        lr = self.schedule(min(self.progress, float(cfg.epochs)))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.model.train()
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            logits = self.train_model(batch.x)
-        per_example = F.cross_entropy(logits.float(), batch.y, reduction="none", label_smoothing=cfg.label_smoothing)
-        weighted = per_example * batch.weights.to(per_example.device)
-        # A DDP rank with nothing left for a lockstep partial step still joins it with an empty batch.
-        loss = weighted.mean() if len(batch) else weighted.sum()
-        self.timer.switch("backward")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.timer.switch("optimizer")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        result = self.learner.step(batch, self.progress, self.timer)
         self.step += 1
         self.backprops += len(batch)
         self.timer.switch("bookkeeping")
-        self.driver.observe(batch, per_example)
-        self.guard.update(loss, self.step)
-        self.log.add_loss(loss, len(batch))
+        self.driver.observe(batch, result.per_example)
+        self.guard.update(result.loss, self.step)
+        self.log.add_loss(result.loss, len(batch))
         self.timer.switch("refresh")
         with self._engine_lock():
             self.log.engine_events(self.driver.after_step(self.model, self.step))
         self.timer.switch("other")
-        self.guard.check(self.step, hint=divergence_hint(self.cfg.lr, self.run_dir))
+        self.guard.check(self.step, hint=self._divergence_hint())
         if self.step % cfg.log_every_steps == 0:
-            self.log.interval(self.driver, epoch=self.epoch, step=self.step, wall=self._wall(), lr=lr,
+            self.log.interval(self.driver, epoch=self.epoch, step=self.step, wall=self._wall(), lr=result.lr,
                               backprops=self.backprops, staleness=self.driver.staleness(self.step))
         if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0:
             self.evaluate()
@@ -246,6 +245,9 @@ class Trainer:
     def _engine_lock(self):
         """Engine changes must not race the pipeline's worker."""
         return self.pipeline.lock if self.pipeline is not None else contextlib.nullcontext()
+
+    def _divergence_hint(self) -> str:
+        return divergence_hint(self.cfg.lr, self.run.path)
 
     def _wall(self) -> float:
         totals = self.timer.totals()
@@ -262,8 +264,7 @@ class Trainer:
     def evaluate(self) -> Dict[str, Any]:
         """Test accuracy and loss; logged as an ``eval`` event."""
         with self.timer.phase("eval"):
-            result = evaluate(self.model, self.eval_data, self.cfg.batch_size, self.device, self.memory_format,
-                              self.autocast_dtype)
+            result = self.learner.evaluate(self.eval_data, self.cfg.batch_size)
             if self.group is not None:  # each rank evaluated its share of the test split
                 result = combine_evaluations(self.group, result, len(self.eval_data.y_test))
         self.last_acc = result["test_acc"]
@@ -273,7 +274,7 @@ class Trainer:
                               candidates=t["candidates"], phases=t["phases"], **result)
 
     def _end_epoch(self) -> None:
-        self.guard.check(self.step, force=True, hint=divergence_hint(self.cfg.lr, self.run_dir))
+        self.guard.check(self.step, force=True, hint=self._divergence_hint())
         if self.group is not None:  # one model everywhere: for the engines, the evaluation and the checkpoint
             self.group.sync_buffers(self.model)
         with self.timer.phase("refresh"):
@@ -285,13 +286,6 @@ class Trainer:
                        forwards=t["forwards"], backprops=t["backprops"], pending=t["pending"],
                        selection_background=self.selection_background, phases=t["phases"], **self._ddp_fields(t))
         self._save_checkpoint()
-
-    def _save_checkpoint(self) -> None:
-        if self.cfg.checkpoint:
-            check_finite_weights(self.model, self.step, divergence_hint(self.cfg.lr, self.run_dir))
-            state = checkpoint_state(self)  # under DDP a collective: every rank takes part
-            if self.rank == 0:
-                save_checkpoint(state, self.run_dir)
 
     def _ddp_fields(self, totals: Dict[str, Any]) -> Dict[str, Any]:
         """What a distributed run adds to epoch and summary events (:func:`distributed_fields`)."""
@@ -313,3 +307,10 @@ class Trainer:
         if self.group is not None:
             self.group.close()
         return summary
+
+
+def _seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators (the run's own generators are seeded separately)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
