@@ -22,7 +22,7 @@ from sb_accel.models import create_model
 from sb_accel.engines import EngineRefresher, TorchEngine
 from sb_accel.selection import StrategyOptions, create_strategy
 from sb_accel.train.driver import SelectionDriver
-from sb_accel.train.scoring import ScoredCandidates
+from sb_accel.train.scoring import ScoredBatch, ScoredCandidates
 
 
 def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
@@ -58,7 +58,7 @@ def main() -> None:
 
     def bookkeeping() -> None:
         scored = ScoredCandidates(x, y, idx, torch.rand(args.batch), forwards=args.batch)
-        for _ in driver.submit(scored):
+        for _ in driver.submit(ScoredBatch(args.batch, [scored])):
             pass
 
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

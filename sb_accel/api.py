@@ -166,7 +166,7 @@ class SelectiveBackprop:
                             f"pass candidate batches of {multiplier * self.batch_size} (or use sb_accel.SelectiveLoader, "
                             "which does)")
         try:  # lazily: the user's steps on earlier batches come before later selection forwards
-            for batch in driver.select(x, y, indices):
+            for batch in driver.train_batches(x, y, indices):
                 yield from self._hand_out(batch)
         except FloatingPointError as exc:
             raise FloatingPointError(api_nonfinite_message(exc)) from exc

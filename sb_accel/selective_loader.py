@@ -324,7 +324,7 @@ class SelectiveLoader:
             check_candidates(batch, indices, self.num_classes)
             ids = self.rows.add(move(batch, self.device))
             kept = self.driver.kept
-            self._ready.extend(self.driver.select(ids, ids, indices))
+            self._ready.extend(self.driver.train_batches(ids, ids, indices))
             self._measure(len(indices), self.driver.kept - kept)
             self.rows.release([b.x for b in self.driver.buffered()] + [b.x for b in self._ready])
         except FloatingPointError as exc:

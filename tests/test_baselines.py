@@ -52,7 +52,7 @@ def _run_epochs(policy, n, batch, epochs, engine, training_loss=lambda idx: 1.0 
         driver.start_epoch(epoch)
         size = batch * driver.candidates_per_batch()
         for idx in torch.randperm(n, generator=torch.Generator().manual_seed(epoch)).split(size):
-            train(driver.select(x[idx], y[idx], idx))
+            train(driver.train_batches(x[idx], y[idx], idx))
         train(driver.end_epoch())
         driver.finish_epoch()
         forwarded.append(set(engine.scored))
@@ -122,7 +122,7 @@ def test_stale_sb_example_without_a_loss_gets_a_forward_in_a_stale_epoch():
     engine = _IndexEngine()
     driver = SelectionDriver(policy, 4, EngineRefresher(engine))  # the caller that honours the mask
     driver.start_epoch(1)
-    list(driver.select(torch.arange(4.0).unsqueeze(1), torch.zeros(4, dtype=torch.long), torch.arange(4)))
+    list(driver.train_batches(torch.arange(4.0).unsqueeze(1), torch.zeros(4, dtype=torch.long), torch.arange(4)))
     list(driver.end_epoch())  # the last, smaller selection batch: example 3
     assert engine.scored == [3] and policy.cached_loss.tolist() == [1.0, 2.0, 3.0, 4.0]
 

@@ -58,6 +58,7 @@ def test_npz_format_and_errors(tmp_path):
                      torch.zeros(1), 2)
 
 
+@pytest.mark.needs_dataset("cifar10")
 def test_real_cifar10_from_shared_copy():
     d = load_dataset("cifar10")
     assert d.x_train.shape == (50000, 3, 32, 32) and d.x_test.shape == (10000, 3, 32, 32)
@@ -65,6 +66,7 @@ def test_real_cifar10_from_shared_copy():
     assert d.mean.tolist() == pytest.approx([125.3 / 255, 122.9 / 255, 113.9 / 255], abs=0.01)
 
 
+@pytest.mark.needs_dataset("fashion_mnist")
 def test_real_fashion_mnist():
     d = load_dataset("fashion_mnist")
     assert d.x_train.shape == (60000, 1, 28, 28) and d.num_classes == 10
@@ -211,3 +213,18 @@ def test_the_fingerprint_tells_data_sets_apart_cheaply():
     assert dataset_fingerprint(relabelled)["hash"] != dataset_fingerprint(a)["hash"]  # every label is hashed
     assert describe_fingerprint(dataset_fingerprint(a)).startswith(
         "synthetic (64 training / 16 test examples, 10 classes, 3x16x16, content ")
+
+
+def test_local_dataset_file_prefers_the_decoded_npz_and_finds_what_load_dataset_reads(tmp_path):
+    """What the `needs_dataset` marker (tests/conftest.py) asks before a test reads a real dataset."""
+    from sb_accel.data.paths import find_data_file
+    from sb_accel.data.sources import local_dataset_file
+
+    assert local_dataset_file("svhn", str(tmp_path)) is None  # nowhere here, and not among the offline copies
+    (tmp_path / "cifar10_jpeg.npz").write_bytes(b"")
+    if find_data_file("cifar10.npz", str(tmp_path)) is None:  # no decoded copy elsewhere: the JPEG copy is read
+        assert local_dataset_file("cifar10", str(tmp_path)) == tmp_path / "cifar10_jpeg.npz"
+    (tmp_path / "cifar10.npz").write_bytes(b"")
+    assert local_dataset_file("cifar10", str(tmp_path)) == tmp_path / "cifar10.npz"
+    path = _npz(tmp_path / "svhn.npz")
+    assert local_dataset_file("svhn", str(tmp_path)) == Path(path) and load_dataset("svhn", str(tmp_path)).name == "svhn"

@@ -75,7 +75,7 @@ def test_one_host_read_per_candidate_batch(strategy):
     Watched.reads.clear()
     steps = 0
     for x, y, idx in _candidates(10):
-        for batch in driver.select(x.as_subclass(Watched), y, idx):
+        for batch in driver.train_batches(x.as_subclass(Watched), y, idx):
             steps += 1
             driver.observe(batch, torch.rand(len(batch)).as_subclass(Watched))
     assert steps >= 2 and driver.kept < driver.candidates
@@ -93,7 +93,7 @@ def test_stale_sb_reads_its_forward_mask_once_more():
     driver.start_epoch(1)
     Watched.reads.clear()
     for x, y, idx in _candidates(4):
-        list(driver.select(x, y, idx.as_subclass(Watched)))
+        list(driver.train_batches(x, y, idx.as_subclass(Watched)))
     # per candidate batch: the mask once, then how many were kept of the cached candidates and of
     # each full selection batch of stale ones (64 candidates, half stale: one every other batch)
     assert Watched.reads.count("nonzero") <= 4 + 4 + 2 and len(Watched.reads) == Watched.reads.count("nonzero")
@@ -121,9 +121,47 @@ def test_driver_checks_deferred_nan_at_epoch_end():
     driver.start_epoch(0)
     x, y, idx = next(_candidates(1, n=8))
     x[3] = float("nan")
-    list(driver.select(x, y, idx))
+    list(driver.train_batches(x, y, idx))
     with pytest.raises(FloatingPointError):
         driver.finish_epoch()
+
+
+def assert_same_state(a, b, ignore=frozenset()) -> None:
+    """Policies ``a`` and ``b`` hold the same state: every value of their ``state_dict`` s (nested
+    ones included, tensors compared exactly on the CPU, NaN equal to NaN) and the same loss history,
+    its last R losses in order (``LossHistory.values()``: the unfilled slots of its ring buffer hold
+    arbitrary memory)."""
+    histories = [getattr(p.policy if isinstance(p, Primed) else p, "history", None) for p in (a, b)]
+    assert (histories[0] is None) == (histories[1] is None)
+    if histories[0] is not None:
+        first, second = (h.values().cpu() for h in histories)
+        assert len(first) > 0 and torch.equal(first, second), f"loss histories differ: {first} != {second}"
+    _assert_same_values(a.state_dict(), b.state_dict(), {*ignore, "buffer"}, "state")
+
+
+def _assert_same_values(a: dict, b: dict, ignore: set, where: str) -> None:
+    assert set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
+    for key in sorted(set(a) - ignore):
+        x, y = a[key], b[key]
+        if isinstance(x, dict):
+            _assert_same_values(x, y, ignore, f"{where}.{key}")
+        elif torch.is_tensor(x):  # exactly; NaN ("no loss yet" in the per-example tables) equals NaN
+            torch.testing.assert_close(x.cpu(), y.cpu(), rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda m: f"{where}.{key} differs: {m}")
+        else:
+            assert x == y, f"{where}.{key}: {x!r} != {y!r}"
+
+
+def test_same_state_compares_the_loss_history():
+    """The comparison reaches the nested history: one differing loss of R is found."""
+    a, b = SelectiveBackpropPolicy(seed=0, history=8), SelectiveBackpropPolicy(seed=0, history=8)
+    losses = torch.rand(4)
+    a.select(losses, torch.arange(4), 0)
+    b.select(losses, torch.arange(4), 0)
+    assert_same_state(a, b)
+    b.history.load_state_dict({**b.history.state_dict(), "buffer": b.history.state_dict()["buffer"] * 2})
+    with pytest.raises(AssertionError, match="loss histories differ"):
+        assert_same_state(a, b)
 
 
 @pytest.mark.parametrize("make", [
@@ -144,9 +182,12 @@ def test_to_cpu_keeps_state_and_decisions(make):
         assert torch.equal(a.select(losses, idx, epoch), b.select(losses, idx, epoch))
         a.observe(idx, losses, epoch)
         b.observe(idx, losses, epoch)
+    assert_same_state(a, b)  # the loss history (R losses) and the generator included
     c = make().to("cpu")
     c.load_state_dict(b.state_dict())
-    assert repr(c) == repr(b)
+    assert_same_state(c, b)
+    idx, losses = torch.randperm(32, generator=g)[:16], torch.rand(16, generator=g)
+    assert torch.equal(c.select(losses, idx, 3), b.select(losses, idx, 3))  # the restored one decides alike
 
 
 # --- GPU ------------------------------------------------------------------------------------------
@@ -181,6 +222,8 @@ def test_gpu_policy_state_matches_cpu(cuda, make):
             assert keep_gpu.device.type == "cuda" and torch.equal(keep, keep_gpu.cpu())
             cpu.observe(idx, fresh.nan_to_num(1.0), epoch)
             gpu.observe(idx.to(cuda), fresh.nan_to_num(1.0).to(cuda), epoch)
+    # every table and the loss history; the generators differ by device (CPU and CUDA streams of draws)
+    assert_same_state(cpu, gpu, ignore={"generator"})
     for key, value in cpu.state_dict().items():
         if torch.is_tensor(value) and key != "generator":
             assert torch.equal(value, gpu.state_dict()[key].cpu()), key
@@ -210,7 +253,7 @@ def test_gpu_driver_synchronises_at_most_once_per_candidate_batch(cuda):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for x, y, idx in batches:
-                for batch in driver.select(x, y, idx):
+                for batch in driver.train_batches(x, y, idx):
                     driver.observe(batch, batch.x.flatten(1).mean(1))
     finally:
         torch.cuda.set_sync_debug_mode("default")

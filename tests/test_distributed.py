@@ -26,7 +26,7 @@ from sb_accel.data.sampler import DistributedEpochSampler
 from sb_accel.reporting import load_run
 from sb_accel.selection import LossHistory, StaleSB
 from sb_accel.train import Trainer
-from sb_accel.train.scoring import ScoredCandidates
+from sb_accel.train.scoring import ScoredBatch, ScoredCandidates
 from sb_accel.train.tables import SHARED, ExampleTables, fill_shared, innermost_policy
 
 WORLD = 2
@@ -109,7 +109,8 @@ def _train_on_given_losses(rank, run_dir, runs):
 
         def given_losses(x, y, idx):
             g = torch.Generator().manual_seed(int(idx[0]))
-            return ScoredCandidates(x, y, idx, (shift * rank + torch.rand(len(idx), generator=g)).float(), len(idx))
+            losses = (shift * rank + torch.rand(len(idx), generator=g)).float()
+            return ScoredBatch(len(idx), [ScoredCandidates(x, y, idx, losses, len(idx))])
 
         trainer.driver.score = given_losses
         summary = trainer.fit()

@@ -45,7 +45,7 @@ def test_stale_forwards_are_gathered_into_full_selection_batches():
         for idx in torch.randperm(n, generator=torch.Generator().manual_seed(epoch)).split(size):
             need = policy.requires_forward(idx, epoch)
             stale += 0 if need is False else int(need.sum())
-            for batch in driver.select(x[idx], y[idx], idx):
+            for batch in driver.train_batches(x[idx], y[idx], idx):
                 driver.observe(batch, batch.x[:, 0])
         for batch in driver.end_epoch():
             driver.observe(batch, batch.x[:, 0])
@@ -74,3 +74,20 @@ def test_auto_engine_and_selection_batch_per_device():
     assert candidate_batch_size(cfg, 1, 1, cuda) == 1024 and candidate_batch_size(cfg, 2, 1, cuda) == 512
     assert candidate_batch_size(cfg, 1, 3, cuda) == 384 and candidate_batch_size(cfg, 1, 1, cpu) == 128
     assert candidate_batch_size(cfg.replace(selection_batch_size=256), 1, 1, cuda) == 256
+
+
+def test_forwards_per_candidate_batch_under_ddp():
+    """``regroup=False`` (DDP: every rank decides on each candidate batch at once): the candidates
+    that need a forward are scored with their own batch, which comes out whole, NaN elsewhere."""
+    from sb_accel.train.scoring import SelectionForwards
+
+    n = 32
+    policy = StaleSB(n, n=3)
+    policy.observe(torch.arange(0, n, 2), torch.rand(n // 2), 0)
+    engine = _RecordingEngine()
+    forwards = SelectionForwards(policy, lambda: engine, batch_size=64, regroup=False)
+    x, idx = torch.rand(8, 4), torch.arange(8)
+    (part,) = forwards.score(x, torch.zeros(8, dtype=torch.long), idx, epoch=1)
+    assert engine.sizes == [4] and part.forwards == 4 and forwards.pending() == 0
+    assert torch.equal(part.indices, idx) and torch.isnan(part.losses[::2]).all()
+    assert torch.equal(part.losses[1::2], x[1::2, 0])

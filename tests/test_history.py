@@ -116,3 +116,16 @@ def test_cdf_cost_is_small(mode):
             h.update_and_cdf(batch)
         rounds.append((time.perf_counter() - start) / 40)
     assert min(rounds) < 1e-3
+
+
+def test_make_global_shares_the_history_through_the_gather():
+    """The one collective a global history needs is handed over explicitly, before the first update."""
+    other = torch.tensor([5.0, 6.0])
+    h = LossHistory(8)
+    h.make_global(lambda mine: (torch.cat([other, mine]), len(other)))  # this process is the second
+    assert torch.equal(h.update_and_cdf(torch.tensor([5.5, 7.0])), torch.tensor([0.25, 0.75], dtype=torch.float64))
+    assert torch.equal(h.values(), torch.tensor([5.0, 6.0, 5.5, 7.0], dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="before the first update_and_cdf"):
+        h.make_global(lambda mine: (mine, 0))
+    with pytest.raises(TypeError, match="callable"):
+        LossHistory(8).make_global("all_gather")

@@ -16,6 +16,8 @@ from sb_accel.engines.graph import assign_initializers, state_dict_arrays
 from sb_accel.engines.quantize import numpy_batches
 from sb_accel.models import create_model
 
+pytestmark = pytest.mark.needs_dataset("cifar10")  # every test here runs on the `cifar` fixture
+
 
 def _train(model, x, y, steps, seed=0):
     """Plain SGD on random minibatches: a few hundred steps spread the losses out."""

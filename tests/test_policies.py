@@ -80,7 +80,7 @@ def test_nan_selection_losses_raise_one_error_for_every_strategy(strategy, defer
     on the host; on a device folded into a flag, no host read, and raised at the epoch's end."""
     from sb_accel.selection import StrategyOptions, create_strategy
     from sb_accel.train import SelectionDriver
-    from sb_accel.train.scoring import ScoredCandidates
+    from sb_accel.train.scoring import ScoredBatch, ScoredCandidates
 
     policy = create_strategy(strategy, StrategyOptions(prime_epochs=0), batch_size=8, dataset_size=32)
     if strategy == "kath18":
@@ -90,9 +90,10 @@ def test_nan_selection_losses_raise_one_error_for_every_strategy(strategy, defer
     driver.start_epoch(0)
     x, y, idx = torch.rand(16, 3), torch.randint(0, 10, (16,)), torch.arange(16)
     if policy.needs_selection_forward:
-        run = lambda: list(driver.select(x, y, idx))  # noqa: E731
+        run = lambda: list(driver.train_batches(x, y, idx))  # noqa: E731
     else:  # no forwards of its own: losses scored elsewhere (the caller, a pipeline) are checked all the same
-        run = lambda: list(driver.submit(ScoredCandidates(x, y, idx, _NanEngine().losses(x, y), 16)))  # noqa: E731
+        scored = ScoredBatch(16, [ScoredCandidates(x, y, idx, _NanEngine().losses(x, y), 16)])
+        run = lambda: list(driver.submit(scored))  # noqa: E731
     if not deferred:
         with pytest.raises(FloatingPointError, match=r"^1 of 16 selection losses are NaN/inf: the model has diverged"):
             run()

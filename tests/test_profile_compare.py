@@ -28,7 +28,7 @@ def test_profile_cli_on_a_tiny_setting(tmp_path, capsys):
     for r in train:
         for key in ("selection_ms", "train_forward_ms", "backward_ms", "optimizer_ms"):
             assert r[f"{key}_p25"] <= r[key] <= r[f"{key}_p75"] and r[key] > 0
-        assert r["backward_over_forward"] == r["backward_ms"] / r["train_forward_ms"]
+        assert r["backward_over_forward"] > 0  # the ratio's arithmetic: test_profile_rows_on_scripted_timings
     engines = [r for r in data["rows"] if r["kind"] == "engine"]
     assert [r["name"] for r in engines] == default_engines()  # every other registered engine, once
     assert "torch-graph-fp16" in default_engines() and "torch-fp32" not in default_engines()
@@ -112,16 +112,34 @@ def test_cost_model_scales_the_in_loop_time_by_the_per_call_fit():
     assert default["sb torch-fp16"]["selection_s"] == pytest.approx(10 * 0.010)  # the in-loop time itself
 
 
-def test_profile_reports_the_per_call_fit(synthetic):
+def test_profile_rows_on_scripted_timings(synthetic, monkeypatch):
+    """The profile's rows from timings scripted here, checked against numbers worked by hand: the
+    training step's phases (medians and quartiles of three repeats, milliseconds) and their ratios,
+    and the per-call fit of calls that take exactly 2 ms + 5 us per example."""
+    import sb_accel.profile as profile_module
     from sb_accel.profile import profile_models, profile_tables
 
-    rows = profile_models(["small_cnn"], [16], ["fp32"], engines=[], data=synthetic, device="cpu", repeats=2,
+    steps = {"selection": [0.003, 0.001, 0.002], "train_forward": [0.002, 0.002, 0.004],
+             "backward": [0.010, 0.005, 0.006], "optimizer": [0.001, 0.001, 0.001]}
+    monkeypatch.setattr(profile_module, "time_phases", lambda step, device, repeats, warmup: steps)
+
+    def one_call(engine, batches, device, repeats, warmup):
+        n = len(batches[0][1])
+        return [0.002 + 5e-6 * n] * repeats, torch.zeros(n)
+    monkeypatch.setattr(measure, "selection_seconds", one_call)
+
+    rows = profile_models(["small_cnn"], [16], ["fp32"], engines=[], data=synthetic, device="cpu", repeats=3,
                           warmup=1, call_sizes=[8, 16, 32])
     (row,) = rows
     assert row["model"] == "small_cnn" and row["name"] == "fp32"
-    assert row["call_sizes"] == [8, 16, 32] and len(row["call_ms"]) == 3
-    assert measure.fit_call_cost(row["call_sizes"], [m / 1e3 for m in row["call_ms"]]) == pytest.approx(
-        (row["call_overhead_ms"] / 1e3, row["per_example_us"] / 1e6))
+    # sorted backward times 5, 6, 10 ms: median 6; quartiles interpolated halfway, 5.5 and 8
+    assert (row["backward_ms"], row["backward_ms_p25"], row["backward_ms_p75"]) == pytest.approx((6.0, 5.5, 8.0))
+    assert (row["train_forward_ms"], row["selection_ms"], row["optimizer_ms"]) == pytest.approx((2.0, 2.0, 1.0))
+    assert row["backward_over_forward"] == pytest.approx(3.0)  # 6 ms / 2 ms
+    assert row["selection_over_backward"] == pytest.approx(1 / 3)  # 2 ms / 6 ms
+    # calls of 8, 16, 32 examples: 2.04, 2.08, 2.16 ms, a line of 2 ms + 5 us per example
+    assert row["call_sizes"] == [8, 16, 32] and row["call_ms"] == pytest.approx([2.04, 2.08, 2.16])
+    assert (row["call_overhead_ms"], row["per_example_us"]) == pytest.approx((2.0, 5.0))
     assert "call ms (a)" in profile_tables(rows, []) and "us/example (b)" in profile_tables(rows, [])
 
 

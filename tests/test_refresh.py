@@ -415,6 +415,7 @@ def test_rank_agreement_leaves_out_near_ties():
 
 
 @pytest.mark.slow
+@pytest.mark.needs_dataset("cifar10")
 def test_resnet18_int8_trains_through_epochs_without_refresh_error(tmp_path):
     """The run that raised RefreshError (max |loss difference| 8.8e5 > 1) at its first validated
     refresh: ResNet-18 from scratch, INT8 selection, eval-mode losses of 1e4-1e6 early on."""

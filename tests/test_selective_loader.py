@@ -367,11 +367,11 @@ def test_the_loss_must_go_through_the_loader_for_strategies_that_learn_from_it()
 # --- the per-example loss hook on the engines -------------------------------------------------------
 def test_torch_graph_replays_any_batch_structure_like_eager_torch():
     from sb_accel.engines import EngineContext, TorchEngine
-    from test_torch_graph_engine import EagerGraphEngine
+    from test_torch_graph_engine import StandInGraphEngine
 
     model = DictModel()
     context = EngineContext(max_batch=32, options={"bucket_sizes": [8, 16, 32]})
-    engine = EagerGraphEngine(model, "fp32", context)
+    engine = StandInGraphEngine(model, "fp32", context)
     forward = lambda m, b: m(pixels=b["pixels"])  # noqa: E731
     eager = TorchEngine(model)
     for n in (3, 8, 20, 40):

@@ -244,7 +244,7 @@ def test_a_forward_mask_read_once_is_not_asked_or_read_again():
             harness.candidate(number)
             harness.batches += 1
             x, y = torch.randn(32, 3, 4, 4, device=STAND_IN), torch.randint(0, 10, (32,), device=STAND_IN)
-            list(driver.select(x, y, idx))
+            list(driver.train_batches(x, y, idx))
         harness.candidate(None)
     assert driver.forwards == 32
     over = harness.over_budget(2)

@@ -1,14 +1,17 @@
-"""TensorRT engine: clear error without TensorRT/CUDA, the input preparation (CPU); on a GPU, accuracy on
-channels_last batches and refit (skipped elsewhere; never executed yet: no TensorRT on the lent GPUs)."""
+"""TensorRT engine: clear error without TensorRT/CUDA, the input preparation, the refit's accept/refuse
+decision against a stand-in TensorRT (CPU); on a GPU, accuracy on channels_last batches and refit, in
+place or rebuilt as the engine reports (skipped elsewhere; never executed yet: no TensorRT on the lent GPUs)."""
 import copy
 import importlib.util
+from types import SimpleNamespace
 
+import onnx
 import pytest
 import torch
 
 from sb_accel.engines import EngineContext, EngineError, TorchEngine, create_engine, rank_correlation
 from sb_accel.engines.recipes import DEFAULTS
-from sb_accel.engines.tensorrt_backend import prepare_inputs
+from sb_accel.engines.tensorrt_backend import TensorRTEngine, prepare_inputs
 from sb_accel.models import create_model
 
 
@@ -43,6 +46,48 @@ def test_inputs_are_made_contiguous_nchw_in_the_engine_dtypes():
     assert list(tensors) == ["images", "labels"]
     assert images.is_contiguous() and images.stride() == (192, 64, 8, 1) and images.dtype == torch.float16
     assert torch.equal(images.float(), x.half().float()) and labels.dtype == torch.int64 and torch.equal(labels, y.long())
+
+
+class _StandInTensorRT:
+    """The parts of TensorRT's refit API that ``TensorRTEngine._reload`` calls, recording the calls."""
+
+    def __init__(self, parsed=True, missing=(), errors=(), refits=True):
+        self.calls = []
+        self.parsed, self.missing, self.errors, self.refits = parsed, list(missing), list(errors), refits
+
+    def Refitter(self, engine, logger):  # noqa: N802 (TensorRT's names)
+        return SimpleNamespace(get_missing_weights=lambda: self.missing, refit_cuda_engine=self._refit)
+
+    def OnnxParserRefitter(self, refitter, logger):  # noqa: N802
+        return SimpleNamespace(refit_from_bytes=self._parse, num_errors=len(self.errors),
+                               get_error=lambda i: self.errors[i])
+
+    def _parse(self, data):
+        self.calls.append("parse")
+        return self.parsed
+
+    def _refit(self):
+        self.calls.append("refit")
+        return self.refits
+
+
+def _reload_with(trt):
+    """``TensorRTEngine._reload`` run against ``trt``: (its answer, refresh_detail, the calls made)."""
+    engine = TensorRTEngine.__new__(TensorRTEngine)  # no build: only the refit decision is under test
+    engine._trt, engine._engine, engine._logger, engine.refresh_detail = trt, object(), None, ""
+    engine._stream = SimpleNamespace(synchronize=lambda: trt.calls.append("synchronize"))
+    return engine._reload(onnx.ModelProto()), engine.refresh_detail, trt.calls
+
+
+def test_refit_is_accepted_only_when_every_weight_is_given_and_waits_for_queued_work():
+    assert _reload_with(_StandInTensorRT()) == (True, "", ["parse", "synchronize", "refit"])
+    ok, detail, calls = _reload_with(_StandInTensorRT(missing=["conv1.weight_quantized"]))
+    assert not ok and calls == ["parse"]  # refused before touching the engine
+    assert detail.startswith("TensorRT refused the refit") and "conv1.weight_quantized" in detail
+    ok, detail, calls = _reload_with(_StandInTensorRT(parsed=False, errors=["Q/DQ weights are not refittable"]))
+    assert not ok and calls == ["parse"] and "Q/DQ weights are not refittable" in detail
+    ok, detail, calls = _reload_with(_StandInTensorRT(refits=False))
+    assert not ok and calls == ["parse", "synchronize", "refit"] and "refit_cuda_engine() failed" in detail
 
 
 def test_no_periodic_rebuild_by_default():
@@ -89,15 +134,22 @@ def test_tensorrt_refit_takes_new_weights(gpu, tmp_path, precision):
         for p in updated.parameters():
             p.mul_(1 + 0.05 * torch.randn_like(p))
     tolerance = 0.05 if precision == "fp16" else 0.5
+    built = engine._engine
     engine.refresh(updated)
     after = engine.losses(x, y)
     expected = TorchEngine(updated).losses(x, y)
     assert not torch.equal(after, before)
     assert (after - expected).abs().max() < tolerance
+    refitted = engine.refresh_kind == "cheap"
+    print(f"tensorrt-{precision} refresh: {engine.refresh_kind} {engine.refresh_detail}")  # what the GPU answered
     if precision == "fp16":  # FP16 weights are refittable: no rebuild (rebuild_every defaults to 0)
-        assert engine.refresh_kind == "cheap" and engine.refresh_detail == ""
-    else:  # whether Q/DQ weights refit is what this test finds out; a refused refit says why
-        assert engine.refresh_kind == "cheap" or "refused" in engine.refresh_detail
+        assert refitted
+    # Whether Q/DQ (INT8) weights refit is what this test finds out; either answer must be what
+    # happened: a refit keeps the built engine and says nothing, a refused one rebuilt it and says why.
+    if refitted:
+        assert engine.refresh_detail == "" and engine._engine is built
+    else:
+        assert engine.refresh_detail.startswith("TensorRT refused the refit") and engine._engine is not built
     engine.refresh(model, full=True)  # back to the old weights through a rebuild
     assert engine.refresh_kind == "full"
     assert (engine.losses(x, y) - TorchEngine(model).losses(x, y)).abs().max() < tolerance

@@ -1,7 +1,11 @@
-"""torch-graph: bucketing (exact), the CPU refusal, the engine's pad/split/re-capture logic on CPU with
-an eager stand-in for the graph, and on a GPU the real CUDA graphs against eager torch (skipped
-without CUDA): sizes around the buckets, an in-place optimizer step and a BatchNorm running-stat
-change seen without re-capture, the train/eval mode restored, a reallocated model re-captured."""
+"""torch-graph: bucketing (exact), the CPU refusal, the engine's own logic on CPU (pad, split,
+re-capture, modes, snapshots) with a stand-in for the CUDA graph that reads the model's tensors as a
+graph does, by the address they had at capture, and on a GPU the real CUDA graphs against eager
+torch (skipped without CUDA): sizes around the buckets, an in-place optimizer step and a BatchNorm
+running-stat change seen without re-capture, the train/eval mode restored, a reallocated model
+re-captured."""
+
+import warnings
 
 import pytest
 import torch
@@ -9,7 +13,7 @@ import torch.nn as nn
 
 from sb_accel.engines import EngineContext, EngineError, TorchEngine, create_engine, list_engines
 from sb_accel.engines.buckets import plan_buckets, usable_buckets
-from sb_accel.engines.cuda_graphs import eager_capture, input_memory_format, pointer_table, pointers_unchanged
+from sb_accel.engines.cuda_graphs import CapturedBatch, input_memory_format, pointer_table, pointers_unchanged
 from sb_accel.engines.torch_graph import CPU_REFUSAL, TorchGraphEngine
 from sb_accel.models import create_model
 
@@ -66,10 +70,29 @@ def test_refuses_cpu_with_a_clear_message():
     assert "torch-graph-fp16" in list_engines()
 
 
-class EagerGraphEngine(TorchGraphEngine):
-    """The engine with its CUDA capture replaced by eager replays, to test its own logic on CPU."""
+class StandInGraphEngine(TorchGraphEngine):
+    """The engine on CPU, its CUDA capture replaced by a stand-in with a graph's semantics: a replay
+    reads the parameter and buffer tensors the model held at capture (a graph reads them by address),
+    so an in-place update is seen and a reallocated tensor is not, until the engine re-captures."""
 
-    capture = staticmethod(eager_capture)
+    def capture(self, forward, x, y, pool=None, stream=None, warmup=0):
+        # every parameter and buffer with the dict that holds it (listed here, not by the engine's
+        # pointer_table: the stand-in must not share what it tests)
+        captured = [(store, name, tensor) for module in self.model.modules()
+                    for store in (module._parameters, module._buffers) for name, tensor in store.items()]
+        out = forward(x, y)
+
+        def replay():
+            now = [(store, name, store.get(name)) for store, name, _ in captured]
+            for store, name, tensor in captured:  # the tensors (addresses) of the capture...
+                store[name] = tensor
+            try:
+                out.copy_(forward(x, y))
+            finally:  # ...read for this replay only; the model keeps what it holds now
+                for store, name, tensor in now:
+                    store[name] = tensor
+
+        return CapturedBatch(x, y, out, replay)
 
     def _check_device(self, model, context):
         return next(model.parameters()).device
@@ -78,7 +101,7 @@ class EagerGraphEngine(TorchGraphEngine):
 def _engine(model, buckets=(8, 16, 32), **options):
     context = EngineContext(sample_batches=[_batch(8)], max_batch=max(buckets),
                             options={"bucket_sizes": list(buckets), **options})
-    return EagerGraphEngine(model, "fp32", context)
+    return StandInGraphEngine(model, "fp32", context)
 
 
 @pytest.fixture()
@@ -101,14 +124,32 @@ def test_engine_pads_splits_and_slices_like_eager_torch(model):
     assert engine.captures == 1
 
 
-def test_engine_reads_in_place_updates_and_restores_the_mode(model):
+def test_stand_in_replays_read_the_tensors_of_the_capture(model):
+    """The stand-in is a graph where it matters here: a replay without re-capture after the model's
+    tensors were reallocated still computes with the old ones (an eager replay would not)."""
+    engine = _engine(model)
+    graph, (x, y) = engine._graphs[8], _batch(8, seed=5)
+    graph.x.copy_(x)
+    graph.y.copy_(y)
+    graph.replay()
+    before = graph.out.clone()
+    model.load_state_dict({k: v * 1.1 if v.is_floating_point() else v for k, v in model.state_dict().items()},
+                          assign=True)
+    graph.replay()
+    torch.testing.assert_close(graph.out, before)
+    assert (TorchEngine(model).losses(x, y) - before).abs().max() > 1e-3
+
+
+def test_engine_sees_in_place_updates_through_the_captured_tensors_and_restores_the_mode(model):
     engine = _engine(model)
     x, y = _batch(20, seed=1)
     before = engine.losses(x, y)
+    addresses = [t.data_ptr() for _, _, t, _ in pointer_table(model)]
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     nn.functional.cross_entropy(model(x), y).backward()
     optimizer.step()  # in place: same tensors, same addresses; BN running stats updated by the forward
+    assert addresses == [t.data_ptr() for _, _, t, _ in pointer_table(model)]
     after = engine.losses(x, y)
     assert model.training and all(m.training for m in model.modules())  # the caller's mode is kept
     assert (after - before).abs().max() > 1e-3
@@ -131,6 +172,22 @@ def test_reallocated_parameters_are_recaptured_with_a_warning(model):
     torch.testing.assert_close(got, TorchEngine(model).losses(x, y), atol=1e-5, rtol=1e-5)
     engine.losses(x, y)
     assert engine.captures == 2
+
+
+def test_a_reallocated_batchnorm_buffer_alone_is_recaptured(model):
+    """Buffers are read by address too: new running statistics assigned to one BatchNorm (not copied
+    in place) are seen only through a re-capture."""
+    engine = _engine(model)
+    x, y = _batch(12, seed=6)
+    before = engine.losses(x, y)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    bn.running_var = bn.running_var * 4 + 1  # a new tensor under the same name
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = engine.losses(x, y)
+    assert (got - before).abs().max() > 1e-3  # the new statistics are used...
+    torch.testing.assert_close(got, TorchEngine(model).losses(x, y), atol=1e-5, rtol=1e-5)
+    assert engine.captures == 2 and any("re-captured" in str(w.message) for w in caught)  # ...through a re-capture
 
 
 def test_fp32_capture_ignores_the_callers_autocast(model):
@@ -171,7 +228,7 @@ def test_bad_options_are_engine_errors(model):
     with pytest.raises(EngineError, match="compile must be one of"):
         _engine(model, compile="reduce-overhead")
     with pytest.raises(EngineError, match="precision must be one of"):
-        EagerGraphEngine(model, "int8", EngineContext())
+        StandInGraphEngine(model, "int8", EngineContext())
 
 
 # --- GPU ------------------------------------------------------------------------------------------

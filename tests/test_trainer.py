@@ -40,6 +40,7 @@ def test_every_strategy_trains_and_logs(tmp_path, synthetic, strategy):
         assert summary["backprops"] == pytest.approx(3 * n - sampled + sampled // 3, abs=3 * 32)
 
 
+@pytest.mark.needs_dataset("cifar10")
 def test_sb_learns_real_cifar10_subset(tmp_path):
     cfg = TrainConfig(dataset="cifar10", train_subset=3000, test_subset=1000, model="small_cnn", strategy="sb",
                       epochs=3, lr=0.05, lr_schedule="linear", run_dir=str(tmp_path / "run"), progress=False)

@@ -85,10 +85,6 @@ class ArrayDataset:
     def in_channels(self) -> int:
         return self.x_train.shape[1]
 
-    @property
-    def image_size(self) -> int:
-        return self.x_train.shape[2]
-
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or float 0..255) images -> float32 standardised per channel, on x's device."""
         staged = self._staged.get(x.device)

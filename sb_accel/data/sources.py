@@ -15,7 +15,21 @@ from .array_dataset import ArrayDataset, DataError
 from .npz import from_npz, save_npz_atomic
 from .paths import data_search_dirs, find_data_file, missing_dataset_error
 
-__all__ = ["load_cifar10", "npz_or_torchvision"]
+__all__ = ["load_cifar10", "npz_or_torchvision", "local_dataset_file"]
+
+# The files a named dataset is read from without downloading, in order of preference (default:
+# ``<name>.npz``); CIFAR-10 also from the offline JPEG copy, decoded once into ``cifar10.npz``.
+_LOCAL_FILES = {"cifar10": ("cifar10.npz", "cifar10_jpeg.npz")}
+
+
+def local_dataset_file(name: str, data_dir: Optional[str] = None) -> Optional[Path]:
+    """The file :func:`~sb_accel.data.load_dataset` reads dataset ``name`` from without
+    downloading, searched as :func:`~sb_accel.data.paths.data_search_dirs` says; None if there is none."""
+    for filename in _LOCAL_FILES.get(name, (f"{name}.npz",)):
+        found = find_data_file(filename, data_dir)
+        if found is not None:
+            return found
+    return None
 
 
 def _decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -26,19 +40,18 @@ def _decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 def load_cifar10(data_dir: Optional[str], download: bool) -> ArrayDataset:
     target = data_search_dirs(data_dir)[0] / "cifar10.npz"
-    found = find_data_file("cifar10.npz", data_dir)
-    if found:
+    found = local_dataset_file("cifar10", data_dir)
+    if found is not None and found.name == "cifar10.npz":
         return from_npz(found, "cifar10", 10)
-    jpeg = find_data_file("cifar10_jpeg.npz", data_dir)
-    if jpeg:  # the offline JPEG copy: decode once into the data dir (~10 s)
+    if found is not None:  # the offline JPEG copy, cifar10_jpeg.npz: decode once into the data dir (~10 s)
         try:
-            with np.load(jpeg, allow_pickle=False) as src:
+            with np.load(found, allow_pickle=False) as src:
                 arrays = {"x_train": _decode_jpeg_blob(src["train_jpeg"], src["train_offsets"]),
                           "y_train": src["y_train"],
                           "x_test": _decode_jpeg_blob(src["test_jpeg"], src["test_offsets"]),
                           "y_test": src["y_test"]}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DataError(f"{jpeg} (the CIFAR-10 JPEG copy) cannot be read ({type(exc).__name__}: {exc}), e.g. "
+            raise DataError(f"{found} (the CIFAR-10 JPEG copy) cannot be read ({type(exc).__name__}: {exc}), e.g. "
                             "an interrupted copy: copy it again, or put cifar10.npz beside it") from None
         save_npz_atomic(target, **arrays)
         return from_npz(target, "cifar10", 10)
@@ -49,8 +62,8 @@ def load_cifar10(data_dir: Optional[str], download: bool) -> ArrayDataset:
 
 def npz_or_torchvision(name: str, tv_class: str, num_classes: int) -> Callable[[Optional[str], bool], ArrayDataset]:
     def load(data_dir: Optional[str], download: bool) -> ArrayDataset:
-        found = find_data_file(f"{name}.npz", data_dir)
-        if found:
+        found = local_dataset_file(name, data_dir)
+        if found is not None:
             return from_npz(found, name, num_classes)
         target = data_search_dirs(data_dir)[0] / f"{name}.npz"
         if download:

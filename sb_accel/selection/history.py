@@ -13,9 +13,10 @@ from ..transfer import to_device
 
 __all__ = ["LossHistory", "Gather"]
 
-# A gather hook: this process's losses in, (every process's losses concatenated, the offset of this
-# process's own in them) out. Distributed training injects one (sb_accel.train.distributed); the
-# selection package itself never communicates.
+# The one collective a global history needs: this process's losses in, (every process's losses
+# concatenated, the offset of this process's own in them) out. Distributed training hands one to
+# LossHistory.make_global (sb_accel.train.distributed.RankGroup.gather_losses); the selection
+# package itself never communicates.
 Gather = Callable[[torch.Tensor], Tuple[torch.Tensor, int]]
 
 # The sequential mode scores a batch in chunks of at most this many examples: it compares each
@@ -42,10 +43,11 @@ class LossHistory:
 
     Losses must not be NaN: a NaN in the history makes every percentile meaningless.
 
-    ``gather`` (default None) makes the history global across processes: every batch of losses
-    goes through it, every process's losses are appended in the order it returns them (so all
-    processes hold the same history), and only this process's own are scored. Every process must
-    then call :meth:`update_and_cdf` the same number of times with the same number of losses.
+    ``gather`` (default None; or later :meth:`make_global`) makes the history global across
+    processes: every batch of losses goes through it, every process's losses are appended in the
+    order it returns them (so all processes hold the same history), and only this process's own are
+    scored. Every process must then call :meth:`update_and_cdf` the same number of times with the
+    same number of losses.
 
     The ring lives on the device :meth:`to` puts it on (CPU by default); losses from any device are
     copied there and every percentile is computed there, so on a GPU nothing is read back to the host.
@@ -60,6 +62,18 @@ class LossHistory:
         self.mode = mode
         self._buffer = torch.empty(size, dtype=torch.float64)
         self._count = 0  # total losses ever appended; the ring position is count % size
+        self.gather: Optional[Gather] = None
+        if gather is not None:
+            self.make_global(gather)
+
+    def make_global(self, gather: Gather) -> None:
+        """Share this history across processes through ``gather`` (see :data:`Gather` and the class
+        docstring); call it on every process before the first :meth:`update_and_cdf`."""
+        if not callable(gather):
+            raise TypeError(f"gather must be a callable (losses -> (every process's losses, offset)), got {gather!r}")
+        if self._count:
+            raise RuntimeError(f"make_global() after {self._count} losses: the processes' histories would differ; "
+                               "call it before the first update_and_cdf()")
         self.gather = gather
 
     def __len__(self) -> int:

@@ -1,19 +1,30 @@
 """The selection driver: the one place where selection happens (Selective-Backprop, Alg. 1).
 
-    candidates (x, y, indices)
-      -> policy.requires_forward        which candidates need a selection pass
-      -> engine.losses                  per-example losses of those (the selection forwards)
-      -> policy.select / loss_weights   keep mask and per-example loss weights
-      -> BackpropBatcher                full training batches of exactly ``batch_size`` kept examples
-    train step on each batch, then
-      -> policy.observe                 the training-forward losses of the batch
+One candidate batch, in the order the code runs it::
 
-A small functional core (:mod:`sb_accel.train.scoring`: ``score_candidates``, ``decide``) does one
-candidate batch;
-:class:`SelectionDriver` adds the state around it: the policy's lifecycle (epoch start and end,
-observed training losses), the batcher, the engine refresher and the counters. The Trainer, the
-drop-in API (:class:`sb_accel.SelectiveBackprop`) and the benchmarks all use the driver, so a
-strategy behaves the same whichever loop runs it.
+    candidates (x, y, indices)                        from the loader
+      score(x, y, indices) -> ScoredBatch             SelectionForwards (scoring.py):
+        policy.requires_forward                         which candidates need a selection pass
+        engine.losses                                   their losses; a part of a candidate batch is
+                                                        gathered into full selection batches
+      submit(scored) -> training batches              for each part, in order:
+        policy.select / loss_weights                    keep mask and per-example loss weights (decide)
+        BackpropBatcher                                 full batches of exactly ``batch_size`` kept examples
+        LockstepBatches (DDP)                           as many as every rank can train now
+    train step on each batch (the caller), then
+      observe(batch, losses)                          the training-forward losses -> policy.observe
+      after_step(model, step)                         the engine refresh, when due
+
+``train_batches(x, y, indices)`` is ``submit(score(x, y, indices))``; the pipelined Trainer calls
+``score`` in its worker thread (:mod:`sb_accel.train.pipeline`) and ``submit`` in the main thread,
+so a pipelined run groups candidates and consumes random draws as a serial one does (its forwards
+may only run on an engine a refresh or two older).
+
+:class:`SelectionDriver` holds the state around the functional core of :mod:`sb_accel.train.scoring`:
+the policy's lifecycle (epoch start and end, observed training losses), the batcher, the engine
+refresher and the counters. The Trainer, the drop-in API (:class:`sb_accel.SelectiveBackprop`), the
+selecting loader and the benchmarks all use the driver, so a strategy behaves the same whichever
+loop runs it.
 
 Under DistributedDataParallel (``group`` given) the driver runs on every rank over that rank's
 candidates and adds three things (docs/DISTRIBUTED.md): the SB loss history is global (every rank
@@ -35,7 +46,7 @@ from ..transfer import to_device
 from .distributed import RankGroup
 from .divergence import SelectionLossCheck
 from .lockstep import LockstepBatches
-from .scoring import ScoredCandidates, decide, nan_losses, rows_of, score_candidates
+from .scoring import ScoredBatch, ScoredCandidates, SelectionForwards, decide
 from .tables import ExampleTables, innermost_policy
 
 __all__ = ["SelectionDriver"]
@@ -48,7 +59,7 @@ class SelectionDriver:
 
         driver.start_epoch(epoch)
         for x, y, idx in candidates:
-            for batch in driver.select(x, y, idx):     # or driver.submit(scored) for pre-scored ones
+            for batch in driver.train_batches(x, y, idx):   # = driver.submit(driver.score(x, y, idx))
                 per_example = ...                       # the training forward on batch.x
                 driver.observe(batch, per_example)      # before or after backward
                 ...                                     # backward, optimizer step
@@ -73,10 +84,9 @@ class SelectionDriver:
         shared_history: with ``group``, score against the global loss history (all ranks' losses;
             default) rather than this rank's own (``False``: the ``"local"`` comparison setting).
         forward_batch_size: when a policy asks for selection forwards on only part of a candidate
-            batch (Stale-SB: the stale examples), those candidates are gathered into selection
-            batches of this size (0: the candidate batch size), so the engine never runs on a ragged
-            or tiny batch and the selection cost scales with the forwards made. The remainder is
-            scored at the epoch's end. Not under DDP (ranks would make different collective calls).
+            batch (Stale-SB: the examples with no loss yet), those candidates are gathered into
+            selection batches of this size (0: the candidate batch size); the last, smaller one is
+            scored at the epoch's end. Not under DDP (see :class:`SelectionForwards`).
         engine: the engine selection calls go to; default: the refresher's (which a refresh or a
             fallback may swap). The selecting loader passes one that scores rows of the user's
             stored batches (:class:`sb_accel.candidate_rows.StoredRowsEngine`).
@@ -92,8 +102,7 @@ class SelectionDriver:
         self.refresher = refresher
         self._engine = engine
         self.batcher = BackpropBatcher(batch_size, end_of_epoch)
-        self.forward_batch_size = forward_batch_size
-        self._awaiting_forward: Optional[BackpropBatcher] = None  # the selection batcher (created lazily)
+        self.scorer = SelectionForwards(policy, lambda: self.engine, forward_batch_size, regroup=group is None)
         self.lockstep: Optional[LockstepBatches] = None
         self.tables: Optional[ExampleTables] = None
         if group is not None:
@@ -101,9 +110,9 @@ class SelectionDriver:
                 raise ValueError("a distributed driver needs dataset_size (its per-example tables are global)")
             self.lockstep = LockstepBatches(group, end_of_epoch)
             self.tables = ExampleTables(policy, dataset_size, group) or None
-            history = getattr(innermost_policy(policy), "history", None)
+            history = getattr(innermost_policy(policy), "history", None)  # SB's and Stale-SB's LossHistory
             if shared_history and history is not None:
-                history.gather = group.gather_losses
+                history.make_global(group.gather_losses)
         self._empty: Optional[TrainBatch] = None  # a zero-example batch, for lockstep partial steps
         self.selection_losses = SelectionLossCheck()  # NaN/inf among them, for every strategy alike
         self.num_epochs = num_epochs
@@ -145,9 +154,8 @@ class SelectionDriver:
     def end_epoch(self) -> Iterator[TrainBatch]:
         """The remainder of kept examples as the end-of-epoch rule says (``"partial"``: one batch;
         under DDP as many lockstep steps as the rank with most left needs)."""
-        if self._awaiting_forward is not None:  # the last, smaller selection batch of the epoch
-            for group in self._awaiting_forward.end_epoch():
-                yield from self._score_and_submit(group)
+        for part in self.scorer.flush():  # the last, smaller selection batch of the epoch
+            yield from self._submit_part(part)
         if self.lockstep is None:
             yield from self.batcher.end_epoch()
         else:
@@ -170,9 +178,7 @@ class SelectionDriver:
 
     def buffered(self) -> List[TrainBatch]:
         """Every kept or candidate example the driver holds and has not handed out yet."""
-        held = self.batcher.buffered()
-        if self._awaiting_forward is not None:
-            held += self._awaiting_forward.buffered()
+        held = self.batcher.buffered() + self.scorer.buffered()
         return held + ([] if self.lockstep is None else self.lockstep.buffered())
 
     @property
@@ -181,12 +187,22 @@ class SelectionDriver:
         return self.batcher.dropped + (0 if self.lockstep is None else self.lockstep.dropped)
 
     # --- one candidate batch ------------------------------------------------------------------
-    def score(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> ScoredCandidates:
-        """Selection forwards for the candidates that need them."""
-        return score_candidates(self.engine, self.policy, x, y, indices, self.epoch)
+    def score(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> ScoredBatch:
+        """The selection forwards of candidate batch ``(x, y, indices)`` (lazily: see :class:`ScoredBatch`)."""
+        indices = to_device(indices, self.policy.device)
+        return ScoredBatch(len(indices), self.scorer.score(x, y, indices, self.epoch))
 
-    def submit(self, scored: ScoredCandidates) -> Iterator[TrainBatch]:
-        """Let the policy decide on ``scored``; yield every full training batch now ready."""
+    def submit(self, scored: ScoredBatch) -> Iterator[TrainBatch]:
+        """Let the policy decide on each part of ``scored``; yield every full training batch now ready."""
+        for part in scored.parts:
+            yield from self._submit_part(part)
+
+    def train_batches(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> Iterator[TrainBatch]:
+        """Candidates in, the full training batches of kept examples now ready out:
+        :meth:`score` then :meth:`submit`."""
+        yield from self.submit(self.score(x, y, indices))
+
+    def _submit_part(self, scored: ScoredCandidates) -> Iterator[TrainBatch]:
         # indices where the policy's tables are: the batcher then never indexes host indices with device rows
         scored.indices = to_device(scored.indices, self.policy.device)
         self.selection_losses.update(scored.losses, scored.forwards)
@@ -204,33 +220,6 @@ class SelectionDriver:
                 self._empty = TrainBatch(scored.x[:0].clone(), scored.y[:0].clone(), scored.indices[:0].clone(),
                                          torch.ones(0))
             yield from self.lockstep.offer(batches)
-
-    def select(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> Iterator[TrainBatch]:
-        """:meth:`score` then :meth:`submit`; candidates of a partial forward set go through the
-        selection batcher (see ``forward_batch_size``)."""
-        indices = to_device(indices, self.policy.device)
-        need = self.policy.requires_forward(indices, self.epoch)
-        # Under DDP every rank must make the same calls (the history gather and the lockstep are
-        # collectives), so forwards are not regrouped there.
-        if isinstance(need, bool) or self.lockstep is not None:
-            yield from self.submit(self.score(x, y, indices))
-            return
-        stale = need.nonzero().squeeze(1)  # the one read of the mask: which candidates need a forward
-        if len(stale) in (0, len(indices)):  # all or none: the mask is known now, not asked or read again
-            yield from self.submit(score_candidates(self.engine, self.policy, x, y, indices, self.epoch,
-                                                    need=len(stale) > 0))
-            return
-        cached = torch.nonzero_static(~need, size=len(indices) - len(stale)).squeeze(1)  # count known: no read
-        no_loss = nan_losses(len(cached), need.device)
-        yield from self.submit(ScoredCandidates(*rows_of(x, y, indices, cached), no_loss, 0))
-        if self._awaiting_forward is None:
-            self._awaiting_forward = BackpropBatcher(self.forward_batch_size or len(indices), "partial")
-        for group in self._awaiting_forward.add_rows(*rows_of(x, y, indices, stale), rows=None):
-            yield from self._score_and_submit(group)
-
-    def _score_and_submit(self, group: TrainBatch) -> Iterator[TrainBatch]:
-        losses = self.engine.losses(group.x, group.y).float()
-        yield from self.submit(ScoredCandidates(group.x, group.y, group.indices, losses, len(group)))
 
     def observe(self, batch: TrainBatch, losses: torch.Tensor) -> None:
         """Hand the training-forward losses of ``batch`` to the policy."""
@@ -277,8 +266,9 @@ class SelectionDriver:
                               "observed": self.observed}}
         if self.lockstep is not None:
             state["lockstep"] = self.lockstep.state_dict()
-        if self._awaiting_forward is not None and self._awaiting_forward.pending():  # mid-epoch (the loader)
-            state["awaiting"] = {"batch_size": self._awaiting_forward.batch_size, **self._awaiting_forward.state_dict()}
+        waiting = self.scorer.state_dict()
+        if waiting:  # mid-epoch (the selecting loader)
+            state["awaiting"] = waiting
         return state
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device | str = "cpu") -> None:
@@ -287,8 +277,7 @@ class SelectionDriver:
         if self.lockstep is not None and "lockstep" in state:
             self.lockstep.load_state_dict(state["lockstep"], device)
         if "awaiting" in state:
-            self._awaiting_forward = BackpropBatcher(state["awaiting"]["batch_size"], "partial")
-            self._awaiting_forward.load_state_dict(state["awaiting"], device)
+            self.scorer.load_state_dict(state["awaiting"], device)
         self.epoch = int(state["epoch"])
         self.epoch_open = bool(state["epoch_open"])
         self.selecting = self.selects(self.epoch)

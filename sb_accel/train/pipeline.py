@@ -1,10 +1,11 @@
 """Pipelined selection (paper §3.3): a background thread prepares the next candidate batches and
 runs their selection passes while the main thread trains.
 
-The worker fetches a candidate batch, asks the policy which candidates need a fresh loss, and runs
-the engine on those; the main thread then lets the policy decide (policy state stays single-
-threaded apart from ``requires_forward``, which only reads it). ONNX Runtime and PyTorch release
-the GIL inside their kernels, so the two overlap. The engine must be a snapshot, never the live
+The worker fetches a candidate batch and runs the driver's ``score`` on it (the policy's
+``requires_forward``, which only reads its state, and the selection forwards, gathered as in a
+serial run: :class:`~sb_accel.train.scoring.SelectionForwards`); the main thread then lets the
+policy decide (``SelectionDriver.submit``), so the decisions are a serial run's. ONNX Runtime and
+PyTorch release the GIL inside their kernels, so the two overlap. The engine must be a snapshot, never the live
 model being trained, and anything that changes the engine (a refresh) must hold :attr:`lock`.
 
 On CUDA one thread is not enough: kernels queued on the same stream run one after the other
@@ -29,9 +30,7 @@ from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 
-from ..engines import SelectionEngine
-from ..selection import SelectionPolicy
-from .scoring import ScoredCandidates, score_candidates
+from .scoring import ScoredBatch
 
 __all__ = ["SelectionPipeline"]
 
@@ -47,11 +46,12 @@ class _Streams:
         self.side = torch.cuda.Stream(device)
         self.engine_changed: Optional[torch.cuda.Event] = None
 
-    def adopt(self, scored: ScoredCandidates) -> None:
+    def adopt(self, scored: ScoredBatch) -> None:
         """The training stream takes over ``scored``'s tensors (made, and finished, on the side stream)."""
-        for t in (scored.x, scored.y, scored.indices, scored.losses):
-            if t.is_cuda:
-                t.record_stream(self.training)
+        for part in scored.parts:
+            for t in (part.x, part.y, part.indices, part.losses):
+                if t.is_cuda:
+                    t.record_stream(self.training)
 
 
 class _EngineLock:
@@ -86,21 +86,23 @@ class _EngineLock:
             streams.side.synchronize()  # blocks the worker only
 
 
+Candidates = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 class SelectionPipeline:
-    """Runs ``score_candidates`` for one epoch's candidate batches in a worker thread.
+    """Runs ``score`` for one epoch's candidate batches in a worker thread; iterating it yields a
+    :class:`ScoredBatch` per candidate batch, in order, with every part's selection forward done.
 
     Args:
         batches: the epoch's candidate batches ``(x, y, indices)``.
-        engine: a callable returning the engine to use now (the refresher may swap it).
-        policy: the selection policy (only ``requires_forward`` is called from the worker).
-        epoch: the epoch number.
+        score: a candidate batch's selection forwards (``SelectionDriver.score``); the worker
+            runs its lazy parts before handing the batch over.
         depth: how many scored batches may wait in the queue.
         device: the training device; on CUDA the worker's kernels go on a stream of their own.
     """
 
-    def __init__(self, batches: Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                 engine: Callable[[], SelectionEngine], policy: SelectionPolicy, epoch: int, depth: int = 2,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, batches: Iterator[Candidates], score: Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                 ScoredBatch], depth: int = 2, device: torch.device | str = "cpu") -> None:
         device = torch.device(device)
         self._streams = _Streams(device) if device.type == "cuda" else None
         self.lock = _EngineLock(self._streams)
@@ -108,17 +110,18 @@ class SelectionPipeline:
         self._queue: "queue.Queue[object]" = queue.Queue(maxsize=depth)
         self._error: Optional[BaseException] = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(batches, engine, policy, epoch),
+        self._thread = threading.Thread(target=self._work, args=(batches, score),
                                         name="sb-selection", daemon=True)
         self._thread.start()
 
-    def _work(self, batches, engine, policy, epoch) -> None:
+    def _work(self, batches: Iterator[Candidates], score: Callable[..., ScoredBatch]) -> None:
         try:
             with self._on_side_stream():
                 for x, y, idx in batches:
                     start = time.perf_counter()
                     with self.lock.held_by_worker():
-                        scored = score_candidates(engine(), policy, x, y, idx, epoch)
+                        lazy = score(x, y, idx)
+                        scored = ScoredBatch(lazy.candidates, list(lazy.parts))
                     self.busy_seconds += time.perf_counter() - start
                     if not self._hand_over(scored):
                         return
@@ -129,7 +132,7 @@ class SelectionPipeline:
     def _on_side_stream(self):
         return contextlib.nullcontext() if self._streams is None else torch.cuda.stream(self._streams.side)
 
-    def _hand_over(self, scored: ScoredCandidates) -> bool:
+    def _hand_over(self, scored: ScoredBatch) -> bool:
         """Queue ``scored`` for the main thread; False once the pipeline is closed."""
         while not self._stop.is_set():
             try:
@@ -139,7 +142,7 @@ class SelectionPipeline:
                 continue
         return False
 
-    def __iter__(self) -> Iterator[ScoredCandidates]:
+    def __iter__(self) -> Iterator[ScoredBatch]:
         while True:
             item = self._queue.get()
             if item is _DONE:

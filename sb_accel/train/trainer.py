@@ -189,9 +189,8 @@ class Trainer:
         driver.start_epoch(self.epoch)
         n = len(self.source)
         batches: Iterator = self.source.epoch(self.selection_batch_size(self.epoch))
-        if cfg.pipeline:  # the worker yields ScoredCandidates instead of (x, y, indices)
-            self.pipeline = SelectionPipeline(batches, lambda: driver.engine, driver.policy, self.epoch,
-                                              cfg.pipeline_depth, self.device)
+        if cfg.pipeline:  # the worker yields ScoredBatches instead of (x, y, indices)
+            self.pipeline = SelectionPipeline(batches, driver.score, cfg.pipeline_depth, self.device)
             batches = iter(self.pipeline)
         try:
             while True:
@@ -201,10 +200,10 @@ class Trainer:
                     break
                 # The driver selects lazily, as _train_on asks it for batches: that time is "selection".
                 self.timer.switch("selection")
-                self._train_on(driver.submit(candidate) if cfg.pipeline else driver.select(*candidate))
-                count = len(candidate.indices if cfg.pipeline else candidate[2])
-                self.progress += count / n
-                bar.update(count)
+                scored = candidate if cfg.pipeline else driver.score(*candidate)
+                self._train_on(driver.submit(scored))
+                self.progress += scored.candidates / n
+                bar.update(scored.candidates)
         finally:
             if self.pipeline is not None:
                 self.pipeline.close()
