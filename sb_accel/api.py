@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .engines import EngineContext, EngineRefresher, default_schedule, parse_engine_spec
-from .selection import StrategyOptions, TrainBatch, create_strategy, priming_epochs, strategy_info
+from .selection import DEFAULTS, StrategyOptions, TrainBatch, create_strategy, priming_epochs, strategy_info
 from .loader_checks import api_nonfinite_message, guard_training_losses
 from .train.candidates import loss_history_size
 from .train.driver import SelectionDriver
@@ -63,7 +63,7 @@ class SelectiveBackprop:
             train on everything in their first epoch unless ``prime_epochs=0``.
     """
 
-    def __init__(self, model: nn.Module, selectivity: float = 0.33, *, strategy: str = "sb",
+    def __init__(self, model: nn.Module, selectivity: float = DEFAULTS.selectivity, *, strategy: str = "sb",
                  batch_size: Optional[int] = None, engine: str = "auto", refresh_every: int = 1,
                  dataset_size: Optional[int] = None, epochs: Optional[int] = None, end_of_epoch: str = "carry",
                  calibration: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None, **options: Any) -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``sb-accel train | demo | profile | compare | report | list-models | list-engines | completion``.
+"""Command line: ``sb-accel train | demo | profile | compare | report | list-models | list-engines | list-strategies | completion``.
 
 Exit status (every error the CLI gives, with its fix: docs/ERRORS.md):
 
@@ -25,7 +25,7 @@ from typing import Any, List, Optional, Tuple
 
 from .commands import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_TERMINATED, EXIT_USAGE
 from .commands.completion import cmd_completion
-from .commands.listings import cmd_list_engines, cmd_list_models
+from .commands.listings import cmd_list_engines, cmd_list_models, cmd_list_strategies
 from .commands.measurement import cmd_compare, cmd_profile, cmd_report
 from .commands.parser import build_parser
 from .commands.training import cmd_demo, cmd_train
@@ -42,6 +42,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _HANDLERS = {"train": cmd_train, "demo": cmd_demo, "list-models": cmd_list_models, "list-engines": cmd_list_engines,
+             "list-strategies": cmd_list_strategies,
              "profile": cmd_profile, "compare": cmd_compare, "report": cmd_report, "completion": cmd_completion}
 
 

@@ -24,19 +24,31 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package (a dependency there)
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["TrainConfig", "ConfigError", "STRATEGIES", "CHOICES", "CONFIG_NAME", "CHECKPOINT_NAME", "check_value",
+from .strategy_options import DEFAULTS as STRATEGY_DEFAULTS
+
+__all__ = ["TrainConfig", "ConfigError", "CHOICES", "choices", "CONFIG_NAME", "CHECKPOINT_NAME", "check_value",
            "check_keys", "load_values"]
 
 CONFIG_NAME = "config.json"  # the resolved config the Trainer saves in every run directory
 CHECKPOINT_NAME = "checkpoint.pt"  # the run's last good state (written atomically every epoch)
 
-STRATEGIES = ("traditional", "sb", "stale-sb", "kath18", "infobatch")
-# The fields that take one of a few words (validated here; offered by the shell completion).
+# The fields that take one of a few words (validated here; offered by the shell completion), besides
+# ``strategy``, which takes a registered strategy (:func:`choices`).
 CHOICES: Dict[str, Tuple[str, ...]] = {
-    "strategy": STRATEGIES, "history_mode": ("batch", "sequential"), "end_of_epoch": ("carry", "partial", "drop"),
+    "history_mode": ("batch", "sequential"), "end_of_epoch": ("carry", "partial", "drop"),
     "lr_schedule": ("multistep", "cosine", "linear", "constant"), "engine_fallback": ("raise", "torch"),
     "ddp_history": ("global", "local"), "amp": ("off", "bf16", "fp16"), "augment": ("preset", "none"),
 }
+
+
+def choices(name: str) -> Tuple[str, ...]:
+    """The words the field ``name`` takes (empty: any value). The strategies are the registry's
+    (``@register_strategy``): asking for them loads the policies, so ``--help`` does not."""
+    if name == "strategy":
+        from .selection import list_strategies
+
+        return tuple(list_strategies())
+    return CHOICES.get(name, ())
 
 
 class ConfigError(ValueError):
@@ -55,19 +67,19 @@ class TrainConfig:
     # model
     model: str = "small_cnn"
     width: int = 0                 # model width override (0: the model's default)
-    # strategy
+    # strategy (a registered one; its knobs' defaults are the strategy options', STRATEGY_DEFAULTS)
     strategy: str = "sb"
-    selectivity: float = 0.33
-    beta: Optional[float] = None
+    selectivity: float = STRATEGY_DEFAULTS.selectivity
+    beta: Optional[float] = STRATEGY_DEFAULTS.beta
     history: int = 0  # R, the losses SB's CDF covers; 0: automatic (twice the selection batch, at least 1024)
-    floor: float = 0.0
-    history_mode: str = "batch"
-    prime_epochs: Optional[int] = None   # None: 1 for sb / stale-sb (authors' code), else 0
-    stale_n: int = 3
-    kath18_multiplier: int = 3
-    kath18_replacement: bool = True      # draw with replacement, as Katharopoulos & Fleuret's code
-    infobatch_ratio: float = 0.5
-    infobatch_anneal: float = 0.125
+    floor: float = STRATEGY_DEFAULTS.floor
+    history_mode: str = STRATEGY_DEFAULTS.history_mode
+    prime_epochs: Optional[int] = STRATEGY_DEFAULTS.prime_epochs  # None: the strategy's registered default
+    stale_n: int = STRATEGY_DEFAULTS.stale_n
+    kath18_multiplier: int = STRATEGY_DEFAULTS.kath18_multiplier
+    kath18_replacement: bool = STRATEGY_DEFAULTS.kath18_replacement  # with replacement, as Katharopoulos & Fleuret's code
+    infobatch_ratio: float = STRATEGY_DEFAULTS.infobatch_ratio
+    infobatch_anneal: float = STRATEGY_DEFAULTS.infobatch_anneal
     selection_batch_size: int = 0  # 0: automatic (CUDA: 1024; CPU: batch_size x the policy's candidate multiplier)
     end_of_epoch: str = "carry"
     # optimisation
@@ -124,7 +136,7 @@ class TrainConfig:
             if not cond:
                 raise ConfigError(f"{name}: {msg} (got {getattr(self, name)!r})")
 
-        need(self.strategy in CHOICES["strategy"], "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        need(self.strategy in choices("strategy"), "strategy", f"must be one of {', '.join(choices('strategy'))}")
         need(0.0 < self.selectivity <= 1.0, "selectivity",
              "must be in (0, 1]; 0.33 keeps about a third of the examples")
         need(self.beta is None or self.beta >= 0, "beta", "must be >= 0")

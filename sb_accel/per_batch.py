@@ -30,6 +30,7 @@ from .data.batch_structure import Batch, num_rows, take_rows
 from .engines import EngineContext
 from .engines.torch_backend import TorchEngine
 from .selection import SelectiveBackpropPolicy
+from .train.divergence import SelectionLossCheck
 
 __all__ = ["BatchSelector", "select_batch"]
 
@@ -73,6 +74,7 @@ class BatchSelector:
         self.min_keep = min_keep
         # history and generator on the model's device: decisions without a host round trip
         self.policy = SelectiveBackpropPolicy(selectivity, history=history, seed=seed, **policy_options).to(device)
+        self.selection_losses = SelectionLossCheck(deferred=False)  # the keep mask is read at once anyway
         self.seen = 0   # rows scored so far
         self.kept = 0   # rows returned so far
 
@@ -93,6 +95,7 @@ class BatchSelector:
     def __call__(self, batch: Batch) -> Batch:
         """The rows of ``batch`` that SB keeps, in ``batch``'s own structure (tuple, list, dict ...)."""
         losses = self.losses(batch)
+        self.selection_losses.update(losses, losses.numel())
         keep = self.policy.select(losses, torch.arange(losses.numel(), device=losses.device), epoch=0)
         rows = keep.nonzero().flatten()
         if rows.numel() < min(self.min_keep, losses.numel()):

@@ -9,7 +9,7 @@ import torch
 
 from sb_accel.engines import EngineRefresher, SelectionEngine
 from sb_accel.selection import InfoBatch, Kath18, StaleSB, StrategyOptions, create_strategy
-from sb_accel.selection.batcher import BackpropBatcher
+from sb_accel.selection.batcher import BackpropBatcher, kept_rows
 from sb_accel.train import SelectionDriver
 
 
@@ -119,8 +119,12 @@ def test_stale_sb_example_without_a_loss_gets_a_forward_in_a_stale_epoch():
     policy.observe(torch.tensor([0, 1, 2]), torch.tensor([1.0, 2.0, 3.0]), epoch=0)  # 3 was never trained
     policy.on_epoch_start(1, 4)
     assert policy.requires_forward(torch.arange(4), 1).tolist() == [False, False, False, True]
-    with pytest.raises(RuntimeError, match="no loss"):
-        policy.select(torch.full((4,), float("nan")), torch.arange(4), 1)
+    engine = _IndexEngine()
+    driver = SelectionDriver(policy, 4, EngineRefresher(engine))  # the caller that honours the mask
+    driver.start_epoch(1)
+    list(driver.train_batches(torch.arange(4.0).unsqueeze(1), torch.zeros(4, dtype=torch.long), torch.arange(4)))
+    list(driver.end_epoch())  # the last, smaller selection batch: example 3
+    assert engine.scored == [3] and policy.cached_loss.tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
 # --- Kath18 ------------------------------------------------------------------------------------------
@@ -196,7 +200,8 @@ def test_kath18_without_replacement_option_keeps_b_distinct():
 def test_duplicates_of_a_draw_are_trained_as_repeated_rows():
     batcher = BackpropBatcher(4)
     x = torch.arange(6.0).unsqueeze(1)
-    (batch,) = list(batcher.add(x, torch.zeros(6, dtype=torch.long), torch.arange(6), torch.tensor([0, 2, 0, 1, 1, 0])))
+    (batch,) = list(batcher.add_rows(x, torch.zeros(6, dtype=torch.long), torch.arange(6),
+                                     kept_rows(torch.tensor([0, 2, 0, 1, 1, 0]))))
     assert batch.indices.tolist() == [1, 1, 3, 4] and batch.x[:, 0].tolist() == [1.0, 1.0, 3.0, 4.0]
 
 

@@ -114,3 +114,53 @@ def test_toml_inf_and_nan_are_refused_naming_the_file(tmp_path):
     (tmp_path / "run.toml").write_text("beta = inf\n")
     with pytest.raises(ConfigError, match=r"run.toml: beta: must be a finite number, got inf$"):
         load_values(tmp_path / "run.toml")
+
+
+def test_a_strategy_registered_in_one_place_reaches_the_config_the_cli_and_the_api(monkeypatch, capsys):
+    """ARCHITECTURE's "How to add a strategy", followed by a test: a policy class and its factory
+    decorated with ``@register_strategy``; the config validates against the registry, the command line
+    lists and completes it, and the drop-in API trains with it (priming epoch included) for two epochs."""
+    import torch
+
+    import sb_accel
+    from sb_accel.cli import main
+    from sb_accel.config import choices
+    from sb_accel.models import create_model
+    from sb_accel.selection import SelectionPolicy, StrategyOptions, list_strategies, register_strategy, registry
+
+    monkeypatch.setattr(registry, "_STRATEGIES", dict(registry._STRATEGIES))  # forgotten after this test
+
+    class EveryOther(SelectionPolicy):
+        """Keeps the candidates of even dataset index (a toy rule: no selection forward)."""
+
+        name = "every-other"
+
+        def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+            return indices.to(self.device) % 2 == 0
+
+    @register_strategy("every-other", prime_epochs=1)
+    def _build(options: StrategyOptions, dataset_size, batch_size):
+        return EveryOther()
+
+    with pytest.raises(ConfigError, match="strategy: must be one of .*every-other"):
+        TrainConfig(strategy="every-others")
+    assert TrainConfig(strategy="every-other").strategy == "every-other"
+    assert list_strategies()[-1] == "every-other" and choices("strategy")[-1] == "every-other"
+    assert main(["list-strategies"]) == 0
+    assert "every-other\tprime_epochs=1" in capsys.readouterr().out
+
+    model = create_model("small_cnn", width=4)
+    sb = sb_accel.SelectiveBackprop(model, strategy="every-other", batch_size=8, dataset_size=32, epochs=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 3, 16, 16), torch.randint(0, 10, (32,))
+    trained = []
+    for epoch in range(2):
+        for idx in torch.randperm(32).split(16):
+            for xb, yb in sb.select(x[idx], y[idx], idx):
+                loss = sb.loss(torch.nn.functional.cross_entropy(model(xb), yb, reduction="none"))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sb.step()
+        trained.append(sb.driver.kept)
+    assert trained == [32, 32 + 16]  # the priming epoch trains on everything, then every other example

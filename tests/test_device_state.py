@@ -14,7 +14,7 @@ import torch
 
 from sb_accel.selection import InfoBatch, Kath18, Primed, SelectiveBackpropPolicy, StaleSB
 from sb_accel.train import SelectionDriver
-from sb_accel.train.divergence import DivergenceGuard
+from sb_accel.train.divergence import DivergenceGuard, SelectionLossCheck
 from sb_accel.train.timer import PhaseTimer
 
 READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero",
@@ -48,11 +48,10 @@ class _Refresher:
         return []
 
 
-def _deferred(policy):
-    """The policy as it behaves on a GPU: NaN checks deferred to check_finite()."""
-    inner = policy.policy if isinstance(policy, Primed) else policy
-    inner.deferred_checks = True
-    return policy
+def _deferred(driver):
+    """The driver as it behaves on a GPU: the selection losses' NaN check deferred to check()."""
+    driver.selection_losses.deferred = True
+    return driver
 
 
 def _candidates(batches, n=64, seed=0):
@@ -67,12 +66,11 @@ def _candidates(batches, n=64, seed=0):
 @pytest.mark.parametrize("strategy", ["sb", "kath18"])
 def test_one_host_read_per_candidate_batch(strategy):
     if strategy == "sb":
-        policy = _deferred(SelectiveBackpropPolicy(seed=0, history=256))
+        policy = SelectiveBackpropPolicy(seed=0, history=256)
     else:  # importance sampling on: a draw with replacement, trained as repeated rows
         policy = Kath18(32, seed=0)
         policy.tau = torch.tensor(5.0, dtype=torch.float64)
-        _deferred(policy)
-    driver = SelectionDriver(policy, 32, _Refresher())
+    driver = _deferred(SelectionDriver(policy, 32, _Refresher()))
     driver.start_epoch(1)
     Watched.reads.clear()
     steps = 0
@@ -88,10 +86,10 @@ def test_one_host_read_per_candidate_batch(strategy):
 def test_stale_sb_reads_its_forward_mask_once_more():
     """Stale-SB's partial forward sets (in a stale epoch, the examples with no loss yet) need the mask
     read once (to gather them into selection batches)."""
-    policy = _deferred(StaleSB(640, n=3, seed=0, history=256))
+    policy = StaleSB(640, n=3, seed=0, history=256)
     policy.observe(torch.arange(640), torch.rand(640), 0)
     policy.cached_loss[::2] = float("nan")  # half the examples have no loss yet: they need a forward
-    driver = SelectionDriver(policy, 32, _Refresher(), forward_batch_size=64)
+    driver = _deferred(SelectionDriver(policy, 32, _Refresher(), forward_batch_size=64))
     driver.start_epoch(1)
     Watched.reads.clear()
     for x, y, idx in _candidates(4):
@@ -102,24 +100,24 @@ def test_stale_sb_reads_its_forward_mask_once_more():
 
 
 def test_deferred_nan_check_raises_at_the_next_check_not_per_batch():
-    policy = _deferred(SelectiveBackpropPolicy(seed=0))
-    losses = torch.tensor([0.5, float("nan"), 1.0])
-    keep = policy.select(losses, torch.arange(3), 0)  # no read, no raise
-    assert keep.shape == (3,)
+    check = SelectionLossCheck(deferred=True)
+    losses = torch.tensor([0.5, float("nan"), 1.0]).as_subclass(Watched)
+    Watched.reads.clear()
+    check.update(losses, forwards=3)  # no read, no raise
+    assert Watched.reads == []
     guard = DivergenceGuard(torch.device("cpu"), check_every=4)
-    guard.watch(policy.check_finite)
+    guard.watch(check.check)
     guard.check(3)  # not a checking step
     with pytest.raises(FloatingPointError, match="selection losses are NaN/inf"):
         guard.check(4)
-    policy.check_finite()  # reported once
-    immediate = SelectiveBackpropPolicy(seed=0)
+    check.check()  # reported once
     with pytest.raises(FloatingPointError, match="1 of 3 selection losses"):
-        immediate.select(losses, torch.arange(3), 0)
+        SelectionLossCheck().update(losses.as_subclass(torch.Tensor), forwards=3)  # on the host: at once
 
 
 def test_driver_checks_deferred_nan_at_epoch_end():
-    policy = _deferred(SelectiveBackpropPolicy(seed=0))
-    driver = SelectionDriver(policy, 4, _Refresher())
+    policy = SelectiveBackpropPolicy(seed=0)
+    driver = _deferred(SelectionDriver(policy, 4, _Refresher()))
     driver.start_epoch(0)
     x, y, idx = next(_candidates(1, n=8))
     x[3] = float("nan")
@@ -229,7 +227,6 @@ def test_gpu_policy_state_matches_cpu(cuda, make):
     for key, value in cpu.state_dict().items():
         if torch.is_tensor(value) and key != "generator":
             assert torch.equal(value, gpu.state_dict()[key].cpu()), key
-    gpu.check_finite()
 
 
 @pytest.mark.gpu

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sb_accel.selection import (InfoBatch, Kath18, Primed, SelectiveBackpropPolicy, StaleSB, Traditional,
+from sb_accel.selection import (InfoBatch, Kath18, Primed, SelectionPolicy, SelectiveBackpropPolicy, StaleSB, Traditional,
                                 beta_for_selectivity, keep_probability, variance_reduction)
 
 
@@ -55,9 +55,66 @@ def test_sb_is_reproducible_and_checkpointable():
     assert torch.equal(a.select(nxt, torch.arange(64), 1), c.select(nxt, torch.arange(64), 1))
 
 
-def test_sb_rejects_nan_losses():
-    with pytest.raises(FloatingPointError, match="NaN"):
-        SelectiveBackpropPolicy().select(torch.tensor([1.0, float("nan")]), torch.arange(2), 1)
+class _NanEngine:
+    """Selection losses with one NaN (row 3) among finite ones."""
+
+    name = "nan"
+
+    def losses(self, x, y):
+        losses = x.flatten(1).mean(1).abs() + 0.1
+        losses[3] = float("nan")
+        return losses
+
+
+class _NanRefresher:
+    engine = _NanEngine()
+
+    def after_step(self, model, step):
+        return []
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["host", "device"])
+@pytest.mark.parametrize("strategy", ["traditional", "sb", "stale-sb", "kath18", "infobatch"])
+def test_nan_selection_losses_raise_one_error_for_every_strategy(strategy, deferred):
+    """Checked by the driver before any policy sees them (policies know nothing about devices): at once
+    on the host; on a device folded into a flag, no host read, and raised at the epoch's end."""
+    from sb_accel.selection import StrategyOptions, create_strategy
+    from sb_accel.train import SelectionDriver
+    from sb_accel.train.scoring import ScoredBatch, ScoredCandidates
+
+    policy = create_strategy(strategy, StrategyOptions(prime_epochs=0), batch_size=8, dataset_size=32)
+    if strategy == "kath18":
+        policy.tau = torch.tensor(5.0, dtype=torch.float64)  # importance sampling on: it scores
+    driver = SelectionDriver(policy, 8, _NanRefresher())
+    driver.selection_losses.deferred = deferred
+    driver.start_epoch(0)
+    x, y, idx = torch.rand(16, 3), torch.randint(0, 10, (16,)), torch.arange(16)
+    if policy.needs_selection_forward:
+        run = lambda: list(driver.train_batches(x, y, idx))  # noqa: E731
+    else:  # no forwards of its own: losses scored elsewhere (the caller, a pipeline) are checked all the same
+        scored = ScoredBatch(16, [ScoredCandidates(x, y, idx, _NanEngine().losses(x, y), 16)])
+        run = lambda: list(driver.submit(scored))  # noqa: E731
+    if not deferred:
+        with pytest.raises(FloatingPointError, match=r"^1 of 16 selection losses are NaN/inf: the model has diverged"):
+            run()
+        return
+    run()
+    with pytest.raises(FloatingPointError, match=r"^selection losses are NaN/inf: the model has diverged"):
+        driver.finish_epoch()
+
+
+def test_nan_check_counts_only_the_scored_candidates():
+    """Candidates without a selection forward carry NaN ("no fresh loss", Stale-SB's cached ones)."""
+    from sb_accel.train.divergence import SelectionLossCheck
+
+    check = SelectionLossCheck()
+    nan = float("nan")
+    check.update(torch.tensor([nan, nan, 1.0, 2.0]), forwards=2)
+    check.update(torch.full((4,), nan), forwards=0)
+    with pytest.raises(FloatingPointError, match="^1 of 2 selection losses"):
+        check.update(torch.tensor([nan, nan, nan, 2.0]), forwards=2)
+    with pytest.raises(FloatingPointError, match="^1 of 2 selection losses"):
+        check.update(torch.tensor([nan, nan, float("inf"), 2.0]), forwards=2)
 
 
 def test_stale_sb_n1_is_sb():
@@ -106,8 +163,57 @@ def test_priming_trains_everything_then_defers():
     assert Primed(Kath18(8), 1).candidates_per_batch(1) == 1  # Kath18 pre-samples only once sampling pays
 
 
+PRIMING_CHANGES = {"priming", "to", "candidates_per_batch", "requires_forward", "keeps_all", "select", "loss_weights"}
+
+
+@pytest.mark.parametrize("make", [Traditional, lambda: SelectiveBackpropPolicy(seed=1), lambda: StaleSB(16, seed=1),
+                                  lambda: Kath18(4, seed=1), lambda: InfoBatch(16, seed=1)],
+                         ids=["traditional", "sb", "stale-sb", "kath18", "infobatch"])
+def test_primed_is_its_policy_except_for_what_priming_changes(make):
+    """The wrapper forwards generically: every public attribute of the policy (methods, class attributes,
+    tables) is the policy's own through it, and a write through it reaches the policy."""
+    policy = make()
+    primed = Primed(policy, 2)
+    assert isinstance(primed, SelectionPolicy) and primed.to("cpu") is primed
+    names = [n for n in dir(policy) if not n.startswith("_") and n not in PRIMING_CHANGES]
+    assert {"name", "needs_selection_forward", "uses_training_losses", "candidate_multiplier", "device", "observe",
+            "on_epoch_start", "on_epoch_end", "state_dict", "load_state_dict", "example_tables"} <= set(names)
+    for name in names:
+        mine, through = getattr(policy, name), getattr(primed, name)
+        assert through is mine or (not torch.is_tensor(mine) and through == mine), name
+    primed.seed = 7
+    assert policy.seed == 7 and not hasattr(Primed, "seed")
+    idx = torch.arange(4)
+    for epoch in (0, 1):  # priming: every candidate, unweighted, no forward, one training batch per candidate batch
+        policy.on_epoch_start(epoch, 4)
+        assert primed.keeps_all(epoch) and primed.requires_forward(idx, epoch) is False
+        assert primed.select(torch.rand(4), idx, epoch).all() and primed.loss_weights(idx, epoch) is None
+        assert primed.candidates_per_batch(epoch) == 1
+    policy.on_epoch_start(2, 4)
+    assert primed.keeps_all(2) == policy.keeps_all(2)
+    ask, asked = primed.requires_forward(idx, 2), policy.requires_forward(idx, 2)
+    assert ask is asked or torch.equal(ask, asked)
+
+
 def test_traditional_keeps_all_without_forward():
     policy = Traditional()
     idx = torch.arange(5)
     assert policy.requires_forward(idx, 0) is False
     assert policy.select(torch.zeros(5), idx, 0).all()
+
+
+def test_example_tables_are_the_ones_each_policy_declares():
+    """DDP keeps exactly the declared tables identical on every rank (not any tensor of length N)."""
+    from sb_accel.train.tables import ExampleTables
+
+    assert list(StaleSB(8).example_tables()) == ["cached_loss", "loss_epoch"]
+    infobatch = InfoBatch(8)
+    assert list(infobatch.example_tables()) == ["scores"]  # its per-rank draw (pruned, upweighted) is not shared
+    assert SelectiveBackpropPolicy().example_tables() == {} and Kath18(8).example_tables() == {}
+    tables = ExampleTables(Primed(infobatch, 1), 8, group=None)
+    assert tables.names == ("scores",) and tables.tables()["scores"] is infobatch.scores
+    infobatch.load_state_dict(InfoBatch(8).state_dict())  # a resume replaces the tensors: asked anew
+    assert tables.tables()["scores"] is infobatch.scores
+    assert not ExampleTables(SelectiveBackpropPolicy(), 8, group=None)
+    with pytest.raises(ValueError, match=r"cached_loss.*not one value per training example \(9\)"):
+        ExampleTables(StaleSB(8), 9, group=None)

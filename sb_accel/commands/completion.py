@@ -7,7 +7,7 @@ import argparse
 import shlex
 from typing import Dict, List, Tuple
 
-from ..config import CHOICES
+from ..config import choices
 from . import EXIT_OK
 
 __all__ = ["cmd_completion", "completion_script"]
@@ -17,7 +17,7 @@ def _flag_values(action: argparse.Action) -> Tuple[str, ...]:
     """The words ``action``'s value may be (empty: any value, completed as a file name)."""
     if action.choices:
         return tuple(map(str, action.choices))
-    return CHOICES.get(action.dest, ())
+    return choices(action.dest)
 
 
 def _commands(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:

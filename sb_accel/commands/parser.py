@@ -10,7 +10,7 @@ import sys
 import typing
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..config import STRATEGIES, TrainConfig
+from ..config import TrainConfig
 
 __all__ = ["build_parser", "Parser"]
 
@@ -23,13 +23,13 @@ _HELP = {
     "augment": "'preset' (paper's crop/flip/cutout per dataset) or 'none'",
     "model": "registered model name (sb-accel list-models)",
     "width": "model width override (0: model default)",
-    "strategy": f"one of {', '.join(STRATEGIES)}",
+    "strategy": "registered selection strategy (sb-accel list-strategies)",
     "selectivity": "expected fraction backpropagated by SB (beta = 1/s - 1)",
     "beta": "SB exponent directly (overrides --selectivity)",
     "history": "R: losses the CDF is taken over (0: twice the selection batch, at least 1024)",
     "floor": "minimum keep probability",
     "history_mode": "'batch' (authors' code) or 'sequential' (paper Alg. 2)",
-    "prime_epochs": "train on everything for this many first epochs (default: 1 for SB/Stale-SB)",
+    "prime_epochs": "train on everything for this many first epochs (default: the strategy's, sb-accel list-strategies)",
     "stale_n": "Stale-SB: selection passes every n-th epoch",
     "selection_batch_size": "candidate batch size (0: 1024 on CUDA, else batch size x policy's multiplier)",
     "end_of_epoch": "what happens to kept examples short of a full batch: carry, partial, drop",
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list-models", help="print the registered models")
     sub.add_parser("list-engines", help="print the selection engine specs")
+    sub.add_parser("list-strategies", help="print the registered selection strategies and their priming epochs")
     _add_measurement_commands(sub)
     completion = sub.add_parser("completion", help="print a shell completion script: "
                                                    "eval \"$(sb-accel completion bash)\" in ~/.bashrc")

@@ -5,7 +5,7 @@ Importing this package registers every strategy (:func:`create_strategy`, :func:
 from .base import Primed, SelectionPolicy
 from .batcher import BackpropBatcher, TrainBatch
 from .history import LossHistory
-from .registry import (StrategyInfo, StrategyOptions, create_strategy, list_strategies, priming_epochs,
+from .registry import (DEFAULTS, StrategyInfo, StrategyOptions, create_strategy, list_strategies, priming_epochs,
                        register_strategy, strategy_info)
 # Each policy module registers its strategy; the order here is the order of list_strategies().
 from .traditional import Traditional  # noqa: I001
@@ -16,5 +16,5 @@ from .infobatch import InfoBatch
 
 __all__ = ["SelectionPolicy", "Traditional", "Primed", "SelectiveBackpropPolicy", "StaleSB", "Kath18",
            "InfoBatch", "LossHistory", "BackpropBatcher", "TrainBatch", "beta_for_selectivity",
-           "keep_probability", "variance_reduction", "StrategyOptions", "StrategyInfo", "create_strategy",
+           "keep_probability", "variance_reduction", "StrategyOptions", "DEFAULTS", "StrategyInfo", "create_strategy",
            "list_strategies", "priming_epochs", "register_strategy", "strategy_info"]

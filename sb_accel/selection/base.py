@@ -5,7 +5,8 @@ It knows nothing about engines, devices or models, so it is tested exactly on CP
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from abc import ABC
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -22,14 +23,15 @@ def generator_on(generator: torch.Generator, device: torch.device, seed: int) ->
     return generator if generator.device == device else torch.Generator(device).manual_seed(seed)
 
 
-class SelectionPolicy:
+class SelectionPolicy(ABC):
     """Base class: keep everything, need no selection forward.
 
     The Trainer calls, per candidate batch of dataset ``indices`` in ``epoch``:
 
     1. ``requires_forward(indices, epoch)`` -> bool mask of candidates that need a fresh
        selection-pass loss, or ``True``/``False`` for all/none (no mask to read back from the
-       device). Candidates outside the mask reach ``select`` with a NaN loss.
+       device). Candidates outside the mask reach ``select`` with a NaN loss; the others with a
+       finite one (the caller checks the selection losses for every policy alike).
     2. ``select(losses, indices, epoch)`` -> bool keep mask (same length as ``indices``), or
        integer counts for a draw with replacement (a row drawn twice is trained twice).
     3. ``loss_weights(indices, epoch)`` -> per-example loss weights for kept examples, or None.
@@ -68,10 +70,6 @@ class SelectionPolicy:
         self.device = torch.device(device)
         return self
 
-    def check_finite(self) -> None:
-        """Raise ``FloatingPointError`` if non-finite selection losses were seen since the last
-        check; policies on a GPU defer this check to avoid a host sync per candidate batch."""
-
     def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
         """Hook for per-epoch state (default: nothing)."""
 
@@ -101,6 +99,14 @@ class SelectionPolicy:
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
         """Training-forward losses of backpropagated examples (default: ignored)."""
 
+    def example_tables(self) -> Dict[str, torch.Tensor]:
+        """Name -> each tensor of the policy's state with one row per training example, indexed by
+        dataset index (Stale-SB's loss cache, InfoBatch's scores); default: none. Under DDP these
+        are the state kept identical on every rank (:class:`sb_accel.train.tables.ExampleTables`),
+        so a table every rank must draw for itself is not listed. Asked anew each time: a resume may
+        replace the tensors."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
@@ -111,68 +117,62 @@ class SelectionPolicy:
         return f"{type(self).__name__}()"
 
 
-class Primed(SelectionPolicy):
+class Primed:
     """Train on every example for the first ``epochs`` epochs, then defer to ``policy``.
 
     The authors' code primes for one epoch: selection on an untrained net is close to random
     and the loss history needs filling. During priming, training losses still reach ``observe``
     so that caching policies (Stale-SB, InfoBatch) start with a score for every example.
+
+    A composable wrapper that defines only what priming changes (an epoch's candidates, forwards,
+    keep mask and weights) and ``to``; every other attribute is the wrapped policy's, read and
+    written through (its lifecycle, ``observe``, state dict, example tables, class attributes), so
+    a policy's new method or attribute needs nothing here. It counts as a :class:`SelectionPolicy`
+    (a registered virtual subclass) without inheriting the base class's defaults, which would hide
+    the policy's own.
     """
 
     def __init__(self, policy: SelectionPolicy, epochs: int = 1) -> None:
         if epochs < 0:
             raise ValueError(f"priming epochs must be >= 0, got {epochs}")
-        self.policy = policy
-        self.epochs = epochs
-        self.name = policy.name
-        self.candidate_multiplier = policy.candidate_multiplier
-        self.needs_selection_forward = policy.needs_selection_forward
-        self.uses_training_losses = policy.uses_training_losses
+        object.__setattr__(self, "policy", policy)
+        object.__setattr__(self, "epochs", epochs)
 
-    def _priming(self, epoch: int) -> bool:
+    def __getattr__(self, name: str):  # called only for names not defined here
+        if name == "policy":  # not set yet (a copy being built): no endless recursion
+            raise AttributeError(name)
+        return getattr(self.policy, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self.policy, name, value)
+
+    def priming(self, epoch: int) -> bool:
+        """Whether ``epoch`` trains on every example."""
         return epoch < self.epochs
 
     def to(self, device: torch.device | str) -> "Primed":
         self.policy.to(device)
-        self.device = self.policy.device
         return self
 
-    def check_finite(self) -> None:
-        self.policy.check_finite()
-
-    def on_epoch_start(self, epoch: int, num_epochs: Optional[int]) -> None:
-        self.policy.on_epoch_start(epoch, num_epochs)
-
-    def on_epoch_end(self, epoch: int) -> None:
-        self.policy.on_epoch_end(epoch)
-
     def candidates_per_batch(self, epoch: int) -> int:
-        return 1 if self._priming(epoch) else self.policy.candidates_per_batch(epoch)
+        return 1 if self.priming(epoch) else self.policy.candidates_per_batch(epoch)
 
     def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:
-        if self._priming(epoch):
-            return False
-        return self.policy.requires_forward(indices, epoch)
+        return False if self.priming(epoch) else self.policy.requires_forward(indices, epoch)
 
     def keeps_all(self, epoch: int) -> bool:
-        return self._priming(epoch) or self.policy.keeps_all(epoch)
+        return self.priming(epoch) or self.policy.keeps_all(epoch)
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        if self._priming(epoch):
-            return torch.ones(indices.numel(), dtype=torch.bool, device=self.device)
+        if self.priming(epoch):
+            return torch.ones(indices.numel(), dtype=torch.bool, device=self.policy.device)
         return self.policy.select(losses, indices, epoch)
 
     def loss_weights(self, indices: torch.Tensor, epoch: int) -> Optional[torch.Tensor]:
-        return None if self._priming(epoch) else self.policy.loss_weights(indices, epoch)
-
-    def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
-        self.policy.observe(indices, losses, epoch)
-
-    def state_dict(self) -> dict:
-        return {"epochs": self.epochs, "policy": self.policy.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
+        return None if self.priming(epoch) else self.policy.loss_weights(indices, epoch)
 
     def __repr__(self) -> str:
         return f"Primed({self.policy!r}, epochs={self.epochs})"
+
+
+SelectionPolicy.register(Primed)

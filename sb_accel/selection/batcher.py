@@ -83,20 +83,12 @@ class BackpropBatcher:
         """The buffered chunks (oldest first)."""
         return list(self._chunks)
 
-    def add(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor,
-            weights: Optional[torch.Tensor] = None) -> Iterator[TrainBatch]:
-        """Buffer the kept rows of a candidate batch; yield every full batch now available.
-
-        ``keep`` is a bool mask or per-row counts (:func:`kept_rows`) on any device. Turning it into rows is the one host read per
-        candidate batch (how many were kept decides whether a step is due)."""
-        if keep.shape[0] != y.shape[0]:
-            raise ValueError(f"candidate batch parts disagree in length: keep {tuple(keep.shape)}, y {tuple(y.shape)}")
-        return self.add_rows(x, y, indices, kept_rows(keep), weights)
-
     def add_rows(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, rows: Optional[torch.Tensor],
                  weights: Optional[torch.Tensor] = None) -> Iterator[TrainBatch]:
-        """:meth:`add` with the kept row numbers (ascending, repeated for a row drawn more than once)
-        instead of a mask; ``None``: all."""
+        """Buffer the rows ``rows`` of a candidate batch; yield every full batch now available.
+
+        ``rows``: the kept row numbers, ascending, repeated for a row drawn more than once
+        (:func:`kept_rows` of a keep mask or of draw counts); ``None``: all rows."""
         if x.shape[0] != y.shape[0] or indices.shape[0] != y.shape[0]:
             raise ValueError(f"candidate batch parts disagree in length: x {tuple(x.shape)}, "
                              f"y {tuple(y.shape)}, indices {tuple(indices.shape)}")

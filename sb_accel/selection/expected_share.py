@@ -31,7 +31,7 @@ def expected_share(policy: SelectionPolicy, epoch: int, num_epochs: int) -> floa
     (read from its scores now: a host read once per epoch; before any score: 1 in the first epoch,
     ``1 - r/2`` after)."""
     if isinstance(policy, Primed):
-        if epoch < policy.epochs:
+        if policy.priming(epoch):
             return 1.0
         policy = policy.policy
     if isinstance(policy, SelectiveBackpropPolicy):

@@ -22,13 +22,13 @@ reference's sampler skips them), which costs only data loading.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 from ..transfer import to_device
 from .base import SelectionPolicy, generator_on
-from .registry import StrategyOptions, register_strategy
+from .registry import DEFAULTS, StrategyOptions, register_strategy
 
 __all__ = ["InfoBatch", "MIN_KEEP_RATIO"]
 
@@ -48,10 +48,9 @@ class InfoBatch(SelectionPolicy):
 
     name = "infobatch"
     uses_training_losses = True
-    example_tables = ("scores",)  # under DDP only the scores are shared; each rank prunes its own draw
 
-    def __init__(self, dataset_size: int, prune_ratio: float = 0.5, anneal: float = 0.125,
-                 seed: int = 0) -> None:
+    def __init__(self, dataset_size: int, prune_ratio: float = DEFAULTS.infobatch_ratio,
+                 anneal: float = DEFAULTS.infobatch_anneal, seed: int = DEFAULTS.seed) -> None:
         if not 0.0 <= prune_ratio <= 1.0:
             raise ValueError(f"InfoBatch prune_ratio must be in [0, 1], got {prune_ratio}")
         if not 0.0 <= anneal <= 1.0:
@@ -114,6 +113,10 @@ class InfoBatch(SelectionPolicy):
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
         self.scores[to_device(indices, self.device)] = to_device(losses, self.device, torch.float64)
+
+    def example_tables(self) -> Dict[str, torch.Tensor]:
+        """The scores only: under DDP every rank prunes with its own draw (``pruned``, ``upweighted``)."""
+        return {"scores": self.scores}
 
     def state_dict(self) -> dict:
         return {"scores": self.scores.clone(), "pruned": self.pruned.clone(), "upweighted": self.upweighted.clone(),

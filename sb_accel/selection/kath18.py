@@ -35,7 +35,7 @@ import torch
 
 from ..transfer import to_device
 from .base import ForwardMask, SelectionPolicy, generator_on
-from .registry import StrategyOptions, register_strategy
+from .registry import DEFAULTS, StrategyOptions, register_strategy
 
 __all__ = ["Kath18", "variance_reduction"]
 
@@ -67,8 +67,9 @@ class Kath18(SelectionPolicy):
     needs_selection_forward = True
     uses_training_losses = True  # tau follows the training losses until sampling is on
 
-    def __init__(self, batch_size: int, multiplier: int = 3, tau_threshold: Optional[float] = None,
-                 alpha: float = 0.9, replacement: bool = True, seed: int = 0) -> None:
+    def __init__(self, batch_size: int, multiplier: int = DEFAULTS.kath18_multiplier,
+                 tau_threshold: Optional[float] = None, alpha: float = 0.9,
+                 replacement: bool = DEFAULTS.kath18_replacement, seed: int = DEFAULTS.seed) -> None:
         if batch_size < 1 or multiplier < 1:
             raise ValueError("Kath18 needs batch_size >= 1 and multiplier >= 1")
         if not 0.0 <= alpha < 1.0:
@@ -85,15 +86,11 @@ class Kath18(SelectionPolicy):
         self.sampling = False   # importance sampling in the open epoch (decided at its start)
         self.epoch = -1         # the open epoch
         self.generator = torch.Generator().manual_seed(seed)
-        self.deferred_checks = False
-        self._nonfinite = torch.zeros((), dtype=torch.bool)
 
     def to(self, device: torch.device | str) -> "Kath18":
         super().to(device)
         self.tau = self.tau.to(self.device)
         self.generator = generator_on(self.generator, self.device, self.seed)
-        self.deferred_checks = self.device.type != "cpu"
-        self._nonfinite = self._nonfinite.to(self.device)
         return self
 
     def _tau_passes(self) -> bool:
@@ -129,9 +126,10 @@ class Kath18(SelectionPolicy):
             chosen = torch.randperm(n, generator=self.generator, device=self.device)[:take]
             return torch.zeros(n, dtype=torch.bool, device=self.device).index_fill_(0, chosen, True)
         scores = to_device(losses.detach(), self.device, torch.float64)
-        self._check_finite(scores)
         self._update_tau(scores)  # their code: the pre-sample's scores, before the draw
-        weights = scores.clamp_min(1e-12)  # all-zero scores: a uniform draw
+        # all-zero scores: a uniform draw; a NaN/inf one (the caller reports it) weighs nothing, so the
+        # draw stays defined until then
+        weights = torch.where(torch.isfinite(scores), scores, torch.zeros_like(scores)).clamp_min(1e-12)
         chosen = torch.multinomial(weights, take, replacement=self.replacement, generator=self.generator)
         if self.replacement:  # counts by index_add_, not bincount: bincount reads its maximum back on a GPU
             return torch.zeros(n, dtype=torch.long, device=self.device).index_add_(0, chosen, torch.ones_like(chosen))
@@ -144,18 +142,6 @@ class Kath18(SelectionPolicy):
     def _update_tau(self, scores: torch.Tensor) -> None:
         if scores.numel():
             self.tau = self.alpha * self.tau + (1 - self.alpha) * variance_reduction(scores)
-
-    def _check_finite(self, scores: torch.Tensor) -> None:
-        if not self.deferred_checks:
-            if not torch.isfinite(scores).all():
-                raise FloatingPointError(_NONFINITE)
-        else:
-            self._nonfinite |= ~torch.isfinite(scores).all()
-
-    def check_finite(self) -> None:
-        if self.deferred_checks and bool(self._nonfinite):
-            self._nonfinite.zero_()
-            raise FloatingPointError(_NONFINITE)
 
     def state_dict(self) -> dict:
         return {"tau": self.tau.clone(), "sampling": self.sampling, "epoch": self.epoch,
@@ -171,10 +157,6 @@ class Kath18(SelectionPolicy):
         draw = "" if self.replacement else ", replacement=False"
         return (f"Kath18(batch_size={self.batch_size}, multiplier={self.candidate_multiplier}, "
                 f"tau_threshold={self.tau_threshold:.3g}{draw})")
-
-
-_NONFINITE = ("Kath18 got NaN/inf selection losses: the model has diverged (lower --lr or add --warmup-epochs) "
-              "or the engine produced garbage (check it with sb-accel compare)")
 
 
 @register_strategy("kath18")

@@ -1,51 +1,22 @@
 """Strategy registry: a name (``"sb"``, ``"stale-sb"``, ...) -> a ready selection policy.
 
 Each policy module registers a small factory next to its class, so adding a strategy is one file
-plus its import in ``selection/__init__.py``. The Trainer (from a ``TrainConfig``) and the drop-in
-API (from keyword arguments) both build policies here, from one :class:`StrategyOptions`.
+plus its import in ``selection/__init__.py``. The registry is the one list of strategies: the run
+configuration validates against it, the command line offers it (``sb-accel list-strategies``, shell
+completion), and the Trainer (from a ``TrainConfig``) and the drop-in API (from keyword arguments)
+both build policies here, from one :class:`~sb_accel.strategy_options.StrategyOptions` (the knobs'
+defaults, :data:`~sb_accel.strategy_options.DEFAULTS`).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
+from ..strategy_options import DEFAULTS, StrategyOptions
 from .base import Primed, SelectionPolicy
 
-__all__ = ["StrategyOptions", "StrategyInfo", "register_strategy", "create_strategy", "list_strategies",
+__all__ = ["StrategyOptions", "DEFAULTS", "StrategyInfo", "register_strategy", "create_strategy", "list_strategies",
            "strategy_info", "priming_epochs"]
-
-
-@dataclass(frozen=True)
-class StrategyOptions:
-    """Every strategy's knobs, with the defaults of the paper and the authors' code.
-
-    ``prime_epochs=None`` means the strategy's own default (1 for SB and Stale-SB, else 0).
-    """
-
-    selectivity: Optional[float] = 0.33
-    beta: Optional[float] = None
-    history: int = 1024
-    floor: float = 0.0
-    history_mode: str = "batch"
-    stale_n: int = 3
-    kath18_multiplier: int = 3
-    kath18_replacement: bool = True
-    infobatch_ratio: float = 0.5
-    infobatch_anneal: float = 0.125
-    prime_epochs: Optional[int] = None
-    seed: int = 0
-
-    @classmethod
-    def from_mapping(cls, values: Dict[str, object]) -> "StrategyOptions":
-        """The options named in ``values`` (other keys, e.g. the rest of a TrainConfig, are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-    def sb_arguments(self) -> Dict[str, object]:
-        """Keyword arguments of :class:`~sb_accel.selection.SelectiveBackpropPolicy` and its subclasses."""
-        return dict(selectivity=self.selectivity, beta=self.beta, history=self.history, floor=self.floor,
-                    history_mode=self.history_mode, seed=self.seed)
 
 
 Factory = Callable[[StrategyOptions, Optional[int], int], SelectionPolicy]
@@ -65,7 +36,9 @@ _STRATEGIES: Dict[str, StrategyInfo] = {}
 
 
 def register_strategy(name: str, *, prime_epochs: int = 0, needs_dataset_size: bool = False):
-    """Decorator for ``factory(options, dataset_size, batch_size) -> SelectionPolicy``."""
+    """Decorator for ``factory(options, dataset_size, batch_size) -> SelectionPolicy``: registers the
+    strategy ``name``, which trains on everything for its first ``prime_epochs`` epochs unless the
+    options say otherwise, and needs the number of training examples if ``needs_dataset_size``."""
     def wrap(factory: Factory) -> Factory:
         if name in _STRATEGIES:
             raise ValueError(f"strategy {name!r} is registered twice")
@@ -85,7 +58,7 @@ def strategy_info(name: str) -> StrategyInfo:
     return _STRATEGIES[name]
 
 
-def create_strategy(name: str, options: StrategyOptions = StrategyOptions(), *, batch_size: int,
+def create_strategy(name: str, options: StrategyOptions = DEFAULTS, *, batch_size: int,
                     dataset_size: Optional[int] = None) -> SelectionPolicy:
     """The policy ``name`` built from ``options``, wrapped in :class:`Primed` when it primes.
 

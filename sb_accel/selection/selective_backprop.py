@@ -17,7 +17,7 @@ import torch
 
 from .base import ForwardMask, SelectionPolicy, generator_on
 from .history import LossHistory
-from .registry import StrategyOptions, register_strategy
+from .registry import DEFAULTS, StrategyOptions, register_strategy
 
 __all__ = ["SelectiveBackpropPolicy", "beta_for_selectivity", "keep_probability"]
 
@@ -49,9 +49,9 @@ class SelectiveBackpropPolicy(SelectionPolicy):
     name = "sb"
     needs_selection_forward = True
 
-    def __init__(self, selectivity: Optional[float] = 0.33, beta: Optional[float] = None,
-                 history: int = 1024, floor: float = 0.0, history_mode: str = "batch",
-                 seed: int = 0) -> None:
+    def __init__(self, selectivity: Optional[float] = DEFAULTS.selectivity, beta: Optional[float] = DEFAULTS.beta,
+                 history: int = DEFAULTS.history, floor: float = DEFAULTS.floor,
+                 history_mode: str = DEFAULTS.history_mode, seed: int = DEFAULTS.seed) -> None:
         if beta is None:
             if selectivity is None:
                 raise ValueError("give selectivity or beta")
@@ -65,10 +65,6 @@ class SelectiveBackpropPolicy(SelectionPolicy):
         self.history = LossHistory(history, history_mode)
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        # On a GPU the NaN/inf check of the selection losses is deferred to check_finite() (a read
-        # per candidate batch would stall the loop); on the CPU it raises at once.
-        self.deferred_checks = False
-        self._nonfinite = torch.zeros((), dtype=torch.bool)
 
     @property
     def selectivity(self) -> float:
@@ -78,33 +74,19 @@ class SelectiveBackpropPolicy(SelectionPolicy):
         super().to(device)
         self.history.to(self.device)
         self.generator = generator_on(self.generator, self.device, self.seed)
-        self.deferred_checks = self.device.type != "cpu"
-        self._nonfinite = self._nonfinite.to(self.device)
         return self
 
     def requires_forward(self, indices: torch.Tensor, epoch: int) -> ForwardMask:
         return True
 
     def probabilities(self, losses: torch.Tensor) -> torch.Tensor:
-        """Update the history with ``losses`` and return their keep probabilities."""
-        self._check_finite(losses)
+        """Update the history with ``losses`` and return their keep probabilities. The caller has
+        checked that they are finite (the selection driver, for every strategy)."""
         return keep_probability(self.history.update_and_cdf(losses), self.beta, self.floor)
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         probs = self.probabilities(losses)
         return torch.rand(probs.shape, generator=self.generator, dtype=torch.float64, device=self.device) < probs
-
-    def _check_finite(self, losses: torch.Tensor) -> None:
-        """On the CPU: raise now. On a GPU: remember it on the device, for :meth:`check_finite`."""
-        if not self.deferred_checks:
-            _raise_if_nonfinite(losses)
-        else:
-            self._nonfinite |= ~torch.isfinite(losses.detach()).all().to(self.device)
-
-    def check_finite(self) -> None:
-        if self.deferred_checks and bool(self._nonfinite):
-            self._nonfinite.zero_()
-            raise FloatingPointError(_NONFINITE)
 
     def state_dict(self) -> dict:
         return {"history": self.history.state_dict(), "generator": self.generator.get_state()}
@@ -121,13 +103,3 @@ class SelectiveBackpropPolicy(SelectionPolicy):
 @register_strategy("sb", prime_epochs=1)
 def _build(options: StrategyOptions, dataset_size: Optional[int], batch_size: int) -> SelectiveBackpropPolicy:
     return SelectiveBackpropPolicy(**options.sb_arguments())
-
-
-_NONFINITE = ("selection losses are NaN/inf: the model has diverged (lower --lr or add --warmup-epochs) or the "
-              "engine produced garbage (check it with sb-accel compare, or select with --engine torch).")
-
-
-def _raise_if_nonfinite(losses: torch.Tensor) -> None:
-    if not torch.isfinite(losses).all():
-        bad = int((~torch.isfinite(losses)).sum())
-        raise FloatingPointError(f"{bad} of {losses.numel()} {_NONFINITE}")

@@ -24,13 +24,13 @@ with ``n = 3`` they differ only from epoch 3 on (a longer comparison was not aff
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 from ..transfer import to_device
 from .base import ForwardMask
-from .registry import StrategyOptions, register_strategy
+from .registry import DEFAULTS, StrategyOptions, register_strategy
 from .selective_backprop import SelectiveBackpropPolicy
 
 __all__ = ["StaleSB"]
@@ -50,9 +50,9 @@ class StaleSB(SelectiveBackpropPolicy):
     name = "stale-sb"
     uses_training_losses = True
 
-    def __init__(self, dataset_size: int, n: int = 3, selectivity: Optional[float] = 0.33,
-                 beta: Optional[float] = None, history: int = 1024, floor: float = 0.0,
-                 history_mode: str = "batch", seed: int = 0) -> None:
+    def __init__(self, dataset_size: int, n: int = DEFAULTS.stale_n, selectivity: Optional[float] = DEFAULTS.selectivity,
+                 beta: Optional[float] = DEFAULTS.beta, history: int = DEFAULTS.history, floor: float = DEFAULTS.floor,
+                 history_mode: str = DEFAULTS.history_mode, seed: int = DEFAULTS.seed) -> None:
         super().__init__(selectivity, beta, history, floor, history_mode, seed)
         if n < 1:
             raise ValueError(f"Stale-SB n must be >= 1, got {n}")
@@ -82,6 +82,9 @@ class StaleSB(SelectiveBackpropPolicy):
         return torch.isnan(self.cached_loss[to_device(indices, self.device)])
 
     def select(self, losses: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        """SB's rule on each candidate's fresh loss, or its cached one where ``losses`` is NaN: the
+        caller gives a fresh loss to every candidate :meth:`requires_forward` asked for (the
+        selection driver does), so every candidate has one or the other."""
         idx = to_device(indices, self.device)
         losses = to_device(losses, self.device, torch.float64)
         fresh = ~torch.isnan(losses)
@@ -89,14 +92,14 @@ class StaleSB(SelectiveBackpropPolicy):
         merged = torch.where(fresh, losses, self.cached_loss[idx])
         self.cached_loss[idx] = merged
         self.loss_epoch[idx] = torch.where(fresh, torch.full_like(idx, epoch), self.loss_epoch[idx])
-        if not self.deferred_checks and torch.isnan(merged).any():  # else check_finite() reports it
-            raise RuntimeError("Stale-SB got no loss for an example it did not ask a forward for; "
-                               "the trainer must run requires_forward() before select()")
         return super().select(merged, indices, epoch)
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int) -> None:
         idx = to_device(indices, self.device)
         self.cached_loss[idx] = to_device(losses, self.device, torch.float64)  # the schedule is unchanged
+
+    def example_tables(self) -> Dict[str, torch.Tensor]:
+        return {"cached_loss": self.cached_loss, "loss_epoch": self.loss_epoch}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "cached_loss": self.cached_loss.clone(),

@@ -3,18 +3,26 @@
 Each step ORs "this loss is not finite" into a flag on the training device (no sync); the host
 reads the flag every ``check_every`` steps and before every checkpoint, so a diverged run stops
 within ``check_every`` steps and never overwrites the last good checkpoint.
+
+The selection losses of every strategy are checked the same way, in one place
+(:class:`SelectionLossCheck`, which the selection driver feeds and the guard reads).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
 
 from ..config import CHECKPOINT_NAME
 
-__all__ = ["Diverged", "DivergenceGuard", "check_finite_weights", "divergence_hint"]
+__all__ = ["Diverged", "DivergenceGuard", "SelectionLossCheck", "SELECTION_NONFINITE", "check_finite_weights",
+           "divergence_hint"]
+
+SELECTION_NONFINITE = ("selection losses are NaN/inf: the model has diverged (lower --lr or add --warmup-epochs) or "
+                       "the engine produced garbage (check it with sb-accel compare, or select with --engine torch).")
+_HOST = torch.device("cpu")  # an indexed device (an accelerator, the tests' stand-in) defers the read
 
 
 class Diverged(FloatingPointError):
@@ -24,8 +32,8 @@ class Diverged(FloatingPointError):
 class DivergenceGuard:
     """Device-side NaN/inf flag over the training losses, read every ``check_every`` steps.
 
-    :meth:`watch` adds checks read on the same cadence (a policy's deferred check of its
-    selection losses, :meth:`~sb_accel.selection.SelectionPolicy.check_finite`)."""
+    :meth:`watch` adds checks read on the same cadence (the selection losses':
+    :meth:`SelectionLossCheck.check`)."""
 
     def __init__(self, device: torch.device, check_every: int = 1) -> None:
         if check_every < 1:
@@ -55,6 +63,44 @@ class DivergenceGuard:
             first = int(self._first_step)
             raise Diverged(f"the training loss became NaN/inf at optimizer step {first} (checked at step {step}): "
                            f"the run diverged. {hint}".rstrip())
+
+
+class SelectionLossCheck:
+    """NaN/inf among the selection losses, for every strategy alike (policies never see a device).
+
+    :meth:`update` gets each scored candidate batch's losses and how many of them came from a selection
+    forward: the others hold NaN for "no fresh loss", so the batch is bad when more than
+    ``len(losses) - forwards`` of its losses are not finite. Losses on the host raise at once; on an
+    accelerator the verdict is ORed into a flag on the device (no host sync per candidate batch), read
+    by :meth:`check`: at the divergence guard's cadence (:meth:`DivergenceGuard.watch`) and at every
+    epoch's end (the selection driver).
+
+    Args:
+        deferred: True: always fold into the flag; False: always raise at once (a caller that reads the
+            device anyway); None: by the losses' device.
+    """
+
+    def __init__(self, deferred: Optional[bool] = None) -> None:
+        self.deferred = deferred
+        self._flag: Optional[torch.Tensor] = None
+
+    def update(self, losses: torch.Tensor, forwards: int) -> None:
+        """Check ``losses`` of which ``forwards`` came from selection forwards (the rest are NaN)."""
+        if not forwards:  # nothing was scored: no host read, no device work
+            return
+        unscored = len(losses) - forwards
+        bad = (~torch.isfinite(losses.detach())).sum() - unscored
+        if self.deferred is False or (self.deferred is None and losses.device == _HOST):
+            if bool(bad > 0):
+                raise FloatingPointError(f"{int(bad)} of {forwards} {SELECTION_NONFINITE}")
+            return
+        self._flag = bad > 0 if self._flag is None else self._flag | (bad > 0).to(self._flag.device)
+
+    def check(self) -> None:
+        """Raise ``FloatingPointError`` if non-finite selection losses were deferred since the last check."""
+        if self._flag is not None and bool(self._flag):
+            self._flag = None
+            raise FloatingPointError(SELECTION_NONFINITE)
 
 
 def divergence_hint(lr: float, run_dir: Path) -> str:

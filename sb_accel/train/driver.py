@@ -44,6 +44,7 @@ from ..selection import BackpropBatcher, SelectionPolicy, TrainBatch
 from ..selection.batcher import kept_rows
 from ..transfer import to_device
 from .distributed import RankGroup
+from .divergence import SelectionLossCheck
 from .lockstep import LockstepBatches
 from .scoring import ScoredBatch, ScoredCandidates, SelectionForwards, decide
 from .tables import ExampleTables, innermost_policy
@@ -113,6 +114,7 @@ class SelectionDriver:
             if shared_history and history is not None:
                 history.make_global(group.gather_losses)
         self._empty: Optional[TrainBatch] = None  # a zero-example batch, for lockstep partial steps
+        self.selection_losses = SelectionLossCheck()  # NaN/inf among them, for every strategy alike
         self.num_epochs = num_epochs
         self.selecting = True  # whether the open epoch may run selection forwards (set at its start)
         self.epoch = 0
@@ -160,10 +162,10 @@ class SelectionDriver:
             yield from self.lockstep.end_epoch(self.batcher.end_epoch(), self._empty)
 
     def finish_epoch(self) -> None:
-        """Close the epoch: the policy's ``on_epoch_end`` (and its deferred NaN check); under DDP
-        the tables' synchronisation."""
+        """Close the epoch: the deferred NaN check of the selection losses, the policy's
+        ``on_epoch_end``; under DDP the tables' synchronisation."""
         if self.epoch_open:
-            self.policy.check_finite()
+            self.selection_losses.check()
             self.policy.on_epoch_end(self.epoch)
             if self.tables is not None:
                 self.tables.sync()
@@ -203,6 +205,7 @@ class SelectionDriver:
     def _submit_part(self, scored: ScoredCandidates) -> Iterator[TrainBatch]:
         # indices where the policy's tables are: the batcher then never indexes host indices with device rows
         scored.indices = to_device(scored.indices, self.policy.device)
+        self.selection_losses.update(scored.losses, scored.forwards)
         decision = decide(self.policy, scored, self.epoch)
         # how many were kept decides whether a step is due: the one host read per candidate batch
         rows = None if decision.keep is None else kept_rows(decision.keep)

@@ -1,9 +1,9 @@
 """Per-example tables (Stale-SB's loss cache, InfoBatch's scores) kept identical on every rank.
 
 A policy's *example tables* are its tensors with one row per training example, indexed by the
-global dataset index: the names it lists in an ``example_tables`` attribute, or else every tensor
-attribute whose first dimension is the dataset size (Stale-SB: ``cached_loss``, ``loss_epoch``;
-InfoBatch: ``scores``). Every rank holds whole tables, so after the epoch's reshuffle it can read the
+global dataset index, as the policy declares them
+(:meth:`~sb_accel.selection.SelectionPolicy.example_tables`; Stale-SB: ``cached_loss``,
+``loss_epoch``; InfoBatch: ``scores``). Every rank holds whole tables, so after the epoch's reshuffle it can read the
 rows of its new shard locally.
 
 Within an epoch a rank writes only rows of examples it handles (its shard, and its carried-over
@@ -42,20 +42,22 @@ class ExampleTables:
     """The example tables of ``policy``, synchronised over ``group`` at epoch ends."""
 
     def __init__(self, policy: SelectionPolicy, dataset_size: int, group: RankGroup) -> None:
-        self.owner = innermost_policy(policy)
+        self.owner = policy
         self.group = group
-        declared = getattr(self.owner, "example_tables", None)
-        self.names: Tuple[str, ...] = tuple(declared) if declared is not None else tuple(sorted(
-            name for name, value in vars(self.owner).items()
-            if torch.is_tensor(value) and value.dim() == 1 and len(value) == dataset_size))
+        tables = self.owner.example_tables()
+        wrong = {name: tuple(t.shape) for name, t in tables.items() if t.dim() != 1 or len(t) != dataset_size}
+        if wrong:
+            raise ValueError(f"{self.owner!r} declares example tables {wrong} that are not one value per training "
+                             f"example ({dataset_size}): example_tables() lists only such tensors")
+        self.names: Tuple[str, ...] = tuple(tables)
         self._snapshot: Dict[str, torch.Tensor] = {}
 
     def __bool__(self) -> bool:
         return bool(self.names)
 
     def tables(self) -> Dict[str, torch.Tensor]:
-        """Name -> the policy's current tensor (looked up each time: a resume replaces them)."""
-        return {name: getattr(self.owner, name) for name in self.names}
+        """Name -> the policy's current tensor (asked each time: a resume replaces them)."""
+        return self.owner.example_tables()
 
     def snapshot(self) -> None:
         """Remember the tables as they are (call at the epoch's start, when all ranks agree)."""

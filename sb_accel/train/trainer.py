@@ -94,7 +94,7 @@ class Trainer:
                                                        self.group, rank_seed, self.step)
         if state is not None:
             self.driver.load_state_dict(state["driver"], self.device)
-        self.guard.watch(self.driver.policy.check_finite)  # a GPU policy's NaN check, read with the training loss's
+        self.guard.watch(self.driver.selection_losses.check)  # on a GPU: read with the training loss's
 
         # The run directory is written only now that everything is built: a failed set-up leaves nothing.
         log = self.run.open_log()
