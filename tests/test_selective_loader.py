@@ -191,9 +191,11 @@ def test_a_snapshot_engine_is_refreshed_on_a_cadence_that_pays():
 
 
 def test_workers_load_the_candidates():
+    # "spawn": a forked worker can inherit a lock held by a thread of an earlier test (ONNX Runtime's
+    # pools, gloo) and wait on it forever; spawn also checks the user's context reaches the workers.
     model = _model()
-    loader = sb_accel.SelectiveLoader(DataLoader(_data(), batch_size=B, num_workers=1), model, epochs=1,
-                                      prime_epochs=0)
+    data = DataLoader(_data(), batch_size=B, num_workers=1, multiprocessing_context="spawn")
+    loader = sb_accel.SelectiveLoader(data, model, epochs=1, prime_epochs=0)
     planned = len(loader)
     assert _train(loader, model, 1)[0] == [planned]
 
