@@ -91,3 +91,23 @@ def test_forwards_per_candidate_batch_under_ddp():
     assert engine.sizes == [4] and part.forwards == 4 and forwards.pending() == 0
     assert torch.equal(part.indices, idx) and torch.isnan(part.losses[::2]).all()
     assert torch.equal(part.losses[1::2], x[1::2, 0])
+
+
+def test_a_primed_policy_resumes_from_a_checkpoint_of_the_wrapping_layout():
+    """Checkpoints written before Primed forwarded its policy's state held {"epochs", "policy"}."""
+    from sb_accel.selection import Primed, SelectiveBackpropPolicy
+
+    def driver():
+        return SelectionDriver(Primed(SelectiveBackpropPolicy(seed=3), 1), batch_size=8,
+                               refresher=EngineRefresher(_RecordingEngine()), forward_batch_size=16)
+
+    trained = driver()
+    trained.start_epoch(1)
+    list(trained.train_batches(torch.rand(32, 4), torch.zeros(32, dtype=torch.long), torch.arange(32)))
+    state = trained.state_dict()
+    old = dict(state, policy={"epochs": 1, "policy": state["policy"]})
+    for saved in (state, old):
+        resumed = driver()
+        resumed.load_state_dict(saved)
+        assert torch.equal(resumed.policy.history.values(), trained.policy.history.values())
+        assert resumed.policy.state_dict()["generator"].equal(trained.policy.state_dict()["generator"])

@@ -272,7 +272,10 @@ class SelectionDriver:
         return state
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device | str = "cpu") -> None:
-        self.policy.load_state_dict(state["policy"])
+        policy_state = state["policy"]
+        if set(policy_state) == {"epochs", "policy"}:  # a primed policy's checkpoint before 2026-12-04
+            policy_state = policy_state["policy"]
+        self.policy.load_state_dict(policy_state)
         self.batcher.load_state_dict(state["batcher"], device)
         if self.lockstep is not None and "lockstep" in state:
             self.lockstep.load_state_dict(state["lockstep"], device)
