@@ -13,7 +13,6 @@ from sb_accel.train import Trainer
 from sb_accel.train.candidates import loss_history_size
 from sb_accel.train.distributed import RankGroup
 from sb_accel.train.run_directory import on_host
-from sb_accel.train.tables import innermost_policy
 
 
 def test_history_defaults_to_twice_the_selection_call_and_at_least_1024():
@@ -32,7 +31,7 @@ def test_trainer_tells_the_history_in_effect(tmp_path):
     cfg = TrainConfig(dataset="synthetic", model="small_cnn", width=4, epochs=1, batch_size=32, selection_batch_size=64,
                       run_dir=str(tmp_path), progress=False, threads=1, strategy="sb", checkpoint=False)
     trainer = Trainer(cfg, data=synthetic_dataset(train=128, test=32), overwrite=True)
-    assert innermost_policy(trainer.driver.policy).history.size == trainer.history == 1024
+    assert trainer.driver.policy.history.size == trainer.history == 1024
     config_event = next(e for e in read_events(tmp_path / "log.jsonl") if e["event"] == "config")
     assert config_event["loss_history"] == 1024
     with pytest.raises(ConfigError, match="history: R=32"):

@@ -27,7 +27,7 @@ from sb_accel.reporting import load_run
 from sb_accel.selection import LossHistory, StaleSB
 from sb_accel.train import Trainer
 from sb_accel.train.scoring import ScoredBatch, ScoredCandidates
-from sb_accel.train.tables import SHARED, ExampleTables, fill_shared, innermost_policy
+from sb_accel.train.tables import SHARED, ExampleTables, fill_shared
 
 WORLD = 2
 DEADLINE = 60.0  # seconds per multi-process job
@@ -80,7 +80,7 @@ def _data():
 
 def _report(trainer, summary):
     """What a rank sends back: the global summary and its own view."""
-    history = getattr(innermost_policy(trainer.driver.policy), "history", None)
+    history = getattr(trainer.driver.policy, "history", None)
     return {"summary": summary, "step": trainer.step, "backprops": trainer.backprops, "kept": trainer.driver.kept,
             "weights": {k: v.clone() for k, v in trainer.model.state_dict().items()},
             "history": None if history is None else history.values()}

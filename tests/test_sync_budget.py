@@ -41,7 +41,6 @@ from sb_accel.train import trainer as trainer_module
 from sb_accel.train.divergence import DivergenceGuard
 from sb_accel.train.learner import build_model
 from sb_accel.train.progress import DistributedRunLogger, RunLogger
-from sb_accel.train.tables import innermost_policy
 
 STRATEGIES = ("traditional", "sb", "stale-sb", "kath18", "infobatch")
 
@@ -77,17 +76,9 @@ def _data():
     return data
 
 
-def as_on_cuda_policy(policy) -> None:
-    """A policy's NaN checks deferred, as ``.to("cuda")`` sets them."""
-    inner = innermost_policy(policy)
-    if hasattr(inner, "deferred_checks"):
-        inner.deferred_checks = True
-
-
 def as_on_cuda(trainer: Trainer) -> None:
-    """What the Trainer and the policies do on CUDA that a CPU-typed device does not ask for."""
+    """What the Trainer does on CUDA that a CPU-typed device does not ask for (the guard's check cadence)."""
     trainer.guard.check_every = trainer.cfg.log_every_steps
-    as_on_cuda_policy(trainer.driver.policy)
 
 
 @contextlib.contextmanager
@@ -167,8 +158,6 @@ def test_drop_in_api_stays_within_the_sync_budget(strategy):
                 for x, y, idx in loader.epoch(16 * (3 if strategy == "kath18" else 1)):
                     if not epochs or epochs[-1][0] != epoch:
                         epochs.append((epoch, harness.batches - 1))
-                        if sb.policy is not None:  # built at the first batch, whose epoch primes (SB, Stale-SB)
-                            as_on_cuda_policy(sb.policy)
                     for xb, yb in sb.select(x, y, idx):
                         loss = sb.loss(F.cross_entropy(model(xb), yb, reduction="none"))
                         optimizer.zero_grad()
@@ -236,7 +225,6 @@ def test_a_forward_mask_read_once_is_not_asked_or_read_again():
     harness = StandInDevice()
     with harness:
         policy = StaleSB(128, n=2, seed=0, history=256).to(STAND_IN)
-        policy.deferred_checks = True
         policy.observe(torch.arange(64, device=STAND_IN), torch.rand(64, device=STAND_IN), 0)  # 0..63 cached
         driver = SelectionDriver(policy, 16, _Refresher(), forward_batch_size=32)
         driver.start_epoch(1)

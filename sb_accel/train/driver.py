@@ -47,7 +47,7 @@ from .distributed import RankGroup
 from .divergence import SelectionLossCheck
 from .lockstep import LockstepBatches
 from .scoring import ScoredBatch, ScoredCandidates, SelectionForwards, decide
-from .tables import ExampleTables, innermost_policy
+from .tables import ExampleTables
 
 __all__ = ["SelectionDriver"]
 
@@ -110,7 +110,7 @@ class SelectionDriver:
                 raise ValueError("a distributed driver needs dataset_size (its per-example tables are global)")
             self.lockstep = LockstepBatches(group, end_of_epoch)
             self.tables = ExampleTables(policy, dataset_size, group) or None
-            history = getattr(innermost_policy(policy), "history", None)  # SB's and Stale-SB's LossHistory
+            history = getattr(policy, "history", None)  # SB's and Stale-SB's LossHistory (through Primed too)
             if shared_history and history is not None:
                 history.make_global(group.gather_losses)
         self._empty: Optional[TrainBatch] = None  # a zero-example batch, for lockstep partial steps

@@ -26,16 +26,9 @@ import torch
 from ..selection import SelectionPolicy
 from .distributed import RankGroup
 
-__all__ = ["ExampleTables", "innermost_policy", "fill_shared", "SHARED"]
+__all__ = ["ExampleTables", "fill_shared", "SHARED"]
 
 SHARED = "<same as rank 0>"  # stands for a table in a rank's checkpoint state (see strip/fill)
-
-
-def innermost_policy(policy: SelectionPolicy) -> SelectionPolicy:
-    """The policy inside any wrappers (:class:`~sb_accel.selection.Primed`)."""
-    while isinstance(getattr(policy, "policy", None), SelectionPolicy):
-        policy = policy.policy
-    return policy
 
 
 class ExampleTables:
