@@ -31,6 +31,7 @@ from .reporting.tables import format_table
 from .selection import LossHistory, beta_for_selectivity, keep_probability
 from .train.learner import build_model, build_optimizer
 from .train.run_directory import CHECKPOINT_NAME, load_checkpoint
+from .strategy_options import DEFAULTS
 
 __all__ = ["REFERENCE", "prepare_model", "compare_engines", "kept_mask", "agreement", "compare_table", "write_compare"]
 
@@ -89,7 +90,7 @@ def prepare_model(model: str = "small_cnn", dataset: Optional[str] = None, data_
 
 
 def kept_mask(losses: torch.Tensor, batch_size: int, selectivity: float, uniforms: torch.Tensor,
-              history: int = 1024) -> torch.Tensor:
+              history: int = DEFAULTS.history) -> torch.Tensor:
     """SB's keep decisions for ``losses`` seen in consecutive batches of ``batch_size``: a new loss
     history of length ``history`` takes each batch before scoring it (the authors' order), and an
     example is kept if its ``uniforms`` draw is below ``CDF ** beta``."""
@@ -116,9 +117,9 @@ def agreement(losses: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor,
 
 
 def compare_engines(model: nn.Module, data: ArrayDataset, engines: Optional[Sequence[str]] = None,
-                    examples: int = 2048, batch_size: int = 128, selectivity: float = 0.33,
+                    examples: int = 2048, batch_size: int = 128, selectivity: float = DEFAULTS.selectivity,
                     repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu", seed: int = 0,
-                    history: int = 1024, channels_last: bool = True,
+                    history: int = DEFAULTS.history, channels_last: bool = True,
                     cache_dir: str = "engines/cache") -> List[Dict[str, Any]]:
     """Measure every engine in ``engines`` (default: all registered) against torch FP32.
 

@@ -31,6 +31,7 @@ from .engines import EngineContext
 from .engines.torch_backend import TorchEngine
 from .selection import SelectiveBackpropPolicy
 from .train.divergence import SelectionLossCheck
+from .strategy_options import DEFAULTS
 
 __all__ = ["BatchSelector", "select_batch"]
 
@@ -60,8 +61,8 @@ class BatchSelector:
     on full batches for a while, simply do not call the selector in those steps.
     """
 
-    def __init__(self, model: nn.Module, selectivity: float = 0.33, *, precision: str = "fp32",
-                 loss_fn: Optional[LossFn] = None, forward: Optional[Forward] = None, history: int = 1024,
+    def __init__(self, model: nn.Module, selectivity: float = DEFAULTS.selectivity, *, precision: str = "fp32",
+                 loss_fn: Optional[LossFn] = None, forward: Optional[Forward] = None, history: int = DEFAULTS.history,
                  min_keep: int = 1, seed: int = 0, **policy_options: Any) -> None:
         if min_keep < 1:
             raise ValueError(f"min_keep must be >= 1 (an optimizer step needs an example), got {min_keep}")
@@ -113,7 +114,7 @@ class BatchSelector:
         self.seen, self.kept = state["seen"], state["kept"]
 
 
-def select_batch(model: nn.Module, batch: Batch, *, selectivity: float = 0.33, precision: str = "fp32",
+def select_batch(model: nn.Module, batch: Batch, *, selectivity: float = DEFAULTS.selectivity, precision: str = "fp32",
                  loss_fn: Optional[LossFn] = None, forward: Optional[Forward] = None,
                  selector: Optional[BatchSelector] = None) -> Batch:
     """The rows of ``batch`` that Selective-Backprop keeps (one call, the functional form).

@@ -53,6 +53,7 @@ from .files import atomic_write_json
 from .reporting.tables import format_table
 from .train.learner import build_optimizer
 from .train.timer import PhaseTimer
+from .strategy_options import DEFAULTS
 
 __all__ = ["profile_models", "predict_epoch_costs", "profile_tables", "write_profile", "default_precisions",
            "default_engines"]
@@ -208,7 +209,7 @@ def selection_epoch_seconds(row: Dict[str, Any], examples: float, selection_batc
     return examples * per_example_s
 
 
-def predict_epoch_costs(rows: Sequence[Dict[str, Any]], selectivity: float = 0.33,
+def predict_epoch_costs(rows: Sequence[Dict[str, Any]], selectivity: float = DEFAULTS.selectivity,
                         dataset_size: Optional[int] = None, refresh_every_steps: int = 1,
                         selection_batch: Optional[int] = None) -> List[Dict[str, Any]]:
     """Predicted seconds per steady-state epoch of Traditional, SB and SB with each engine (module

@@ -54,6 +54,7 @@ from .train.candidates import loss_history_size, selection_call_size
 from .train.distributed import RankGroup
 from .train.driver import SelectionDriver
 from .train.selector import resolve_engine
+from .strategy_options import DEFAULTS
 
 __all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT", "MAX_DRY_PASSES"]
 
@@ -101,7 +102,7 @@ class SelectiveLoader:
     """
 
     def __init__(self, data: Dataset | DataLoader, model: nn.Module, *, batch_size: Optional[int] = None,
-                 selectivity: float = 0.33, strategy: str = "sb", engine: str = "auto",
+                 selectivity: float = DEFAULTS.selectivity, strategy: str = "sb", engine: str = "auto",
                  loss_fn: Optional[LossFn] = None, forward: Optional[Forward] = None, epochs: Optional[int] = None,
                  device: Optional[torch.device | str] = None, shuffle: Optional[bool] = None,
                  selection_batch_size: Optional[int] = None, refresh_every: Optional[int] = None,

@@ -11,6 +11,7 @@ import typing
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import TrainConfig
+from ..strategy_options import DEFAULTS
 
 __all__ = ["build_parser", "Parser"]
 
@@ -237,7 +238,8 @@ def _add_measurement_commands(sub: Any) -> None:
     profile.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     profile.add_argument("--repeats", type=int, default=5, help="timed repetitions (medians are reported)")
     profile.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
-    profile.add_argument("--selectivity", type=float, default=0.33, help="SB's kept fraction in the cost model")
+    profile.add_argument("--selectivity", type=float, default=DEFAULTS.selectivity,
+                         help="SB's kept fraction in the cost model")
     profile.add_argument("--epoch-size", type=int, default=0,
                          help="examples per epoch in the cost model (0: the dataset's training split)")
     profile.add_argument("--refresh-every-steps", type=int, default=1,
@@ -258,7 +260,7 @@ def _add_measurement_commands(sub: Any) -> None:
     compare.add_argument("--data-dir", default=None, help="where datasets live (default: $SB_ACCEL_DATA or ./data)")
     compare.add_argument("--examples", type=int, default=2048, help="training examples scored by every engine")
     compare.add_argument("--batch-size", type=int, default=128, help="selection (and training-step) batch size")
-    compare.add_argument("--selectivity", type=float, default=0.33, help="for the kept-set agreement")
+    compare.add_argument("--selectivity", type=float, default=DEFAULTS.selectivity, help="for the kept-set agreement")
     compare.add_argument("--repeats", type=int, default=3, help="timed passes over the examples")
     compare.add_argument("--warmup", type=int, default=1, help="untimed passes first")
     compare.add_argument("--seed", type=int, default=0, help="examples, draws and training steps")

@@ -47,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from ..adapters import Forward, LossFn, default_forward, per_example_loss
 from ..selective_loader import SelectiveLoader
 from .stepping import FrameworkLoader
+from ..strategy_options import DEFAULTS
 
 __all__ = ["SelectiveBackpropTrainer", "LOADER_STATE"]
 
@@ -67,8 +68,8 @@ class SelectiveBackpropTrainer(Trainer):
             ``history``, ``selection_batch_size``...).
     """
 
-    def __init__(self, *args: Any, selectivity: float = 0.33, strategy: str = "sb", engine: str = "auto",
-                 loss_fn: Optional[LossFn] = None, forward: Optional[Forward] = None,
+    def __init__(self, *args: Any, selectivity: float = DEFAULTS.selectivity, strategy: str = "sb",
+                 engine: str = "auto", loss_fn: Optional[LossFn] = None, forward: Optional[Forward] = None,
                  loader_options: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sb_loss_fn: LossFn = loss_fn or per_example_loss

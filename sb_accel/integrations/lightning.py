@@ -40,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ..selective_loader import SelectiveLoader
 from .stepping import FrameworkLoader
+from ..strategy_options import DEFAULTS
 
 __all__ = ["SelectiveBackpropCallback"]
 
@@ -53,7 +54,7 @@ class SelectiveBackpropCallback(pl.Callback):
             (``loss_fn``, ``forward``, ``prime_epochs``...); its ``epochs`` is the Trainer's ``max_epochs``.
     """
 
-    def __init__(self, selectivity: float = 0.33, *, strategy: str = "sb", engine: str = "auto",
+    def __init__(self, selectivity: float = DEFAULTS.selectivity, *, strategy: str = "sb", engine: str = "auto",
                  **loader_options: Any) -> None:
         if "epochs" in loader_options:
             raise TypeError("SelectiveBackpropCallback takes the planned epochs from Trainer(max_epochs=...)")
