@@ -105,7 +105,8 @@ class TrainConfig:
     refresh_every_steps: Optional[int] = None
     refresh_every_epoch: bool = True
     refresh_validate_every: Optional[int] = None  # check every N-th cheap refresh against torch (rebuilds always)
-    int8_recalibrate_every: int = 100  # ONNX Runtime INT8: recalibrate every N refreshes (0: when a check fails)
+    # ONNX Runtime INT8: recalibrate every N refreshes (0: when a check fails; None: the model's recipe, 100)
+    int8_recalibrate_every: Optional[int] = None
     refresh_background: bool = False
     engine_fallback: str = "raise"   # "raise" or "torch"
     pipeline: bool = False           # select the next candidate batches in a background thread
@@ -167,7 +168,8 @@ class TrainConfig:
              "must be >= 0 (0: only per epoch; unset: the engine's default)")
         need(self.refresh_validate_every is None or self.refresh_validate_every >= 1, "refresh_validate_every",
              "must be >= 1 (1: check every refresh; unset: the engine's default)")
-        need(self.int8_recalibrate_every >= 0, "int8_recalibrate_every", "must be >= 0 (0: only when a check fails)")
+        need(self.int8_recalibrate_every is None or self.int8_recalibrate_every >= 0, "int8_recalibrate_every",
+             "must be >= 0 (0: only when a check fails; unset: the model's recipe)")
         need(self.pipeline_depth >= 1, "pipeline_depth", "must be >= 1")
         need(self.ddp_history in CHOICES["ddp_history"], "ddp_history",
              "must be 'global' (every rank scores against all ranks' losses) or 'local'")

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from .config import TrainConfig
 from .data import ArrayDataset, load_dataset
 from .device import resolve_device
-from .engines import EngineContext, SelectionEngine, create_engine, list_engines, parse_engine_spec
+from .engines import EngineContext, SelectionEngine, create_engine, list_engines, load_recipe, parse_engine_spec
 from .measure import (build_engine, call_costs, check_engine_specs, default_call_sizes, real_batch, refresh_costs,
                       seconds_cell, spread_fields, time_phases)
 from .models import create_model, list_models
@@ -154,7 +154,8 @@ def profile_models(models: Sequence[str] = ("small_cnn",), batch_sizes: Sequence
         torch.manual_seed(0)
         model = create_model(name, num_classes=data.num_classes, in_channels=data.in_channels).to(dev, memory_format=memory_format)
         sample = real_batch(data, max_batch, dev, memory_format)
-        context = EngineContext(device=dev, sample_batches=[sample], max_batch=max_batch, cache_dir=cache_dir)
+        context = EngineContext(device=dev, sample_batches=[sample], max_batch=max_batch, cache_dir=cache_dir,
+                                recipe=load_recipe(name))
         builds = [build_engine(spec, model, context) for spec in engines]
         refreshes = [refresh_costs(b.engine, model, dev, repeats, warmup) if b.engine else {} for b in builds]
         selectors = {p: create_engine(f"torch-{p}", model, context) for p in precisions}

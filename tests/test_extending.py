@@ -96,3 +96,9 @@ def test_a_model_added_as_documented_trains_and_has_its_recipe(registries, tmp_p
         engine.refresh(_toy_net())
         kinds[recipe] = engine.refresh_kind
     assert kinds["default"] == "cheap" and kinds["toy_net"] != "cheap"  # recalibrated, as its recipe says
+    # ... and the Trainer builds its engine by that recipe: every refresh after priming a rebuild.
+    run = Trainer(config(tmp_path / "int8", model="toy_net", width=0, strategy="sb", epochs=2,
+                         engine="onnxruntime-int8"), data=small)
+    run.fit()
+    kinds = [e["kind"] for e in load_run(tmp_path / "int8" / "run").of("refresh")]
+    assert kinds and set(kinds) == {"rebuild"}, kinds

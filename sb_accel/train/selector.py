@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..config import TrainConfig
 from ..data import ArrayDataset
-from ..engines import EngineContext, EngineRefresher, default_schedule, parse_engine_spec
+from ..engines import EngineContext, EngineRefresher, default_schedule, load_recipe, parse_engine_spec
 from ..selection import SelectionPolicy, StrategyOptions, create_strategy
 from .candidates import candidate_batch_size, loss_history_size
 from .distributed import RankGroup, per_rank
@@ -80,10 +80,11 @@ def resolve_engine(engine: str, precision: str, device: torch.device) -> Tuple[s
 
 def build_refresher(cfg: TrainConfig, model: nn.Module, samples: List[Batch], device: torch.device,
                     max_batch: int, step: int = 0) -> Optional[EngineRefresher]:
-    """The configured selection engine, validated and wrapped in its refresh schedule."""
-    context = EngineContext(
-        device=device, sample_batches=samples, threads=cfg.engine_threads or None, max_batch=max_batch,
-        options={"recalibrate_every": cfg.int8_recalibrate_every})
+    """The configured selection engine, built by its model's recipe (``engines/recipes/<model>.toml``;
+    a config value that names a recipe key wins), validated and wrapped in its refresh schedule."""
+    options = {} if cfg.int8_recalibrate_every is None else {"recalibrate_every": cfg.int8_recalibrate_every}
+    context = EngineContext(device=device, sample_batches=samples, threads=cfg.engine_threads or None,
+                            max_batch=max_batch, recipe=load_recipe(cfg.model), options=options)
     if cfg.pipeline:  # the worker must not read weights the main thread is updating
         context.options["snapshot"] = True
     backend, precision = resolve_engine(cfg.engine, cfg.precision, device)
