@@ -18,7 +18,8 @@ a side stream first (cuDNN/cuBLAS plans, lazy initialisation and ``torch.compile
 not during capture), then capture on that same stream (libraries cache handles per stream), one
 memory pool shared by the buckets of an engine (replays never overlap: they run in order on the
 caller's stream), autocast with its weight cache off (cached casts would outlive the capture).
-Nothing here runs without CUDA; :func:`eager_capture` stands in for it in CPU tests.
+Nothing here runs without CUDA; CPU tests substitute a stand-in with a graph's semantics
+(``tests/test_torch_graph_engine.py``, ``StandInGraphEngine``).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["CapturedBatch", "capture_bucket", "eager_capture", "pointer_table", "pointers_unchanged",
+__all__ = ["CapturedBatch", "capture_bucket", "pointer_table", "pointers_unchanged",
            "input_memory_format"]
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,19 +64,6 @@ def capture_bucket(forward: Forward, x: torch.Tensor, y: torch.Tensor, pool: Any
     with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
         out = forward(x, y)
     return CapturedBatch(x, y, out, graph.replay, graph)
-
-
-def eager_capture(forward: Forward, x: torch.Tensor, y: torch.Tensor, pool: Any = None, stream: Any = None,
-                  warmup: int = 0) -> CapturedBatch:
-    """What a replay computes, without CUDA: ``forward`` on the static buffers, run at each replay
-    (reads the weights at replay time, as a graph reads them by address). For CPU tests of the
-    engine's padding, splitting and re-capture logic."""
-    out = forward(x, y)
-
-    def replay() -> None:
-        out.copy_(forward(x, y))
-
-    return CapturedBatch(x, y, out, replay)
 
 
 def pointer_table(model: nn.Module) -> Pointers:

@@ -61,7 +61,7 @@ class TorchGraphEngine(SelectionEngine):
     backend = "torch-graph"
     precisions = tuple(_AUTOCAST)
     refresh_kind = "exact"  # a snapshot refresh copies the weights as they are
-    capture = staticmethod(capture_bucket)  # CPU tests substitute cuda_graphs.eager_capture
+    capture = staticmethod(capture_bucket)  # CPU tests substitute a stand-in (StandInGraphEngine)
 
     def __init__(self, model: nn.Module, precision: str = "fp16", context: Optional[EngineContext] = None) -> None:
         context = context or EngineContext()
