@@ -231,7 +231,9 @@ def predict_epoch_costs(rows: Sequence[Dict[str, Any]], selectivity: float = DEF
         calls = selection_batch or train["batch"]
         options = [("traditional", 0.0, 1.0, 0.0),
                    (f"sb torch-{train['name']}", selection_epoch_seconds(train, size, calls), selectivity, 0.0)]
-        refreshes = (selectivity * batches / refresh_every_steps if refresh_every_steps else 0.0) + 1.0
+        # plus the epoch-end refresh, skipped when the last step's refresh took the same weights (K = 1)
+        refreshes = (selectivity * batches / refresh_every_steps if refresh_every_steps else 0.0) + \
+            (0.0 if refresh_every_steps == 1 else 1.0)
         options += [(f"sb {r['name']}", selection_epoch_seconds(r, size, calls), selectivity,
                      refreshes * (r["refresh_s"] or 0.0)) for r in same]  # a live engine (refresh_s None): never
         traditional_s = batches * step_s
