@@ -48,13 +48,12 @@ from .data.sampler import DistributedEpochSampler
 from .engines import EngineContext, EngineError, EngineRefresher, default_schedule, parse_engine_spec
 from .engines.torch_backend import eval_mode
 from .loader_checks import api_nonfinite_message, check_candidates, guard_training_losses, layout_error, unpack_data
-from .selection import StrategyOptions, TrainBatch, create_strategy, strategy_info
+from .selection import DEFAULTS, StrategyOptions, TrainBatch, create_strategy, strategy_info
 from .selection.expected_share import expected_share
 from .train.candidates import loss_history_size, selection_call_size
 from .train.distributed import RankGroup
 from .train.driver import SelectionDriver
 from .train.selector import resolve_engine
-from .strategy_options import DEFAULTS
 
 __all__ = ["SelectiveLoader", "HOOKED_BACKENDS", "REFRESH_BUDGET", "STATE_FORMAT", "MAX_DRY_PASSES"]
 

@@ -231,20 +231,10 @@ def test_gpu_policy_state_matches_cpu(cuda, make):
 
 @pytest.mark.gpu
 def test_gpu_driver_synchronises_at_most_once_per_candidate_batch(cuda):
-    class Engine:
-        name = "torch"
-
-        def losses(self, x, y):
-            return x.flatten(1).mean(1) + y.float()
-
-    class Refresher:
-        engine = Engine()
-
-        def after_step(self, model, step):
-            return []
+    from test_sync_budget import _Refresher  # an engine scoring x's mean + y, never refreshed
 
     policy = SelectiveBackpropPolicy(seed=0, history=256).to(cuda)
-    driver = SelectionDriver(policy, 32, Refresher())
+    driver = SelectionDriver(policy, 32, _Refresher())
     driver.start_epoch(0)
     batches = [(x.to(cuda), y.to(cuda), idx.pin_memory()) for x, y, idx in _candidates(10)]
     torch.cuda.synchronize()
