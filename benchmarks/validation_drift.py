@@ -30,8 +30,8 @@ from sb_accel.engines import EngineContext, create_engine
 from sb_accel.engines.validation import DEFAULT_TOLERANCES, Validation, check_engine
 from sb_accel.files import atomic_write_json
 from sb_accel.models import create_model
-from sb_accel.train.engine_setup import sample_batches
-from sb_accel.train.factory import build_optimizer
+from sb_accel.train.selector import sample_batches
+from sb_accel.train.learner import build_optimizer
 
 
 def main() -> int:

@@ -7,8 +7,9 @@ module opens and runs sessions. Refresh never re-exports:
   name (exact), INT8 weights re-quantized in numpy with the kept activation scales. With
   ``refresh_mode = "session"`` (default) a new session takes them, swapped in one assignment so a
   ``losses`` call running in another thread finishes on the old one: INT8 sessions are opened over
-  ORT's own optimized graph with the new weights attached as numpy buffers (``add_initializer``,
-  :mod:`.ort_weights`; no graph is rewritten or serialised), FP32/FP16 ones over the graph with the
+  ORT's own optimized graph (kept in ORT's flatbuffer format, which opens faster) with the new
+  weights attached as numpy buffers (``add_initializer``, :mod:`.ort_weights`; no graph is
+  rewritten or serialised), FP32/FP16 ones over the graph with the
   weights written in. With ``"inplace"`` the values are copied into the buffers of the run's one
   session (slower per batch: see :mod:`.ort_weights`).
 * ``"rebuild"``: every ``recalibrate_every`` refreshes, or forced: INT8 recalibrated, any precision
@@ -42,7 +43,8 @@ from .errors import EngineError
 from .graph import INPUT_NAMES, OUTPUT_NAME, assign_initializers
 from .onnx_engine import OnnxEngine
 from .ort_session import run_onnx, session_options
-from .ort_weights import REFRESH_MODES, SessionWeights, initializer_arrays, optimized_graph, preoptimized_matches
+from .ort_weights import (REFRESH_MODES, SessionWeights, initializer_arrays, optimized_graph, ort_format,
+                          preoptimized_matches)
 
 __all__ = ["OnnxRuntimeEngine"]
 
@@ -126,10 +128,11 @@ class OnnxRuntimeEngine(OnnxEngine):
         buffers: checked against sessions over graphs holding *changed* weights (an optimization that
         had derived a constant from a weight would disagree). False: keep the plain graph."""
         plain = self._data
-        optimized = optimized_graph(plain, lambda hook: self._open(plain, None, hook=hook), self.artifacts)
+        optimized = optimized_graph(lambda hook: self._open(plain, None, hook=hook), self.artifacts)
         if set(weights.arrays) - {i.name for i in optimized.graph.initializer} - self._quantized.bias_scales:
             return False  # an optimization consumed a weight we refresh
-        data = optimized.SerializeToString()
+        onnx_bytes = optimized.SerializeToString()
+        data = ort_format(lambda hook: self._open(onnx_bytes, None, optimized=True, hook=hook), self.artifacts)
         rows = {INPUT_NAMES[0]: self._calibration[0][0][:8], INPUT_NAMES[1]: self._calibration[0][1][:8]}
 
         def reference(values: Dict[str, np.ndarray]) -> np.ndarray:

@@ -53,7 +53,8 @@ from .errors import EngineError
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["SessionWeights", "initializer_arrays", "optimized_graph", "preoptimized_matches", "REFRESH_MODES"]
+__all__ = ["SessionWeights", "initializer_arrays", "optimized_graph", "ort_format", "preoptimized_matches",
+           "REFRESH_MODES"]
 
 REFRESH_MODES = ("session", "inplace")
 
@@ -108,19 +109,39 @@ def initializer_arrays(graph: onnx.ModelProto, names: Sequence[str],
     return out
 
 
-def optimized_graph(data: bytes, open_session: Callable[[Any], Any], folder: Path) -> onnx.ModelProto:
-    """ORT's level-ALL optimized form of the serialised graph ``data`` (written by ORT through
-    ``optimized_model_filepath`` into a temporary file in ``folder``, which is removed).
+def optimized_graph(open_session: Callable[[Any], Any], folder: Path) -> onnx.ModelProto:
+    """ORT's level-ALL optimized form of a graph, as ONNX.
 
-    ``open_session(options_hook)`` opens a session with the engine's usual options after calling
-    ``options_hook(options)``. The result is specific to this machine and ORT version (chosen
-    kernels and layouts): use it in this process only.
+    ``open_session(options_hook)`` opens a session over the graph with the engine's usual options
+    after calling ``options_hook(options)``. The result is specific to this machine and ORT version
+    (chosen kernels and layouts): use it in this process only.
     """
-    fd, path = tempfile.mkstemp(prefix="ort-optimized-", suffix=".onnx", dir=folder)
+    return onnx.load_from_string(_saved_by_session(open_session, folder, ".onnx"))
+
+
+def ort_format(open_session: Callable[[Any], Any], folder: Path) -> bytes:
+    """The graph a session opened by ``open_session`` (as in :func:`optimized_graph`) serves, in
+    ORT's own flatbuffer format, which ORT recognises when given the bytes. A session opens over it
+    ~0.5 ms faster than over the same graph as ONNX (small_cnn INT8: no protobuf to parse); the
+    attached weight buffers work alike. Specific to this ORT version: use it in this process only."""
+    return _saved_by_session(open_session, folder, ".ort", {"session.save_model_format": "ORT"})
+
+
+def _saved_by_session(open_session: Callable[[Any], Any], folder: Path, suffix: str,
+                      config: Optional[Mapping[str, str]] = None) -> bytes:
+    """The graph ORT writes through ``optimized_model_filepath`` (with session ``config`` entries)
+    when ``open_session`` opens it, via a temporary file in ``folder`` that is removed."""
+    fd, path = tempfile.mkstemp(prefix="ort-optimized-", suffix=suffix, dir=folder)
     os.close(fd)
+
+    def hook(options: Any) -> None:
+        options.optimized_model_filepath = path
+        for key, value in (config or {}).items():
+            options.add_session_config_entry(key, value)
+
     try:
-        open_session(lambda options: setattr(options, "optimized_model_filepath", path))
-        return onnx.load(path)
+        open_session(hook)
+        return Path(path).read_bytes()
     finally:
         os.unlink(path)
 
