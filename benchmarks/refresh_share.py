@@ -125,9 +125,13 @@ def run_once(name: str, cfg: TrainConfig, data) -> Dict[str, Any]:
     summary = Trainer(cfg, data=data).fit()
     rows = epoch_rows(Path(cfg.run_dir))
     refreshes = load_run(Path(cfg.run_dir)).of("refresh")
+    cheap = [e["seconds"] for e in refreshes if refresh_kind(e) == "cheap" and not e.get("validated")]
     return {"name": name, "load_before": load, "seconds": time.perf_counter() - start, "epochs": rows,
             "refreshes": len(refreshes), "validated": sum(1 for e in refreshes if e.get("validated")),
             "kinds": {k: sum(1 for e in refreshes if refresh_kind(e) == k) for k in ("exact", "cheap", "rebuild")},
+            "rebuild_seconds": [e["seconds"] for e in refreshes if refresh_kind(e) == "rebuild"],
+            "validated_seconds": [e["seconds"] for e in refreshes if refresh_kind(e) == "cheap" and e.get("validated")],
+            "cheap_median_seconds": statistics.median(cheap) if cheap else None,
             "refresh_steps": [e["step"] for e in refreshes][:3], "test_acc": summary["test_acc"]}
 
 
@@ -249,9 +253,14 @@ def report(result: Dict[str, Any]) -> str:
     lines += ["", f"uptime at start: `{result['uptime'].get('start')}`; at end: `{result['uptime'].get('end')}`"]
     lines += ["", "Runs (load average before each; refreshes: count, validated, by kind):", ""]
     for run in result["runs"]:
+        costs = ""
+        if run.get("cheap_median_seconds") is not None:
+            costs = (f"; a cheap refresh {run['cheap_median_seconds'] * 1e3:.1f} ms (median), validated "
+                     f"{[round(x * 1e3, 1) for x in run['validated_seconds']]} ms, rebuilds "
+                     f"{[round(x, 2) for x in run['rebuild_seconds']]} s")
         lines.append(f"- round {run['round']} {run['name']}: {run['seconds']:.0f} s, load {run['load_before']:.2f}, "
                      f"refreshes {run['refreshes']} (validated {run['validated']}, {run['kinds']}), first at steps "
-                     f"{run['refresh_steps']}, test acc {run['test_acc']:.3f}")
+                     f"{run['refresh_steps']}, test acc {run['test_acc']:.3f}{costs}")
     return "\n".join(lines) + "\n"
 
 

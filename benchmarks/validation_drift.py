@@ -20,18 +20,50 @@ import argparse
 import os
 import statistics
 from pathlib import Path
+from typing import Callable, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from sb_accel.config import TrainConfig
-from sb_accel.data import load_dataset
+from sb_accel.data import ArrayDataset, load_dataset
 from sb_accel.engines import EngineContext, create_engine
 from sb_accel.engines.validation import DEFAULT_TOLERANCES, Validation, check_engine
 from sb_accel.files import atomic_write_json
 from sb_accel.models import create_model
 from sb_accel.train.selector import sample_batches
 from sb_accel.train.learner import build_optimizer
+
+
+def start_training(model_name: str, train_subset: int, seed: int = 0
+                   ) -> Tuple[ArrayDataset, nn.Module, Callable[[], None]]:
+    """The data subset, the model (channels_last) and a function making one training step with the
+    Trainer's optimizer settings on a random un-augmented batch of 128."""
+    torch.manual_seed(seed)
+    data = load_dataset("cifar10").subset(train=train_subset, test=100, seed=0)
+    model = create_model(model_name, num_classes=data.num_classes,
+                         in_channels=data.in_channels).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(TrainConfig(model=model_name), model)
+    g = torch.Generator().manual_seed(seed)
+
+    def train_step() -> None:
+        idx = torch.randint(0, len(data.y_train), (128,), generator=g)
+        x = data.normalize(data.x_train[idx]).contiguous(memory_format=torch.channels_last)
+        model.train()
+        loss = F.cross_entropy(model(x), data.y_train[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return data, model, train_step
+
+
+def engine_context(data: ArrayDataset, threads: int) -> EngineContext:
+    """The Trainer's engine context (its sample batches), recalibrating only when asked."""
+    cpu, cl = torch.device("cpu"), torch.channels_last
+    return EngineContext(device=cpu, sample_batches=sample_batches(data, 128, cpu, cl), threads=threads,
+                         cache_dir=os.environ.get("SB_ACCEL_CACHE", "engines/cache"), options={"recalibrate_every": 0})
 
 
 def main() -> int:
@@ -45,27 +77,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    data = load_dataset("cifar10").subset(train=args.train_subset, test=100, seed=0)
-    cpu, cl = torch.device("cpu"), torch.channels_last
-    model = create_model(args.model, num_classes=data.num_classes, in_channels=data.in_channels).to(memory_format=cl)
-    optimizer = build_optimizer(TrainConfig(model=args.model), model)
-    g = torch.Generator().manual_seed(0)
-
-    def train_step() -> None:
-        idx = torch.randint(0, len(data.y_train), (128,), generator=g)
-        x = data.normalize(data.x_train[idx]).contiguous(memory_format=cl)
-        model.train()
-        loss = F.cross_entropy(model(x), data.y_train[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    data, model, train_step = start_training(args.model, args.train_subset)
     for _ in range(args.prime_steps):
         train_step()
-    context = EngineContext(device=cpu, sample_batches=sample_batches(data, 128, cpu, cl), threads=args.threads,
-                            cache_dir=os.environ.get("SB_ACCEL_CACHE", "engines/cache"),
-                            options={"recalibrate_every": 0})
+    context = engine_context(data, args.threads)
     engine = create_engine(args.engine, model, context)
     validation = Validation.from_context(context)
     rows = []

@@ -98,14 +98,16 @@ class TrainConfig:
     engine: str = "auto"             # auto: torch-graph fp16 on CUDA, torch fp32 on CPU (train.selector.resolve_engine)
     precision: str = "auto"          # auto: the engine's default precision
     # Stale snapshots hurt SB (delayed feedback: the snapshot keeps choosing what the live model
-    # has since learned). CIFAR-10 20k subset, 6 epochs, INT8 selection refreshed every 1/2/5/50
-    # steps: 60.6/58.8/55.1/44.1% vs 60.5% live. None: the engine's default on the device
+    # has since learned): one step behind changes 9% of the keep decisions (INT8 itself 0.3%), and
+    # CIFAR-10 20k subset, 6 epochs, INT8 selection refreshed every 1/2/5/50 steps reached
+    # 60.6/58.8/55.1/44.1% vs 60.5% live. None: the engine's default on the device
     # (engines.schedule.CADENCES, chosen by measurement: every step; checks every 25th cheap ONNX
     # Runtime refresh on CPU, every 10th elsewhere).
     refresh_every_steps: Optional[int] = None
     refresh_every_epoch: bool = True
     refresh_validate_every: Optional[int] = None  # check every N-th cheap refresh against torch (rebuilds always)
-    # ONNX Runtime INT8: recalibrate every N refreshes (0: when a check fails; None: the model's recipe, 100)
+    # ONNX Runtime INT8: recalibrate every N refreshes (0: when a check fails; None: the model's recipe,
+    # engines/recipes/: 100 by default, 500 for small_cnn)
     int8_recalibrate_every: Optional[int] = None
     refresh_background: bool = False
     engine_fallback: str = "raise"   # "raise" or "torch"

@@ -36,6 +36,13 @@ then refuses every session opened with per-session threads, including its own IN
 ("use_per_session_threads must be false when using a global thread pool"); a shared environment
 allocator (``create_and_register_allocator`` + ``session.use_env_allocators``) changed neither the
 refresh (6.9 vs 6.7 ms) nor the first selection batch after it (19.9 vs 19.6 ms).
+
+In the training loop (after an optimizer step, caches cold; small_cnn, 2 threads) the same cheap
+INT8 refresh costs 6.4-8.4 ms: state_dict copy 1.0-1.3, re-quantization 1.3-2.0, session open
+1.9-2.9 and the old session's teardown 1-2.7 (joining its thread pool). Sessions therefore open
+over ORT-format bytes (:func:`ort_format`, -0.5 ms) without a memory arena
+(:func:`~sb_accel.engines.ort_session.session_options`); deferring the teardown to after the next
+batch saved 0.3 ms and was left out.
 """
 from __future__ import annotations
 

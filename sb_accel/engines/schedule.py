@@ -55,8 +55,12 @@ class Cadence:
 
 
 # (backend, device type) -> default cadence; backends not listed (the live torch engines never refresh)
-# take ("*", device). Every step everywhere: stale selection costs accuracy (CIFAR-10 20k subset, 6
-# epochs, INT8 refreshed every 1/2/5/50 steps: 60.6/58.8/55.1/44.1% test accuracy vs 60.5% live).
+# take ("*", device). Every step everywhere: a snapshot one optimizer step behind the model changes
+# 9.0% of SB's keep decisions against exact SB, two steps 13.5%, where INT8 itself changes 0.3%
+# (small_cnn after priming: benchmarks/selection_staleness.py, results in
+# benchmarks/results/2026-12-03-x86_64-cpu2-refresh3/); a refresh every c steps averages the first c
+# of these (every 2 steps: 4.6%). And it costs accuracy (CIFAR-10 20k subset, 6 epochs, one seed, INT8
+# refreshed every 1/2/5/50 steps: 60.6/58.8/55.1/44.1% test accuracy vs 60.5% live).
 CADENCES: Dict[Tuple[str, str], Cadence] = {
     ("onnxruntime", "cpu"): Cadence(1, 25, (
         "small_cnn, 2 CPU threads: a cheap INT8 refresh ~4.4 ms, a validation ~21 ms (torch FP32 + engine "
