@@ -358,6 +358,38 @@ def test_no_refresh_while_no_selection_runs_and_one_before_it_resumes():
     assert refresher.after_step(model, 5) == [] and refresher.after_step(model, 6)[0]["reason"] == "steps"
 
 
+class _Calibrated(_TwoPhase):
+    """Records whether each refresh was asked to rebuild."""
+
+    calibrated = True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.rebuilds: list = []
+
+    def refresh(self, model: nn.Module, rebuild: bool = False) -> None:
+        super().refresh(model)
+        self.rebuilds.append(rebuild)
+        self.refresh_kind = "rebuild" if rebuild else "cheap"
+
+
+def test_selection_resuming_recalibrates_a_calibrated_engine():
+    """After a pause (priming), an INT8/FP8 engine's activation scales are those of the weights
+    before it: the resume refresh rebuilds, the step refreshes after it stay cheap."""
+    model = _scalar_model(1.0)
+    engine = _Calibrated(model)
+    refresher = EngineRefresher(engine, RefreshSchedule(every_steps=1))
+    assert refresher.after_step(model, 1, selecting=False) == []
+    (resume,) = refresher.after_epoch(model, 1, selecting=True)
+    (step,) = refresher.after_step(model, 2)
+    assert engine.rebuilds == [True, False]
+    assert (resume["reason"], resume["kind"]) == ("resume", "rebuild") and step["kind"] == "cheap"
+    plain = _TwoPhase(model)  # not calibrated (FP32/FP16, torch): the resume refresh is a plain one
+    refresher = EngineRefresher(plain, RefreshSchedule(every_steps=1))
+    refresher.after_step(model, 1, selecting=False)
+    assert refresher.after_epoch(model, 1, selecting=True)[0]["kind"] == "cheap"
+
+
 def test_driver_skips_refreshes_during_priming(cnn):
     from sb_accel.selection import Primed, SelectiveBackpropPolicy
     from sb_accel.train import SelectionDriver

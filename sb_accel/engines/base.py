@@ -111,6 +111,12 @@ class SelectionEngine(abc.ABC):
         """
 
     @property
+    def calibrated(self) -> bool:
+        """True if a cheap refresh keeps what was calibrated on earlier weights (INT8/FP8 activation
+        scales), so that after many steps without refreshes (a priming epoch) a rebuild is due."""
+        return False
+
+    @property
     def is_live(self) -> bool:
         """True if the engine reads the live model and never goes stale."""
         return False

@@ -151,6 +151,10 @@ class OnnxEngine(SelectionEngine):
         self._graph = self._make_graph()
 
     # --- refresh ------------------------------------------------------------------------------
+    @property
+    def calibrated(self) -> bool:
+        return self.precision in ("int8", "fp8")
+
     def refresh(self, model: nn.Module, rebuild: bool = False) -> None:
         arrays = state_dict_arrays(model)
         self._refreshes += 1

@@ -6,7 +6,10 @@ event. A live engine (torch reading the training model) is never refreshed. Two 
 * **Only while selection runs.** ``after_step``/``after_epoch`` are told whether the steps that
   follow select (``selecting``; the driver asks the policy: not during priming epochs). A refresh
   due while they do not is skipped, and one refresh (reason ``"resume"``) is made before selection
-  resumes.
+  resumes. For an engine that is :attr:`~sb_accel.engines.base.SelectionEngine.calibrated` (INT8,
+  FP8) that refresh is a rebuild: its activation scales were calibrated on the weights before the
+  pause (at the build, on the untrained model, when a priming epoch follows), and cheap refreshes
+  would keep them for up to ``recalibrate_every`` refreshes.
 * **Validation.** With a :class:`~sb_accel.engines.validation.Validation` batch, every built
   engine, every rebuild and every ``schedule.validate_every``-th cheap refresh is compared
   with the PyTorch model it was built from (rank agreement and relative error of the losses,
@@ -243,7 +246,7 @@ class EngineRefresher:
         """Refresh the serving engine now, in this thread; returns its RunLog event."""
         start = time.perf_counter()
         try:
-            self.engine.refresh(model)
+            _refresh_engine(self.engine, model, reason)
             self.engine.snapshot_step = step
             check = _checked_or_rebuilt(self.engine, model, self._validation_for(self.engine, reason))
         except EngineError as exc:
@@ -289,7 +292,7 @@ class EngineRefresher:
     def _work(self, job: _Job) -> None:
         start = time.perf_counter()
         try:
-            self._standby.refresh(self._shadow)
+            _refresh_engine(self._standby, self._shadow, job.reason)
             self._standby.snapshot_step = job.step
             validation = self._validation_for(self._standby, job.reason)
             if validation is not None:
@@ -344,6 +347,11 @@ class EngineRefresher:
         self.engine.close()
         if self._standby is not None:
             self._standby.close()
+
+
+def _refresh_engine(engine: SelectionEngine, model: nn.Module, reason: str) -> None:
+    """Refresh ``engine`` from ``model``: a rebuild when selection resumes on a calibrated engine."""
+    engine.refresh(model, rebuild=reason == "resume" and engine.calibrated)
 
 
 def _checked_or_rebuilt(engine: SelectionEngine, model: nn.Module, validation: Optional[Validation]) -> dict:
