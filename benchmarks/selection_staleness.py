@@ -26,11 +26,8 @@ disagreement is the mean of ``<engine>@0 .. <engine>@(c-1)``; the summary gives 
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import os
 import statistics
-from pathlib import Path
 from typing import Dict, List
 
 import torch
@@ -38,25 +35,17 @@ import torch
 from sb_accel.engines import create_engine
 from sb_accel.engines.torch_backend import TorchEngine
 from sb_accel.engines.validation import rank_agreement
-from sb_accel.files import atomic_write_json
 from sb_accel.selection.history import LossHistory
 from sb_accel.selection.selective_backprop import beta_for_selectivity, keep_probability
-from validation_drift import engine_context, start_training
+from validation_drift import drift_arguments, engine_context, start_training, write_result
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="small_cnn")
-    parser.add_argument("--engine", default="onnxruntime-int8")
-    parser.add_argument("--train-subset", type=int, default=10000)
-    parser.add_argument("--prime-steps", type=int, default=78)
-    parser.add_argument("--steps", type=int, default=150)
+    parser = drift_arguments(__doc__.split("\n")[0])
     parser.add_argument("--max-staleness", type=int, default=3)
     parser.add_argument("--selectivity", type=float, default=1 / 3)
     parser.add_argument("--history", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data, model, train_step = start_training(args.model, args.train_subset, args.seed)
@@ -102,9 +91,7 @@ def main() -> int:
         "disagreement_by_refresh_interval": {
             c: statistics.fmean(mean[f"{args.engine}@{s}"] for s in range(c)) for c in range(1, args.max_staleness + 2)},
     }
-    print(summary)
-    atomic_write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "load": os.getloadavg(),
-                                 "summary": summary, "rows": rows})
+    write_result(args, summary, rows)
     return 0
 
 

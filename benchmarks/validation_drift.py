@@ -66,8 +66,9 @@ def engine_context(data: ArrayDataset, threads: int) -> EngineContext:
                          cache_dir=os.environ.get("SB_ACCEL_CACHE", "engines/cache"), options={"recalibrate_every": 0})
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def drift_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a drift measurement: model, engine, data subset, priming and measured steps."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="small_cnn")
     parser.add_argument("--engine", default="onnxruntime-int8")
     parser.add_argument("--train-subset", type=int, default=10000)
@@ -75,7 +76,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = drift_arguments(__doc__.split("\n")[0]).parse_args()
     torch.set_num_threads(args.threads)
     data, model, train_step = start_training(args.model, args.train_subset)
     for _ in range(args.prime_steps):
@@ -97,10 +102,15 @@ def main() -> int:
                "median_rank_agreement": statistics.median(r["rank_agreement"] for r in rows),
                "max_relative_error": max(r["relative_error"] for r in rows),
                "floor": vars(floor) if hasattr(floor, "__dict__") else str(floor), "first_failure": first_fail}
+    write_result(args, summary, rows)
+    return 0
+
+
+def write_result(args: argparse.Namespace, summary: dict, rows: list) -> None:
+    """Print the summary; write it with the options, the load average and every row to ``args.out``."""
     print(summary)
     atomic_write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "load": os.getloadavg(),
                                  "summary": summary, "rows": rows})
-    return 0
 
 
 if __name__ == "__main__":
