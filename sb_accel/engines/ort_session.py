@@ -34,8 +34,9 @@ def session_options(threads: Optional[int] = None) -> "onnxruntime.SessionOption
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # No per-session memory arena: a snapshot engine opens a session per refresh, and each new arena
     # page-faults its activations in again on the first batch (+1.3 ms) while the old session's frees
-    # its own (+1 ms). Without it, glibc reuses the freed blocks; batches are no slower (small_cnn and
-    # ResNet-18 INT8, batch 128, 2 threads, measured interleaved).
+    # its own (+1 ms; small_cnn INT8 measured standalone, within the noise in the training loop).
+    # Without it glibc reuses the freed blocks; batches are no slower (small_cnn and ResNet-18 INT8,
+    # batch 128, 2 threads, measured interleaved).
     options.enable_cpu_mem_arena = False
     options.log_severity_level = 3  # errors only: ORT warns about every unused initializer it removes
     return options
