@@ -63,12 +63,13 @@ class Cadence:
 # refreshed every 1/2/5/50 steps: 60.6/58.8/55.1/44.1% test accuracy vs 60.5% live).
 CADENCES: Dict[Tuple[str, str], Cadence] = {
     ("onnxruntime", "cpu"): Cadence(1, 25, (
-        "small_cnn, 2 CPU threads: a cheap INT8 refresh ~4.4 ms, a validation ~21 ms (torch FP32 + engine "
+        "small_cnn, 2 CPU threads: a cheap INT8 refresh 7.5-8.2 ms in the training loop, a validation ~21 ms more "
+        "(torch FP32 + engine "
         "forwards of 32 rows); after a calibration at the end of the priming epoch, 150 cheap refreshes without "
         "recalibration kept a rank agreement >= 0.98 (floor 0.5) and a relative error <= 0.016 (ceiling 0.25; "
         "benchmarks/validation_drift.py, results in benchmarks/results/2026-12-03-x86_64-cpu2-refresh2/): a check "
-        "per 25 refreshes costs ~0.8 ms per refresh instead of ~2 ms per refresh at 10, and recalibrate_every = 100 "
-        "bounds the drift regardless")),
+        "per 25 refreshes costs ~0.8 ms per refresh instead of ~2 ms per refresh at 10, and the model's "
+        "recalibrate_every (100; small_cnn 500, engines/recipes/) bounds the drift regardless")),
     ("onnxruntime", "cuda"): Cadence(1, 10, (
         "not measured (no GPU in the session that set it): every step, checked every 10th refresh as on CPU "
         "before; the refresher refuses per-step refreshes that cost more than the training between them "

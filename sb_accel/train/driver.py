@@ -273,7 +273,7 @@ class SelectionDriver:
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device | str = "cpu") -> None:
         policy_state = state["policy"]
-        if set(policy_state) == {"epochs", "policy"}:  # a primed policy's checkpoint before 2026-12-04
+        if set(policy_state) == {"epochs", "policy"}:  # a primed policy's checkpoint written before 2026-12-03
             policy_state = policy_state["policy"]
         self.policy.load_state_dict(policy_state)
         self.batcher.load_state_dict(state["batcher"], device)
